@@ -1,0 +1,145 @@
+"""Typed configuration: the schemas behind conf/, registered in Hydra's ConfigStore.
+
+Every YAML file in conf/ extends one of these dataclasses, so a wrong type (`model.ssm=maybe`) or an
+unknown key (`trainer.lrr=1`) fails at composition with Hydra's own message, before any job starts.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+if not OmegaConf.has_resolver("cwd"):
+    # Absolute launch directory, resolved where the config is resolved (launcher and job alike).
+    OmegaConf.register_new_resolver("cwd", os.getcwd)
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # variant: pico, nano, femto, kobe, tiny, small, base
+    ssm: bool = False  # the ablated switch: selective SSM on the c branch of every Gated CNN block
+    scan: str = "cross"  # cross | bidirectional | raster (ignored when ssm=false)
+    d_state: int = 16
+    dt_rank: Optional[int] = None  # None -> ceil(C / 16)
+    drop_path_rate: Optional[float] = None  # None -> the variant's value
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 300
+    max_steps: Optional[int] = None  # when set, overrides epochs (optimizer steps)
+    batch_size: int = 128
+    lr: Optional[float] = None  # None -> lr_base * batch_size / lr_base_size (linear scaling)
+    lr_base: float = 1e-3
+    lr_base_size: int = 1024
+    opt: str = "adamw"  # any timm optimizer name
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.05
+    warmup_epochs: float = 20.0
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    grad_clip: Optional[float] = None  # max global grad norm
+    precision: str = "auto"  # auto (bf16/fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_workers: int = 4
+    eval_every: int = 0  # epochs between evaluations; 0 = only at the end
+    checkpoint_every: int = 500  # optimizer steps between checkpoints
+    log_every: int = 50  # steps between loss/lr log lines (and wandb points)
+    progress: bool = True  # tqdm bar when stderr is a terminal
+
+
+@dataclass
+class TaskConfig:
+    _target_: str = MISSING  # the Task class
+    name: str = MISSING
+    data_root: str = MISSING
+    image_size: List[int] = field(default_factory=lambda: [224, 224])  # [H, W]: the sequence-length axis
+
+
+@dataclass
+class ClassificationTaskConfig(TaskConfig):
+    """ImageFolder classification through timm's data pipeline (defaults: PAPER.md §6 / DeiT)."""
+
+    num_classes: int = 1000
+    train_split: str = "train"
+    val_split: str = "val"
+    eval_batch_size: int = 128
+    auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1"
+    color_jitter: float = 0.4
+    hflip: float = 0.5
+    scale: List[float] = field(default_factory=lambda: [0.08, 1.0])
+    reprob: float = 0.25
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    label_smoothing: float = 0.1
+    crop_pct: float = 1.0
+    interpolation: str = "bicubic"
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class EmbeddedClassificationTaskConfig(ClassificationTaskConfig):
+    """A procedural dataset generated into data_root (ImageFolder layout) on first use."""
+
+    generator: str = MISSING  # shapes | pathfinder
+    train_size: int = 1000  # images in total
+    val_size: int = 200
+    data_seed: int = 0  # fixed across run seeds: seeds vary init and order, not the data
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = "none"  # wandb | none
+    project: str = "ablate"
+    entity: Optional[str] = None
+    mode: Optional[str] = None  # online | offline | disabled; None -> WANDB_MODE, else offline without a key
+
+
+@dataclass
+class PathsConfig:
+    root: str = "${cwd:}"
+    results: str = "${paths.root}/results"
+    data: str = "${paths.root}/data"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    task: Any = MISSING  # one of the TaskConfig schemas, chosen by the task yaml's defaults
+    trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    seed: int = 0
+    sweep: str = "${now:%Y-%m-%d_%H-%M-%S}"
+
+
+def register_configs() -> None:
+    store = ConfigStore.instance()
+    store.store(name="config_schema", node=Config)
+    store.store(group="model", name="schema", node=ModelConfig)
+    store.store(group="trainer", name="schema", node=TrainerConfig)
+    store.store(group="logger", name="schema", node=LoggerConfig)
+    store.store(group="task", name="classification_schema", node=ClassificationTaskConfig)
+    store.store(group="task", name="embedded_classification_schema", node=EmbeddedClassificationTaskConfig)
+
+
+register_configs()
+
+
+def compose(overrides: list[str] | None = None, return_hydra_config: bool = False) -> DictConfig:
+    """Compose a job config outside of a Hydra run (plan, tests, notebooks)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides or []), return_hydra_config=return_hydra_config)

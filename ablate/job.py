@@ -1,0 +1,232 @@
+"""One sweep cell, start to finish: config -> task -> model -> fit -> result record.
+
+    run(cfg)  is what run.py calls for every Hydra job. It never raises for a failing cell: the
+    error goes into the record (status failed/diverged/pruned) and the sweep goes on.
+
+Cells are content-addressed: results/runs/<run_id>/ (run_id = hash of the semantic config), so a
+re-run of a sweep reuses completed cells, resumes interrupted ones from their checkpoint, and two
+sweeps that share a cell compute it once. An fcntl lock on the run folder keeps concurrent jobs of
+the same cell from running at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import logging
+import os
+import platform
+import resource
+import shutil
+import socket
+import subprocess
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import ablate
+from ablate import records, tracking
+from ablate.models import VARIANTS, seq_len, tau
+from ablate.train import Diverged, fit, preemption
+from ablate.train.loop import effective_lr, seed_everything
+
+log = logging.getLogger("ablate.job")
+RERUN_CHOICES = ("all",)
+
+
+def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any]:
+    """Run one cell; return its record (also written to results/runs/<run_id>/result.json)."""
+    started = time.time()
+    _set_threads()
+    preemption.install()
+    config = OmegaConf.to_container(cfg, resolve=True)
+    rerun = config.pop("rerun", None)
+    if rerun is not None and rerun not in RERUN_CHOICES:
+        raise ValueError(f"rerun={rerun!r} is not known; choose from: {', '.join(RERUN_CHOICES)} (or leave it unset)")
+    config["trainer"]["lr"] = effective_lr(cfg.trainer)  # the linear-scaling rule, made explicit in the record
+    overrides = _hydra_overrides() if overrides is None else overrides
+    run_id = records.run_id(config)
+    run_dir = Path(cfg.paths.results) / "runs" / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_cell_pointer(run_id, run_dir, overrides)
+
+    with _locked(run_dir), _log_to(run_dir / "train.log"):
+        previous = _read_previous(run_dir / "result.json")
+        if previous is not None and previous["status"] == "completed" and rerun != "all":
+            log.info("cell %s already completed (%s): reused, not retrained", run_id, run_dir)
+            return previous
+        if previous is not None:
+            _archive(run_dir, previous, fresh_start=rerun == "all")
+        record = _new_record(config, overrides, run_id)
+        log.info("cell %s: %s", run_id, " ".join(overrides) or "(defaults)")
+        tracker, failed = None, True
+        try:
+            tracker = tracking.start(
+                cfg.logger, run_dir=run_dir, run_id=run_id, sweep=cfg.sweep, config=config,
+                task_name=cfg.task.name, variant=cfg.model.name, ssm=cfg.model.ssm, resume=previous is None,
+            )
+            task = instantiate(cfg.task)
+            record["task"] = dict(vars(task.info))
+            task.prepare()
+            seed_everything(cfg.seed)
+            model = task.build_model(cfg.model)
+            record["cost"].update(task.cost(model))
+            result = fit(model, task, cfg.trainer, run_dir, cfg.seed, on_eval=_pruning_hook(cfg), tracker=tracker)
+            record["metrics"] = result.metrics
+            record["cost"].update(_throughput(result, task), steps=result.steps, resumed_from_step=result.resumed_from_step)
+            record["status"], failed = "completed", False
+        except Diverged as exc:
+            record["status"], record["error"] = "diverged", _error(exc)
+        except Exception as exc:  # noqa: BLE001 - a failing cell must not stop the sweep
+            pruned = type(exc).__name__ == "TrialPruned"
+            record["status"], record["error"] = ("pruned" if pruned else "failed"), _error(exc)
+            if not pruned:
+                log.error("cell %s failed: %s: %s", run_id, type(exc).__name__, exc)
+        record["cost"].update(wall_seconds=round(time.time() - started, 3), peak_memory_mb=_peak_memory_mb())
+        record["env"]["finished_at"] = _now()
+        records.write_json_atomic(run_dir / "result.json", record)
+        if tracker is not None:
+            tracker.finish({"status": record["status"], "metrics": record["metrics"], "cost": record["cost"]}, failed)
+        log.info("cell %s %s: %s", run_id, record["status"], record["metrics"] or record["error"]["message"])
+        return record
+
+
+def _new_record(config: dict, overrides: list[str], run_id: str) -> dict[str, Any]:
+    size = config["task"]["image_size"]
+    dims = VARIANTS[config["model"]["name"]]["dims"] if config["model"]["name"] in VARIANTS else None
+    return {
+        "schema": records.SCHEMA, "run_id": run_id, "sweep": config["sweep"], "status": "failed", "error": None,
+        "config": config, "overrides": list(overrides), "factors": records.factors(config, overrides),
+        "task": {"name": config["task"]["name"], "kind": None, "metric": None, "higher_is_better": True},
+        "metrics": {},
+        "cost": {"params": None, "macs": None, "macs_ssm": None, "input_size": list(size),
+                 "seq_len": seq_len(size), "tau": tau(dims) if dims else None,
+                 "train_throughput": None, "eval_throughput": None},
+        "tuning": config.get("tuning"),
+        "env": _environment(),
+    }
+
+
+def _throughput(result: Any, task: Any) -> dict[str, Optional[float]]:
+    n_eval = task.num_eval_samples()
+    return {
+        "train_throughput": round(result.train_images / result.train_seconds, 2) if result.train_seconds else None,
+        "eval_throughput": round(n_eval / result.eval_seconds, 2) if n_eval and result.eval_seconds else None,
+    }
+
+
+def _pruning_hook(cfg: DictConfig):
+    if cfg.get("tuning") is None:
+        return None
+    from ablate.tune.pruning import reporter_from_config
+
+    return reporter_from_config(cfg)
+
+
+def _error(exc: BaseException) -> dict[str, str]:
+    tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).splitlines()[-30:]
+    return {"type": type(exc).__name__, "message": str(exc).splitlines()[0] if str(exc) else "", "traceback": "\n".join(tail)}
+
+
+def _read_previous(path: Path) -> Optional[dict]:
+    try:
+        return records.read(path) if path.exists() else None
+    except ValueError as exc:
+        log.warning("ignoring unreadable previous record: %s", exc)
+        return None
+
+
+def _archive(run_dir: Path, previous: Mapping[str, Any], fresh_start: bool) -> None:
+    """Keep the earlier attempt's record (and, for +rerun=all, its checkpoint) under history/."""
+    history = run_dir / "history"
+    history.mkdir(exist_ok=True)
+    stamp = (previous.get("env", {}).get("finished_at") or _now()).replace(":", "-")
+    shutil.move(str(run_dir / "result.json"), history / f"result-{stamp}.json")
+    if fresh_start and (run_dir / "checkpoint.pt").exists():
+        shutil.move(str(run_dir / "checkpoint.pt"), history / f"checkpoint-{stamp}.pt")
+
+
+def _hydra_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _write_cell_pointer(run_id: str, run_dir: Path, overrides: list[str]) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        job_dir = Path(HydraConfig.get().runtime.output_dir)
+        records.write_json_atomic(job_dir / "cell.json", {"run_id": run_id, "run_dir": str(run_dir), "overrides": overrides})
+
+
+@contextlib.contextmanager
+def _locked(run_dir: Path) -> Iterator[None]:
+    with open(run_dir / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("cell %s is running in another job; waiting for it", run_dir.name)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+@contextlib.contextmanager
+def _log_to(path: Path) -> Iterator[None]:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger("ablate")
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def _set_threads() -> None:
+    """Use the cores this job was given (local launcher split, or the Slurm allocation)."""
+    for var in ("ABLATE_NUM_THREADS", "SLURM_CPUS_PER_TASK"):
+        if os.environ.get(var, "").isdigit():
+            torch.set_num_threads(int(os.environ[var]))
+            return
+
+
+def _peak_memory_mb() -> float:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB -> MiB, CPU RSS
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(ablate.__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _environment() -> dict[str, Any]:
+    import timm
+
+    cuda = torch.cuda.is_available()
+    return {
+        "ablate": ablate.__version__, "git_commit": _git_commit(), "torch": torch.__version__,
+        "timm": timm.__version__, "python": platform.python_version(),
+        "device": torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
+        "hostname": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "started_at": _now(), "finished_at": None,
+    }
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,166 @@
+"""Result records: one `result.json` per job, the only thing the analysis reads.
+
+Where things live (``paths.results``, default ``./results``):
+
+    results/runs/<run_id>/result.json     the record of one cell (content-addressed, shared by sweeps)
+    results/runs/<run_id>/...             checkpoint, wandb run, train log of that cell
+    results/sweeps/<sweep>/<job>/cell.json  {"run_id", "run_dir", "overrides"}: which cells a sweep has
+
+Schema ``ablate.result/1`` (all keys always present; values may be null where stated):
+
+    schema      "ablate.result/1"
+    run_id      16 hex chars: sha256 of the resolved config minus non-semantic keys (paths, logger,
+                sweep name, device, workers, progress, rerun) -> the same cell always gets the same id
+    sweep       sweep name the job ran under (the cell may be shared by several sweeps)
+    status      "completed" | "failed" | "diverged" | "pruned" (a tuning trial stopped early)
+    error       null | {"type": str, "message": str, "traceback": str (last ~30 lines)}
+    config      the resolved job config (dict)
+    overrides   the job's Hydra overrides (list of "key=value")
+    factors     flat {key: scalar}: always model.name, model.ssm, model.scan, task, task.image_size
+                ("HxW"), seed; plus every other key the job overrode (dotted, value as scalar/str)
+    task        {"name", "kind", "metric", "higher_is_better"}
+    metrics     {name: float} final evaluation metrics ({} if the job failed before evaluating)
+    cost        {"params": int, "macs": int, "macs_ssm": int  (per image at the evaluated size),
+                 "input_size": [H, W], "seq_len": int (tokens at stride 16), "tau": int (6 x stage-3
+                 width), "train_throughput": img/s | null, "eval_throughput": img/s | null,
+                 "peak_memory_mb": float | null, "wall_seconds": float, "steps": int, ...task extras}
+    tuning      null | {"study", "trial", "params"} when parameters came from a tuning study
+    env         {"ablate", "git_commit", "torch", "timm", "python", "device", "hostname",
+                 "slurm_job_id", "started_at", "finished_at"}  (ISO-8601 UTC timestamps)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+SCHEMA = "ablate.result/1"
+STATUSES = ("completed", "failed", "diverged", "pruned")
+RECORD_KEYS = (
+    "schema", "run_id", "sweep", "status", "error", "config", "overrides", "factors", "task",
+    "metrics", "cost", "tuning", "env",
+)
+# Config keys that do not change what a cell computes; excluded from the run_id hash.
+NON_SEMANTIC_KEYS = (
+    "paths", "logger", "sweep", "rerun", "tuning",
+    "trainer.device", "trainer.num_workers", "trainer.progress", "trainer.log_every",
+    "trainer.checkpoint_every",
+)
+# Factors every record carries, whether or not they were swept.
+STANDARD_FACTORS = ("model.name", "model.ssm", "model.scan", "task", "task.image_size", "seed")
+
+
+def _drop(config: dict, dotted: str) -> None:
+    node = config
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.get(key)
+        if not isinstance(node, dict):
+            return
+    node.pop(leaf, None)
+
+
+def semantic_config(config: Mapping[str, Any]) -> dict:
+    """The part of a resolved config that defines the cell (a deep copy)."""
+    semantic = json.loads(json.dumps(config, default=str))
+    for key in NON_SEMANTIC_KEYS:
+        _drop(semantic, key)
+    return semantic
+
+
+def run_id(config: Mapping[str, Any]) -> str:
+    """Content hash of the semantic config: stable across sweeps, machines and key order."""
+    text = json.dumps(semantic_config(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def size_str(image_size: Iterable[int]) -> str:
+    h, w = image_size
+    return f"{h}x{w}"
+
+
+def factors(config: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Flat factor dict: the standard axes plus every overridden key (values made scalar)."""
+    out: dict[str, Any] = {
+        "model.name": config["model"]["name"],
+        "model.ssm": bool(config["model"]["ssm"]),
+        "model.scan": config["model"]["scan"],
+        "task": config["task"]["name"],
+        "task.image_size": size_str(config["task"]["image_size"]),
+        "seed": int(config["seed"]),
+    }
+    for item in overrides:
+        key, _, _ = item.lstrip("+~").partition("=")
+        if key in out or key.startswith("hydra.") or key in ("experiment",) or _non_semantic(key):
+            continue
+        value = _lookup(config, key)
+        out[key] = value if isinstance(value, (bool, int, float, str)) or value is None else json.dumps(value)
+    return out
+
+
+def _non_semantic(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in NON_SEMANTIC_KEYS)
+
+
+def _lookup(config: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
+    """Write JSON to a temp file in the same folder, fsync, then rename: never a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True, default=str)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def validate(record: Mapping[str, Any]) -> list[str]:
+    """Problems that make a record unusable by the analysis (empty list = valid)."""
+    problems = []
+    if record.get("schema") != SCHEMA:
+        problems.append(f"schema={record.get('schema')!r}, expected {SCHEMA!r}")
+    missing = [k for k in RECORD_KEYS if k not in record]
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing)}")
+    if record.get("status") not in STATUSES:
+        problems.append(f"status={record.get('status')!r}, expected one of {', '.join(STATUSES)}")
+    for key in STANDARD_FACTORS:
+        if key not in (record.get("factors") or {}):
+            problems.append(f"factors lacks {key}")
+    if record.get("status") == "completed":
+        metric = (record.get("task") or {}).get("metric")
+        if metric not in (record.get("metrics") or {}):
+            problems.append(f"completed record lacks its primary metric {metric!r}")
+    return problems
+
+
+def read(path: Path) -> dict[str, Any]:
+    """Load and validate one record; raise ValueError naming the file and the problem."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable record ({exc})") from exc
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: record is not a JSON object")
+    problems = validate(record)
+    if problems:
+        raise ValueError(f"{path}: {'; '.join(problems)}")
+    return record

@@ -1,0 +1,123 @@
+"""The Task interface: the seam between the training loop and everything task-specific.
+
+A Task owns its data (layout check, generation for embedded tasks), the network on top of the
+Gated CNN backbone, the loss, evaluation and the name of its primary metric. The training loop
+(`ablate.train`) calls only the methods below, so classification, detection and segmentation share
+one loop, one result-record schema and one report.
+
+Call order used by the loop:
+    task.prepare()                       # check (or generate) data; raises DataError, one line
+    model = task.build_model(model_cfg)  # backbone +/- SSM with this task's head
+    for epoch ...:
+        for batch in task.train_batches(batch_size, seed, epoch, start_batch, num_workers):
+            loss = task.training_step(model, batch, device)
+    metrics = task.evaluate(model, device)   # dict with task.metric in it
+    cost = task.cost(model)                  # params / macs / macs_ssm per image
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+from torch.utils.data import Sampler
+
+
+class DataError(ValueError):
+    """A dataset is missing or malformed. The message is one line: what was expected where."""
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What the record and the analysis need to know about a task."""
+
+    name: str
+    kind: str  # "classification" | "detection" | "segmentation"
+    metric: str  # primary metric, a key of evaluate()'s result
+    higher_is_better: bool = True
+
+
+class Task(abc.ABC):
+    """Base class of every task. Subclasses are instantiated from `cfg.task` via `_target_`."""
+
+    info: TaskInfo
+    image_size: tuple[int, int]  # (H, W) of the evaluated input: the sequence-length axis
+
+    @abc.abstractmethod
+    def prepare(self) -> None:
+        """Check the on-disk layout (generate it first for embedded tasks). Raise DataError."""
+
+    @abc.abstractmethod
+    def build_model(self, model_cfg: Mapping[str, Any]) -> nn.Module:
+        """The full network for this task: `ablate.models.build_model` backbone plus the head."""
+
+    @abc.abstractmethod
+    def num_train_samples(self) -> int:
+        """Size of the training set (drives steps per epoch)."""
+
+    @abc.abstractmethod
+    def train_batches(
+        self, batch_size: int, seed: int, epoch: int, start_batch: int = 0, num_workers: int = 0
+    ) -> Iterable[Any]:
+        """Batches of one epoch in a fixed order given (seed, epoch), beginning at `start_batch`.
+
+        The order must not depend on the model, so both arms of a paired comparison see the same
+        data in the same order. Only full batches are yielded (drop_last).
+        """
+
+    @abc.abstractmethod
+    def training_step(self, model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
+        """Move the batch to `device`, run the model, return the scalar training loss."""
+
+    @abc.abstractmethod
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        """All evaluation metrics (floats) on the validation split; contains `info.metric`."""
+
+    @abc.abstractmethod
+    def cost(self, model: nn.Module) -> dict[str, Any]:
+        """Per-image cost at `image_size`: at least `params`, `macs`, `macs_ssm` (ints)."""
+
+    def num_eval_samples(self) -> int | None:
+        """Images in the evaluation split, for eval throughput (None: unknown, throughput not reported)."""
+        return None
+
+    def batch_size_of(self, batch: Any) -> int:
+        """Number of images in a batch (for throughput). Default: first element's first dim."""
+        first = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return len(first)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        steps = self.num_train_samples() // batch_size
+        if steps < 1:
+            raise DataError(
+                f"trainer.batch_size={batch_size} is larger than the {self.info.name} training set "
+                f"({self.num_train_samples()} samples); use a smaller batch"
+            )
+        return steps
+
+
+class EpochSampler(Sampler[int]):
+    """A permutation of range(n) fixed by (seed, epoch), cut to full batches, from `start_batch` on.
+
+    Used by every task so the data order is a function of the seed alone (paired arms) and a
+    resumed job continues mid-epoch exactly where it stopped.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start_batch: int = 0):
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=generator)
+        full = (n // batch_size) * batch_size
+        self.indices = order[start_batch * batch_size : full].tolist()
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def worker_seed_generator(seed: int, epoch: int) -> torch.Generator:
+    """Generator for a DataLoader's worker base seed, so augmentation is fixed by (seed, epoch)."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch + 7)

@@ -1,0 +1,207 @@
+"""Image classification on an ImageFolder tree through timm's data pipeline.
+
+`ImageFolderClassification` reads real ImageNet (or any ImageFolder tree) at `data_root`;
+`EmbeddedClassification` first generates a procedural dataset (ablate.tasks.toydata) into the same
+layout, so both go through exactly the same loading, augmentation and evaluation code.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+from timm.data import Mixup, create_dataset, create_transform
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ablate.models import build_model, count_cost
+from ablate.tasks.base import DataError, EpochSampler, Task, TaskInfo, worker_seed_generator
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def class_folders(root: Path, split: str) -> list[str]:
+    """Sorted class folder names of `root/split`; raise DataError (one line) if the layout is wrong."""
+    split_dir = root / split
+    hint = "point task.data_root at a folder holding train/<class>/*.JPEG and val/<class>/*.JPEG"
+    if not root.is_dir():
+        raise DataError(f"task.data_root={root} does not exist; {hint}")
+    if not split_dir.is_dir():
+        raise DataError(f"{split_dir} is missing: expected an ImageFolder split there; {hint}")
+    classes = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
+    if not classes:
+        raise DataError(f"{split_dir} has no class folders: expected {split}/<class>/<image>; {hint}")
+    for name in classes:
+        with os.scandir(split_dir / name) as entries:
+            if not any(e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS) for e in entries):
+                raise DataError(f"{split_dir / name} holds no images ({', '.join(IMAGE_EXTENSIONS)}); {hint}")
+    return classes
+
+
+class ImageFolderClassification(Task):
+    """Classification with the DeiT recipe's data pipeline (PAPER.md §6), top-1/top-5 evaluation."""
+
+    def __init__(
+        self,
+        name: str,
+        data_root: str,
+        image_size: Sequence[int],
+        num_classes: int,
+        train_split: str = "train",
+        val_split: str = "val",
+        eval_batch_size: int = 128,
+        auto_augment: str | None = "rand-m9-mstd0.5-inc1",
+        color_jitter: float = 0.4,
+        hflip: float = 0.5,
+        scale: Sequence[float] = (0.08, 1.0),
+        reprob: float = 0.25,
+        mixup: float = 0.8,
+        cutmix: float = 1.0,
+        label_smoothing: float = 0.1,
+        crop_pct: float = 1.0,
+        interpolation: str = "bicubic",
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+    ):
+        if len(image_size) != 2 or min(image_size) <= 0:
+            raise ValueError(f"task.image_size={list(image_size)} must be [H, W] with positive sides")
+        self.info = TaskInfo(name=name, kind="classification", metric="top1", higher_is_better=True)
+        self.root = Path(data_root)
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.num_classes = num_classes
+        self.splits = (train_split, val_split)
+        self.eval_batch_size = eval_batch_size
+        self.augment = dict(
+            auto_augment=auto_augment, color_jitter=color_jitter, hflip=hflip, scale=tuple(scale),
+            re_prob=reprob, interpolation=interpolation, mean=tuple(mean), std=tuple(std),
+        )
+        self.crop_pct = crop_pct
+        self.label_smoothing = label_smoothing
+        self.mixup = None
+        if mixup > 0 or cutmix > 0:
+            # timm's Mixup draws from numpy's global RNG, which the loop seeds identically for both arms.
+            self.mixup = Mixup(
+                mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing, num_classes=num_classes
+            )
+        self._train = self._val = None
+
+    # -- data ------------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        train_classes = class_folders(self.root, self.splits[0])
+        val_classes = class_folders(self.root, self.splits[1])
+        if train_classes != val_classes:
+            only = sorted(set(train_classes) ^ set(val_classes))[:3]
+            raise DataError(
+                f"{self.root}: train/ and val/ class folders differ (e.g. {', '.join(only)}); both splits need the same classes"
+            )
+        if len(train_classes) != self.num_classes:
+            raise DataError(
+                f"task.num_classes={self.num_classes} but {self.root / self.splits[0]} has "
+                f"{len(train_classes)} class folders; set task.num_classes={len(train_classes)} or fix the data"
+            )
+        size = (3, *self.image_size)
+        self._train = create_dataset(
+            "", root=str(self.root), split=self.splits[0], is_training=True,
+            transform=create_transform(size, is_training=True, **self.augment),
+        )
+        self._val = create_dataset(
+            "", root=str(self.root), split=self.splits[1], is_training=False,
+            transform=create_transform(
+                size, is_training=False, crop_pct=self.crop_pct, interpolation=self.augment["interpolation"],
+                mean=self.augment["mean"], std=self.augment["std"],
+            ),
+        )
+
+    def _require_prepared(self) -> None:
+        if self._train is None:
+            raise RuntimeError(f"task {self.info.name}: call prepare() before using the data")
+
+    def num_train_samples(self) -> int:
+        self._require_prepared()
+        return len(self._train)
+
+    def num_eval_samples(self) -> int:
+        self._require_prepared()
+        return len(self._val)
+
+    def train_batches(
+        self, batch_size: int, seed: int, epoch: int, start_batch: int = 0, num_workers: int = 0
+    ) -> Iterable[Any]:
+        self._require_prepared()
+        sampler = EpochSampler(len(self._train), batch_size, seed, epoch, start_batch)
+        return DataLoader(
+            self._train, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=num_workers,
+            generator=worker_seed_generator(seed, epoch), persistent_workers=False,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    # -- model, loss, evaluation -----------------------------------------------------------------
+    def build_model(self, model_cfg: Mapping[str, Any]) -> nn.Module:
+        return build_model(
+            model_cfg["name"], ssm=model_cfg["ssm"], num_classes=self.num_classes, scan=model_cfg["scan"],
+            d_state=model_cfg["d_state"], dt_rank=model_cfg["dt_rank"], drop_path_rate=model_cfg["drop_path_rate"],
+        )
+
+    def training_step(self, model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
+        images, targets = (t.to(device, non_blocking=True) for t in batch)
+        if self.mixup is not None:
+            images, targets = self.mixup(images, targets)  # targets become soft (B, classes)
+            return SoftTargetCrossEntropy()(model(images), targets)
+        if self.label_smoothing > 0:
+            return LabelSmoothingCrossEntropy(self.label_smoothing)(model(images), targets)
+        return nn.functional.cross_entropy(model(images), targets)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        self._require_prepared()
+        model.eval()
+        k = min(5, self.num_classes)
+        loader = DataLoader(self._val, batch_size=self.eval_batch_size, shuffle=False, num_workers=0)
+        correct1 = correctk = total = 0
+        loss_sum = 0.0
+        for images, targets in loader:
+            images, targets = images.to(device), targets.to(device)
+            logits = model(images).float()
+            loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+            topk = logits.topk(k, dim=1).indices  # (B, k)
+            hits = topk.eq(targets[:, None])
+            correct1 += hits[:, 0].sum().item()
+            correctk += hits.any(dim=1).sum().item()
+            total += targets.numel()
+        model.train()
+        return {"top1": 100.0 * correct1 / total, f"top{k}": 100.0 * correctk / total, "loss": loss_sum / total}
+
+    def cost(self, model: nn.Module) -> dict[str, Any]:
+        return count_cost(model, input_size=self.image_size).as_dict()
+
+
+class EmbeddedClassification(ImageFolderClassification):
+    """A procedural dataset (toydata.shapes / toydata.pathfinder) generated on first use, then cached."""
+
+    GENERATORS = ("shapes", "pathfinder")
+
+    def __init__(
+        self, generator: str, train_size: int = 1000, val_size: int = 200, data_seed: int = 0, **kwargs: Any
+    ):
+        if generator not in self.GENERATORS:
+            raise ValueError(f"task.generator={generator!r} is not known; choose from: {', '.join(self.GENERATORS)}")
+        super().__init__(**kwargs)
+        self.generator = generator
+        self.sizes = (train_size, val_size)
+        self.data_seed = data_seed
+
+    def prepare(self) -> None:
+        from ablate.tasks import toydata
+
+        train_size, val_size = self.sizes
+        if self.generator == "shapes":
+            per_class = (max(1, train_size // self.num_classes), max(1, val_size // self.num_classes))
+            self.root = toydata.generate_shapes(
+                self.root, self.image_size, per_class[0], per_class[1], seed=self.data_seed,
+                num_classes=self.num_classes,
+            )
+        else:
+            self.root = toydata.generate_pathfinder(self.root, self.image_size, train_size, val_size, seed=self.data_seed)
+        super().prepare()

@@ -1,0 +1,192 @@
+"""The training loop: task-agnostic, resumable, one screen for the core (`fit`).
+
+AdamW (timm's optimizer factory: no weight decay on norms, biases, A_log and D) with a linear warm-up
+and a cosine schedule in optimizer steps, optional gradient clipping, AMP on GPU (bf16, or fp16 with
+a grad scaler) and fp32 on CPU. The data order is a function of (seed, epoch) alone, so both arms of
+a paired comparison see the same batches. A non-finite loss stops the job as `diverged`.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+
+from ablate.tasks.base import Task
+from ablate.train import checkpoint, preemption
+
+log = logging.getLogger("ablate.train")
+EvalHook = Callable[[int, dict], None]  # on_eval(step, metrics); may raise to stop (e.g. optuna pruning)
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class FitResult:
+    metrics: dict[str, float]
+    steps: int
+    train_seconds: float  # optimizer steps only (no evaluation, no checkpointing)
+    train_images: int
+    eval_seconds: float  # the final evaluation
+    resumed_from_step: Optional[int]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"trainer.device={name!r} but no CUDA device is visible; use trainer.device=cpu or auto")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype, or None for fp32."""
+    choices = ("auto", "fp32", "bf16", "fp16")
+    if name not in choices:
+        raise ValueError(f"trainer.precision={name!r} is not known; choose from: {', '.join(choices)}")
+    if name == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name != "fp32" and device.type != "cuda":
+        raise ValueError(f"trainer.precision={name} needs a CUDA device; on {device} use fp32 or auto")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def effective_lr(cfg: Any) -> float:
+    """trainer.lr if set, else the linear scaling rule lr_base * batch_size / lr_base_size."""
+    return cfg.lr if cfg.lr is not None else cfg.lr_base * cfg.batch_size / cfg.lr_base_size
+
+
+def fit(
+    model: nn.Module,
+    task: Task,
+    cfg: Any,
+    run_dir: Path,
+    seed: int,
+    on_eval: Optional[EvalHook] = None,
+    tracker: Any = None,
+) -> FitResult:
+    """Train `model` on `task` with trainer config `cfg`, resuming from run_dir/checkpoint.pt if present."""
+    device = resolve_device(cfg.device)
+    amp_dtype = resolve_precision(cfg.precision, device)
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+    )
+    model.to(device).train()
+    steps_per_epoch = task.steps_per_epoch(cfg.batch_size)
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    optimizer = create_optimizer_v2(
+        model, opt=cfg.opt, lr=effective_lr(cfg), weight_decay=cfg.weight_decay, betas=tuple(cfg.betas), eps=cfg.eps
+    )
+    scheduler = CosineLRScheduler(
+        optimizer, t_initial=total_steps, lr_min=cfg.min_lr, warmup_t=round(cfg.warmup_epochs * steps_per_epoch),
+        warmup_lr_init=cfg.warmup_lr, t_in_epochs=False,
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+    ckpt_path = Path(run_dir) / "checkpoint.pt"
+
+    def save(step: int) -> None:
+        checkpoint.save(ckpt_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "step": step, "rng": checkpoint.rng_state(),
+            "wandb_id": getattr(tracker, "run_id", None),
+        })
+
+    state = checkpoint.load(ckpt_path, map_location=device)
+    if state is None:
+        step, resumed_from = 0, None
+        seed_everything(seed + 1)  # after model init, so augmentation draws match across arms
+    else:
+        for obj, key in ((model, "model"), (optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
+            obj.load_state_dict(state[key])
+        checkpoint.set_rng_state(state["rng"])
+        step = resumed_from = state["step"]
+        log.info("resumed from %s at step %d/%d", ckpt_path, step, total_steps)
+
+    bar = _progress(cfg, total_steps, step)
+    train_seconds, train_images = 0.0, 0
+    while step < total_steps:
+        epoch, start_batch = divmod(step, steps_per_epoch)
+        for batch in task.train_batches(cfg.batch_size, seed, epoch, start_batch, cfg.num_workers):
+            tic = time.perf_counter()
+            scheduler.step_update(num_updates=step)
+            with autocast():
+                loss = task.training_step(model, batch, device)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise Diverged(f"loss={loss_value} at step {step} (epoch {epoch}); lr={optimizer.param_groups[0]['lr']:.3g}")
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            train_seconds += time.perf_counter() - tic
+            train_images += task.batch_size_of(batch)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4f}", epoch=epoch)
+            if step % cfg.log_every == 0 or step == total_steps:
+                lr = optimizer.param_groups[0]["lr"]
+                log.info("step %d/%d epoch %d loss %.4f lr %.3g", step, total_steps, epoch, loss_value, lr)
+                if tracker is not None:
+                    tracker.log({"train/loss": loss_value, "train/lr": lr, "train/epoch": epoch}, step=step)
+            if step % cfg.checkpoint_every == 0 or preemption.requested():
+                save(step)
+                if preemption.requested():
+                    preemption.proceed()  # requeue (Slurm) or exit; the next attempt resumes from here
+            if step >= total_steps:
+                break
+        epoch_done = step % steps_per_epoch == 0 and step < total_steps
+        if cfg.eval_every and epoch_done and (step // steps_per_epoch) % cfg.eval_every == 0:
+            _evaluate(model, task, device, autocast, step, on_eval, tracker)
+    if bar is not None:
+        bar.close()
+
+    save(step)  # final weights: a later dense-task job can start its backbone from them
+    tic = time.perf_counter()
+    metrics = _evaluate(model, task, device, autocast, step, on_eval, tracker)
+    return FitResult(metrics, step, train_seconds, train_images, time.perf_counter() - tic, resumed_from)
+
+
+def _evaluate(model, task, device, autocast, step, on_eval, tracker) -> dict[str, float]:
+    with autocast():
+        metrics = task.evaluate(model, device)
+    model.train()
+    log.info("eval at step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+    if tracker is not None:
+        tracker.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+    if on_eval is not None:
+        on_eval(step, metrics)
+    return metrics
+
+
+def _progress(cfg: Any, total: int, initial: int):
+    if not (cfg.progress and sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True, leave=False)

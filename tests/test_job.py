@@ -1,0 +1,84 @@
+"""End to end through run.py: records, failures inside a multirun, reuse of completed cells, wandb offline."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+from ablate import records
+from conftest import ROOT, clean_env, load_records, run_cli
+
+
+def test_tiny_job_writes_a_valid_record(tmp_path, tiny_args):
+    run_cli(tiny_args + ["model.ssm=true", "sweep=one"], tmp_path)
+    (record,) = load_records(tmp_path / "results")
+    assert records.validate(record) == []
+    assert record["status"] == "completed" and record["error"] is None
+    assert record["task"] == {"name": "shapes", "kind": "classification", "metric": "top1", "higher_is_better": True}
+    assert 0.0 <= record["metrics"]["top1"] <= 100.0 and record["metrics"]["top5"] >= record["metrics"]["top1"]
+    cost = record["cost"]
+    assert cost["params"] > 0 and cost["macs"] > cost["macs_ssm"] > 0
+    assert cost["input_size"] == [32, 32] and cost["seq_len"] == 4 and cost["tau"] == 144
+    assert cost["steps"] == 3 and cost["train_throughput"] > 0 and cost["eval_throughput"] > 0
+    assert record["factors"]["model.ssm"] is True and record["factors"]["task.image_size"] == "32x32"
+    assert record["config"]["trainer"]["lr"] == 2e-3 and record["sweep"] == "one"
+    assert record["env"]["torch"] and record["env"]["finished_at"] >= record["env"]["started_at"]
+    run_dir = tmp_path / "results" / "runs" / record["run_id"]
+    assert (run_dir / "checkpoint.pt").is_file() and "step 3/3" in (run_dir / "train.log").read_text()
+
+
+def test_failing_job_is_recorded_and_the_sweep_goes_on_then_rerun_reuses(tmp_path, tiny_args):
+    # imagenet has no data under paths.data: those jobs fail before training; the shapes jobs complete.
+    args = [a for a in tiny_args if a != "task=shapes"] + ["-m", "task=shapes,imagenet", "seed=0,1", "sweep=mixed"]
+    proc = run_cli(args, tmp_path, env=clean_env(ABLATE_IMAGENET=str(tmp_path / "no-imagenet")), check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    by_task = {}
+    for record in load_records(tmp_path / "results"):
+        by_task.setdefault(record["task"]["name"], []).append(record)
+    assert sorted(r["status"] for r in by_task["shapes"]) == ["completed", "completed"]
+    assert [r["status"] for r in by_task["imagenet"]] == ["failed", "failed"]
+    error = by_task["imagenet"][0]["error"]
+    assert error["type"] == "DataError" and "task.data_root=" in error["message"]
+    cells = sorted((tmp_path / "results" / "sweeps" / "mixed").rglob("cell.json"))
+    assert len(cells) == 4
+
+    # Same command again: completed cells are reused (files untouched), failed ones are retried.
+    done = {r["run_id"]: (tmp_path / "results" / "runs" / r["run_id"] / "result.json").stat().st_mtime_ns
+            for r in by_task["shapes"]}
+    run_cli(args, tmp_path, env=clean_env(ABLATE_IMAGENET=str(tmp_path / "no-imagenet")), check=False)
+    for run_id, mtime in done.items():
+        assert (tmp_path / "results" / "runs" / run_id / "result.json").stat().st_mtime_ns == mtime
+        assert "reused" in (tmp_path / "results" / "runs" / run_id / "train.log").read_text()
+    failed_dir = tmp_path / "results" / "runs" / by_task["imagenet"][0]["run_id"]
+    assert len(list((failed_dir / "history").glob("result-*.json"))) == 1  # the first attempt kept
+
+
+def test_nonfinite_loss_is_recorded_as_diverged(tmp_path, tiny_args):
+    run_cli(tiny_args + ["trainer.lr=1e30", "trainer.max_steps=20", "trainer.warmup_epochs=0"], tmp_path)
+    (record,) = load_records(tmp_path / "results")
+    assert record["status"] == "diverged" and "loss=" in record["error"]["message"]
+
+
+def test_wandb_offline_writes_under_the_run_folder_without_network(tmp_path, tiny_args):
+    args = [a for a in tiny_args if a != "logger=none"] + ["logger=wandb"]
+    cmd_env = clean_env(HOME=str(tmp_path))  # no ~/.netrc, no API key -> offline
+    unshare = shutil.which("unshare")
+    if unshare:  # run inside a network namespace with no interfaces up: any network attempt would fail
+        probe = subprocess.run([unshare, "-n", "true"], capture_output=True)
+        if probe.returncode == 0:
+            cmd = [unshare, "-n", sys.executable, str(ROOT / "run.py"), *args,
+                   f"paths.results={tmp_path / 'results'}", f"paths.data={tmp_path / 'data'}"]
+            proc = subprocess.run(cmd, cwd=tmp_path, env=cmd_env, capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+        else:
+            run_cli(args, tmp_path, env=cmd_env)
+    else:
+        run_cli(args, tmp_path, env=cmd_env)
+    (record,) = load_records(tmp_path / "results")
+    assert record["status"] == "completed"
+    run_dir = tmp_path / "results" / "runs" / record["run_id"]
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1
+    run_id = (run_dir / "wandb_id").read_text().strip()
+    assert offline_runs[0].name.endswith(run_id)
+    assert any(p.suffix == ".wandb" for p in offline_runs[0].iterdir())
