@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -70,12 +71,13 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
                 cfg.logger, run_dir=run_dir, run_id=run_id, sweep=cfg.sweep, config=config,
                 task_name=cfg.task.name, variant=cfg.model.name, ssm=cfg.model.ssm, resume=previous is None,
             )
-            task = instantiate(cfg.task)
+            task = instantiate(cfg.task)  # validates the task's settings (sizes, choices)
             record["task"] = dict(vars(task.info))
+            record["cost"]["seq_len"] = seq_len(task.image_size)
             task.prepare()
             seed_everything(cfg.seed)
-            model = task.build_model(cfg.model)
-            record["cost"].update(task.cost(model))
+            model = task.build_model(cfg.model)  # validates the variant and scan order
+            record["cost"].update(task.cost(model), tau=tau(VARIANTS[cfg.model.name]["dims"]))
             result = fit(model, task, cfg.trainer, run_dir, cfg.seed, on_eval=_pruning_hook(cfg), tracker=tracker)
             record["metrics"] = result.metrics
             record["cost"].update(_throughput(result, task), steps=result.steps, resumed_from_step=result.resumed_from_step)
@@ -97,16 +99,13 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
 
 
 def _new_record(config: dict, overrides: list[str], run_id: str) -> dict[str, Any]:
-    size = config["task"]["image_size"]
-    dims = VARIANTS[config["model"]["name"]]["dims"] if config["model"]["name"] in VARIANTS else None
     return {
         "schema": records.SCHEMA, "run_id": run_id, "sweep": config["sweep"], "status": "failed", "error": None,
         "config": config, "overrides": list(overrides), "factors": records.factors(config, overrides),
         "task": {"name": config["task"]["name"], "kind": None, "metric": None, "higher_is_better": True},
         "metrics": {},
-        "cost": {"params": None, "macs": None, "macs_ssm": None, "input_size": list(size),
-                 "seq_len": seq_len(size), "tau": tau(dims) if dims else None,
-                 "train_throughput": None, "eval_throughput": None},
+        "cost": {"params": None, "macs": None, "macs_ssm": None, "input_size": list(config["task"]["image_size"]),
+                 "seq_len": None, "tau": None, "train_throughput": None, "eval_throughput": None},
         "tuning": config.get("tuning"),
         "env": _environment(),
     }
@@ -129,6 +128,8 @@ def _pruning_hook(cfg: DictConfig):
 
 
 def _error(exc: BaseException) -> dict[str, str]:
+    if isinstance(exc, InstantiationException) and exc.__cause__ is not None:
+        exc = exc.__cause__  # report the task's own error, not Hydra's wrapper around it
     tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).splitlines()[-30:]
     return {"type": type(exc).__name__, "message": str(exc).splitlines()[0] if str(exc) else "", "traceback": "\n".join(tail)}
 

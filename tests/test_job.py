@@ -28,28 +28,29 @@ def test_tiny_job_writes_a_valid_record(tmp_path, tiny_args):
 
 
 def test_failing_job_is_recorded_and_the_sweep_goes_on_then_rerun_reuses(tmp_path, tiny_args):
-    # imagenet has no data under paths.data: those jobs fail before training; the shapes jobs complete.
-    args = [a for a in tiny_args if a != "task=shapes"] + ["-m", "task=shapes,imagenet", "seed=0,1", "sweep=mixed"]
-    proc = run_cli(args, tmp_path, env=clean_env(ABLATE_IMAGENET=str(tmp_path / "no-imagenet")), check=False)
+    # A zero image side makes those two jobs raise; the other two complete and the multirun exits 0.
+    args = ["-m"] + tiny_args + ["task.image_size=[32,32],[0,32]", "seed=0,1", "sweep=mixed"]
+    proc = run_cli(args, tmp_path, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    by_task = {}
+    by_size = {}
     for record in load_records(tmp_path / "results"):
-        by_task.setdefault(record["task"]["name"], []).append(record)
-    assert sorted(r["status"] for r in by_task["shapes"]) == ["completed", "completed"]
-    assert [r["status"] for r in by_task["imagenet"]] == ["failed", "failed"]
-    error = by_task["imagenet"][0]["error"]
-    assert error["type"] == "DataError" and "task.data_root=" in error["message"]
+        by_size.setdefault(record["factors"]["task.image_size"], []).append(record)
+    assert [r["status"] for r in by_size["32x32"]] == ["completed", "completed"]
+    assert [r["status"] for r in by_size["0x32"]] == ["failed", "failed"]
+    error = by_size["0x32"][0]["error"]
+    assert error["type"] == "ValueError" and "task.image_size=[0, 32]" in error["message"]
+    assert "Traceback" in error["traceback"]
     cells = sorted((tmp_path / "results" / "sweeps" / "mixed").rglob("cell.json"))
     assert len(cells) == 4
 
     # Same command again: completed cells are reused (files untouched), failed ones are retried.
     done = {r["run_id"]: (tmp_path / "results" / "runs" / r["run_id"] / "result.json").stat().st_mtime_ns
-            for r in by_task["shapes"]}
-    run_cli(args, tmp_path, env=clean_env(ABLATE_IMAGENET=str(tmp_path / "no-imagenet")), check=False)
+            for r in by_size["32x32"]}
+    run_cli(args, tmp_path, check=False)
     for run_id, mtime in done.items():
         assert (tmp_path / "results" / "runs" / run_id / "result.json").stat().st_mtime_ns == mtime
         assert "reused" in (tmp_path / "results" / "runs" / run_id / "train.log").read_text()
-    failed_dir = tmp_path / "results" / "runs" / by_task["imagenet"][0]["run_id"]
+    failed_dir = tmp_path / "results" / "runs" / by_size["0x32"][0]["run_id"]
     assert len(list((failed_dir / "history").glob("result-*.json"))) == 1  # the first attempt kept
 
 

@@ -1,0 +1,110 @@
+"""`ablate plan`: compose a sweep without running it and print its job matrix and cost.
+
+    ablate plan model.ssm=true,false task=shapes,pathfinder seed=0,1 +experiment=demo
+
+Takes the same overrides as `python run.py -m`, expands them exactly as Hydra's basic sweeper does
+(sweeper params from the config first, command line after), composes every cell, and prints one row
+per cell: factors, params and MACs per image, seq_len vs tau, whether the cell is already completed,
+and the training cost estimate: steps x batch x MACs x 3 (forward + backward ~ 3x forward), in PFLOP
+(2 FLOPs per MAC) and GPU-hours at `--tflops` sustained. Exits 1 on any config error, before any job
+would be submitted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from tabulate import tabulate
+
+from ablate import records
+from ablate.config import compose
+from ablate.tasks.base import DataError
+from ablate.train.loop import effective_lr
+
+
+def expand(arguments: list[str]) -> list[list[str]]:
+    """The per-job override lists a `run.py -m ARGUMENTS` would launch (Hydra's basic sweeper order)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(arguments)
+    plain = [a for a, o in zip(arguments, parsed) if not o.is_sweep_override()]
+    hydra_cfg = compose(plain, return_hydra_config=True).hydra
+    params = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
+    (jobs,) = BasicSweeper.split_arguments(parser.parse_overrides(params + arguments), max_batch_size=None)
+    return jobs
+
+
+def plan_cell(overrides: list[str], cost_cache: dict) -> dict[str, Any]:
+    cfg = compose(overrides)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config.pop("rerun", None)
+    config["trainer"]["lr"] = effective_lr(cfg.trainer)  # as the job does, so run_id matches
+    run_id = records.run_id(config)
+    result = Path(cfg.paths.results) / "runs" / run_id / "result.json"
+    status = json.loads(result.read_text()).get("status", "?") if result.exists() else "new"
+    task = instantiate(cfg.task)
+    key = (cfg.task.name, tuple(cfg.task.image_size), cfg.model.name, cfg.model.ssm, cfg.model.scan, cfg.model.d_state)
+    if key not in cost_cache:
+        cost_cache[key] = task.cost(task.build_model(cfg.model))
+    cost = cost_cache[key]
+    steps = cfg.trainer.max_steps
+    if steps is None:
+        try:
+            task.prepare()
+            steps = cfg.trainer.epochs * task.steps_per_epoch(cfg.trainer.batch_size)
+        except DataError:
+            steps = None  # data not on this machine: the cost stays unknown rather than guessed
+    from ablate.models import VARIANTS, seq_len, tau
+
+    train_flops = None if steps is None else 3 * 2 * cost["macs"] * steps * cfg.trainer.batch_size
+    return {
+        "cell": " ".join(o for o in overrides), "run_id": run_id, "status": status,
+        "params_M": cost["params"] / 1e6, "GMACs": cost["macs"] / 1e9, "GMACs_ssm": cost["macs_ssm"] / 1e9,
+        "seq_len": seq_len(cfg.task.image_size), "tau": tau(VARIANTS[cfg.model.name]["dims"]),
+        "steps": steps, "train_PFLOP": None if train_flops is None else train_flops / 1e15,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ablate plan", description=__doc__.split("\n\n")[0])
+    parser.add_argument("overrides", nargs="*", help="the same overrides as `python run.py -m ...`")
+    parser.add_argument("--tflops", type=float, default=100.0,
+                        help="sustained training TFLOP/s per GPU for the GPU-hours estimate (default 100)")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    args = parser.parse_args(argv)
+    if args.tflops <= 0:
+        parser.error(f"--tflops={args.tflops} must be positive")
+    try:
+        jobs = expand(args.overrides)
+        cache: dict = {}
+        rows = [plan_cell(job, cache) for job in jobs]
+    except (HydraException, ValueError, KeyError) as exc:
+        print(f"ablate plan: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    known = [r["train_PFLOP"] for r in rows if r["train_PFLOP"] is not None]
+    total_pflop = sum(known)
+    gpu_hours = total_pflop * 1e15 / (args.tflops * 1e12) / 3600
+    if args.json:
+        print(json.dumps({"cells": rows, "total_PFLOP": total_pflop, "gpu_hours": gpu_hours}, indent=2))
+        return 0
+    print(tabulate(rows, headers="keys", floatfmt=".4g", missingval="?"))
+    by_status: dict[str, int] = {}
+    for r in rows:
+        by_status[r["status"]] = by_status.get(r["status"], 0) + 1
+    unknown = len(rows) - len(known)
+    print(f"\n{len(rows)} cells ({', '.join(f'{n} {s}' for s, n in sorted(by_status.items()))}); "
+          f"training cost {total_pflop:.4g} PFLOP = {gpu_hours:.3g} GPU-hours at {args.tflops:g} TFLOP/s"
+          + (f"; {unknown} cells without data on this machine are not counted" if unknown else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
