@@ -78,7 +78,7 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
             seed_everything(cfg.seed)
             model = task.build_model(cfg.model)  # validates the variant and scan order
             record["cost"].update(task.cost(model), tau=tau(VARIANTS[cfg.model.name]["dims"]))
-            result = fit(model, task, cfg.trainer, run_dir, cfg.seed, on_eval=_pruning_hook(cfg), tracker=tracker)
+            result = fit(model, task, cfg.trainer, run_dir, cfg.seed, on_eval=_pruning_hook(cfg, task.info.metric), tracker=tracker)
             record["metrics"] = result.metrics
             record["cost"].update(_throughput(result, task), steps=result.steps, resumed_from_step=result.resumed_from_step)
             record["status"], failed = "completed", False
@@ -119,12 +119,13 @@ def _throughput(result: Any, task: Any) -> dict[str, Optional[float]]:
     }
 
 
-def _pruning_hook(cfg: DictConfig):
+def _pruning_hook(cfg: DictConfig, metric: str):
+    """Report each evaluation to the Optuna trial this job belongs to (if any); may raise TrialPruned."""
     if cfg.get("tuning") is None:
         return None
     from ablate.tune.pruning import reporter_from_config
 
-    return reporter_from_config(cfg)
+    return reporter_from_config(cfg, metric=metric)
 
 
 def _error(exc: BaseException) -> dict[str, str]:

@@ -1,0 +1,44 @@
+"""One tiny real tuning trial through run.py: the record, the trial and the report agree."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from ablate.tune import study as st
+
+RUN = Path(__file__).resolve().parent.parent / "run.py"
+
+
+@pytest.mark.slow
+def test_a_real_trial_reports_its_metric_and_is_told_the_records_value(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(RUN), "-m", "hydra/sweeper=optuna_fair", "sweep=tune",
+         "task=shapes", "task.train_size=64", "task.val_size=32", "model=pico", "trainer=cpu",
+         "logger=none", "trainer.max_steps=2", "trainer.lr_base=tag(log, interval(1e-4, 1e-2))",
+         "hydra.sweeper.n_trials=1",
+         # Until the runner passes metric=task.info.metric to reporter_from_config:
+         "+tuning.metric=top1",
+         # Until conf/config.yaml excludes tuning.storage/study from override_dirname:
+         "hydra.sweep.subdir=${hydra.job.num}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = tmp_path / "results" / "sweeps" / "tune"
+    study = optuna.load_study(study_name="tune", storage=f"sqlite:///{sweep}/optuna.db")
+    [trial] = study.trials
+    run_dir = tmp_path / "results" / "runs" / trial.user_attrs[st.RUN_ID]
+    record = json.loads((run_dir / "result.json").read_text())
+
+    assert trial.state == TrialState.COMPLETE and record["status"] == "completed"
+    assert trial.value == record["metrics"]["top1"]
+    assert list(trial.intermediate_values.values()) == [record["metrics"]["top1"]]
+    assert record["tuning"]["study"] == "tune" and record["tuning"]["trial"] == 0
+    assert record["config"]["trainer"]["lr_base"] == trial.params["trainer.lr_base"]
+    report = (tmp_path / "reports" / "tune" / "report.md").read_text()
+    assert "| `trainer.lr_base` | float in [0.0001, 0.01], log scale |" in report
