@@ -24,7 +24,8 @@ Schema ``ablate.result/1`` (all keys always present; values may be null where st
                  "input_size": [H, W], "seq_len": int (tokens at stride 16), "tau": int (6 x stage-3
                  width), "train_throughput": img/s | null, "eval_throughput": img/s | null,
                  "peak_memory_mb": float | null, "wall_seconds": float, "steps": int, ...task extras}
-    tuning      null | {"study", "trial", "params"} when parameters came from a tuning study
+    tuning      null | {"study", "trial", "storage", "role": "tune"|"final", "params": [tuned keys]} when the
+                job ran for a tuning study (tuned keys are left out of `factors`)
     env         {"ablate", "git_commit", "torch", "timm", "python", "device", "hostname",
                  "slurm_job_id", "started_at", "finished_at"}  (ISO-8601 UTC timestamps)
 """
@@ -92,12 +93,18 @@ def factors(config: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, An
         "task.image_size": size_str(config["task"]["image_size"]),
         "seed": int(config["seed"]),
     }
+    tuned = set((config.get("tuning") or {}).get("params") or ())  # chosen per arm by a tuning study
     for item in overrides:
-        key, _, _ = item.lstrip("+~").partition("=")
-        if key in out or key.startswith("hydra.") or key in ("experiment",) or _non_semantic(key):
+        key, _, raw = item.lstrip("+~").partition("=")
+        if key in out or key in tuned or key in ("model", "task", "experiment") or key.startswith("hydra") or _non_semantic(key):
             continue
         value = _lookup(config, key)
-        out[key] = value if isinstance(value, (bool, int, float, str)) or value is None else json.dumps(value)
+        if isinstance(value, Mapping):  # a config-group choice such as trainer=cpu: the option's name
+            out[key] = raw
+        elif isinstance(value, (bool, int, float, str)) or value is None:
+            out[key] = value
+        else:
+            out[key] = json.dumps(value)
     return out
 
 

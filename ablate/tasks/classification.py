@@ -157,7 +157,7 @@ class ImageFolderClassification(Task):
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         self._require_prepared()
         model.eval()
-        k = min(5, self.num_classes)
+        k = 5 if self.num_classes > 5 else 1  # top-5 says nothing about a task with <= 5 classes
         loader = DataLoader(self._val, batch_size=self.eval_batch_size, shuffle=False, num_workers=0)
         correct1 = correctk = total = 0
         loss_sum = 0.0
@@ -171,7 +171,10 @@ class ImageFolderClassification(Task):
             correctk += hits.any(dim=1).sum().item()
             total += targets.numel()
         model.train()
-        return {"top1": 100.0 * correct1 / total, f"top{k}": 100.0 * correctk / total, "loss": loss_sum / total}
+        metrics = {"top1": 100.0 * correct1 / total, "loss": loss_sum / total}
+        if k == 5:
+            metrics["top5"] = 100.0 * correctk / total
+        return metrics
 
     def cost(self, model: nn.Module) -> dict[str, Any]:
         return count_cost(model, input_size=self.image_size).as_dict()

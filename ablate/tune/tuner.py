@@ -190,8 +190,11 @@ class FairTuner:
                 *self._tuning_overrides(arm.name, trial.number, "tune")]
 
     def _tuning_overrides(self, study: str, trial: int, role: str) -> list[str]:
+        # tuning.params names the tuned keys: they are not factors of the record (each arm's final
+        # runs use its own best values, and must still pair with the other arm's).
+        tuned = ",".join(_quote(name) for name in sorted(self.plan.distributions()))
         return [f"+tuning.study={_quote(study)}", f"+tuning.trial={trial}",
-                f"+tuning.storage={_quote(self.storage_url)}", f"+tuning.role={role}"]
+                f"+tuning.storage={_quote(self.storage_url)}", f"+tuning.role={role}", f"+tuning.params=[{tuned}]"]
 
     def _launch(self, jobs: list[_Job], launch: Launch) -> Sequence[JobReturn]:
         first = self._next_job

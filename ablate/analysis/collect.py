@@ -1,0 +1,391 @@
+"""Collect result records into one table, and pair the two arms of an ablation.
+
+    collect([sweep_dir, ...], results_root)  -> Collection (runs table, factors, problems, sweeps)
+    pair(runs, factors, "model.ssm", True, False) -> Pairing (matched pairs, unpaired cells)
+
+A sweep folder (results/sweeps/<sweep>/) holds one job folder per Hydra job; its cell.json points to
+the record (<run_dir>/result.json). A results root holds every record (results/runs/*/result.json).
+Nothing is dropped silently: an unreadable or schema-mismatched record, a job folder without a
+cell.json and a cell.json whose record is missing all become rows of `Collection.problems`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from ablate import records
+
+RESULT_FILE = "result.json"
+CELL_FILE = "cell.json"
+# Factors shown in every cell label, whether or not they vary (the rest are shown when they vary).
+LABEL_FACTORS = ("task", "model.name", "task.image_size")
+COMPLETED = "completed"
+PROBLEM_KINDS = UNREADABLE, MISSING_RECORD, DUPLICATE, INCOMPLETE = (
+    "unreadable record", "missing record", "duplicate run_id", "incomplete record")
+HEAD_COLUMNS = (
+    "run_id", "sweep", "status", "file", "task_kind", "metric", "higher_is_better", "value", "error", "overrides",
+)
+ENV_KEYS = ("git_commit", "device", "hostname", "started_at", "finished_at")
+# Columns present even when no record has them (the analysis reads them).
+ALWAYS_COLUMNS = (
+    "cost.params", "cost.macs", "cost.macs_ssm", "cost.seq_len", "cost.tau", "cost.eval_throughput",
+    "cost.train_throughput", "tuning.study", "tuning.trial", "tuning.storage", "tuning.role",
+    *(f"env.{k}" for k in ENV_KEYS),
+)
+
+
+@dataclass(frozen=True)
+class SweepInfo:
+    """One sweep folder as found on disk."""
+
+    name: str
+    path: Path
+    jobs: int  # job folders (with a cell.json or a .hydra/ folder)
+    command: str | None  # reconstructed from multirun.yaml, when present
+
+
+@dataclass
+class Collection:
+    """Every record read, one row each, plus what could not be read."""
+
+    runs: pd.DataFrame  # one row per record (any status); columns described in `_row`
+    factors: list[str]  # factor columns, ablated factor and seed included
+    problems: pd.DataFrame  # columns: file, kind (one of PROBLEM_KINDS), problem
+    sweeps: list[SweepInfo] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # things the reader should know (one line each)
+
+
+def shown_path(path: Path) -> str:
+    """A path relative to the current directory when it lies below it (stable, short in tables)."""
+    path = Path(path).absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def collect(
+    sweep_dirs: Sequence[Path] = (), results_root: Path | None = None, extra_factors: Sequence[str] = ()
+) -> Collection:
+    """Read the records of some sweeps and/or of a whole results folder into one table.
+
+    `extra_factors`: config keys to carry as factor columns even where no job overrode them
+    (e.g. keys a hypothesis scope filters on); their values come from each record's config.
+    """
+    problems: list[tuple[str, str, str]] = []
+    sources: list[Path] = []
+    sweeps = []
+    for sweep_dir in sweep_dirs:
+        info, found = _read_sweep(Path(sweep_dir), problems)
+        sweeps.append(info)
+        sources.extend(found)
+    if results_root is not None:
+        root = Path(results_root)
+        if not root.is_dir():
+            raise ValueError(f"--results {root}: not a folder (expected a results root with runs/*/{RESULT_FILE})")
+        sources.extend(sorted(root.glob(f"runs/*/{RESULT_FILE}")))
+    loaded = _load(sources, problems)
+    notes: list[str] = []
+    runs, factors = _table(loaded, extra_factors, problems, notes)
+    problem_frame = pd.DataFrame(sorted(set(problems)), columns=["file", "kind", "problem"])
+    return Collection(runs, factors, problem_frame, sweeps, notes)
+
+
+def _read_sweep(sweep_dir: Path, problems: list[tuple[str, str, str]]) -> tuple[SweepInfo, list[Path]]:
+    if not sweep_dir.is_dir():
+        raise ValueError(f"{sweep_dir}: sweep folder does not exist (expected results/sweeps/<sweep>/)")
+    found = []
+    jobs = 0
+    for job_dir in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+        cell_path = job_dir / CELL_FILE
+        if cell_path.exists():
+            jobs += 1
+            try:
+                cell = json.loads(cell_path.read_text())
+                result = Path(cell["run_dir"]) / RESULT_FILE
+                overrides = " ".join(cell.get("overrides", []))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                problem = f"unreadable cell pointer ({type(exc).__name__}: {exc})"
+                problems.append((shown_path(cell_path), MISSING_RECORD, problem))
+                continue
+            if result.exists():
+                found.append(result)
+            else:
+                problem = f"job {job_dir.name} points here, no record ({overrides})"
+                problems.append((shown_path(result), MISSING_RECORD, problem))
+        elif (job_dir / ".hydra").is_dir():
+            jobs += 1
+            problem = f"no {CELL_FILE}: the job stopped before its cell started ({' '.join(_job_overrides(job_dir))})"
+            problems.append((shown_path(job_dir), MISSING_RECORD, problem))
+    return SweepInfo(sweep_dir.name, sweep_dir, jobs, _command(sweep_dir)), found
+
+
+def _job_overrides(job_dir: Path) -> list[str]:
+    path = job_dir / ".hydra" / "overrides.yaml"
+    try:
+        return [str(item) for item in yaml.safe_load(path.read_text()) or []]
+    except (OSError, yaml.YAMLError):
+        return []
+
+
+def _command(sweep_dir: Path) -> str | None:
+    """The multirun command line, from the multirun.yaml Hydra writes into the sweep folder."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.exists():
+        return None
+    try:
+        hydra = (yaml.safe_load(path.read_text()) or {}).get("hydra", {})
+    except (OSError, yaml.YAMLError) as exc:
+        return f"(unreadable {path.name}: {' '.join(str(exc).split())})"
+    overrides = (hydra.get("overrides") or {}).get("task") or []
+    job = (hydra.get("job") or {}).get("name") or "run"
+    return " ".join([f"python {job}.py -m", *map(str, overrides)])
+
+
+def _load(sources: Iterable[Path], problems: list[tuple[str, str, str]]) -> list[tuple[Path, dict]]:
+    """Read each record once; a run_id met twice in different files keeps the first (reported)."""
+    seen: dict[str, Path] = {}
+    loaded = []
+    for path in sorted({Path(os.path.abspath(p)) for p in sources}):
+        try:
+            record = records.read(path)
+        except ValueError as exc:
+            problems.append((shown_path(path), UNREADABLE, str(exc).removeprefix(f"{path}: ")))
+            continue
+        if record["run_id"] in seen:
+            problem = f"run_id {record['run_id']} also in {shown_path(seen[record['run_id']])}; that one was used"
+            problems.append((shown_path(path), DUPLICATE, problem))
+            continue
+        seen[record["run_id"]] = path
+        loaded.append((path, record))
+    return loaded
+
+
+def _table(
+    loaded: list[tuple[Path, dict]], extra_factors: Sequence[str], problems: list[tuple[str, str, str]], notes: list[str]
+) -> tuple[pd.DataFrame, list[str]]:
+    factor_keys = sorted({key for _, record in loaded for key in record["factors"]} | set(extra_factors))
+    factor_values = [_complete_factors(record, factor_keys) for _, record in loaded]
+    extra = _distinguishing_keys([record for _, record in loaded], factor_values)
+    if extra:
+        notes.append(
+            "records with the same factors differed in their configs; these config keys were added as "
+            f"factors to tell them apart: {', '.join(extra)}"
+        )
+        factor_values = [_complete_factors(record, factor_keys + extra) for _, record in loaded]
+    factors = _ordered_factors(factor_keys + extra)
+    rows = [_row(path, record, values, problems) for (path, record), values in zip(loaded, factor_values)]
+    runs = pd.DataFrame(rows, columns=_columns(rows, factors))
+    if len(runs):
+        runs = runs.sort_values(["task", "model.name", "cost.seq_len", "seed", "run_id"], kind="stable")
+    return runs.reset_index(drop=True), factors
+
+
+def _ordered_factors(keys: Iterable[str]) -> list[str]:
+    standard = list(records.STANDARD_FACTORS)
+    return standard + sorted(set(keys) - set(standard))
+
+
+def _complete_factors(record: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """The record's factors, plus the config value of every factor key it did not override."""
+    values = dict(record["factors"])
+    missing = [key for key in keys if key not in values]
+    if missing:
+        # records.factors looks a key up in the config and makes it a scalar the way the runner did
+        looked_up = records.factors(record["config"], [f"{key}=" for key in missing])
+        values.update({key: looked_up.get(key) for key in missing})
+    return values
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(node, Mapping):
+        out: dict[str, str] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: json.dumps(node, sort_keys=True)}
+
+
+def _distinguishing_keys(loaded: list[dict], factor_values: list[dict]) -> list[str]:
+    """Config keys that differ between records whose factors are all equal.
+
+    Such records are different cells (their run_ids differ) that the factors cannot tell apart,
+    e.g. two experiments run with different defaults; pairing needs them apart.
+    """
+    groups: dict[str, list[dict]] = {}
+    for record, values in zip(loaded, factor_values):
+        groups.setdefault(json.dumps(values, sort_keys=True, default=str), []).append(record)
+    keys: set[str] = set()
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        flats = [_flatten(records.semantic_config(record["config"])) for record in group]
+        for key in set().union(*flats):
+            if len({flat.get(key) for flat in flats}) > 1:
+                keys.add(key)
+    return sorted(keys)
+
+
+def _row(path: Path, record: Mapping[str, Any], factors: Mapping[str, Any], problems: list) -> dict[str, Any]:
+    """One runs-table row: identity, factors, primary metric value, metrics.*, cost.*, env.*."""
+    task = record["task"]
+    metric = task.get("metric")
+    value = record["metrics"].get(metric) if record["status"] == COMPLETED else None
+    error = record.get("error") or {}
+    row: dict[str, Any] = {
+        "run_id": record["run_id"], "sweep": record["sweep"], "status": record["status"],
+        "file": shown_path(path), "task_kind": task.get("kind"), "metric": metric,
+        "higher_is_better": bool(task.get("higher_is_better", True)), "value": value,
+        "error": f"{error.get('type', '')}: {error.get('message', '')}" if error else None,
+        "overrides": list(record["overrides"]),
+    }
+    row.update(factors)
+    row.update({f"metrics.{k}": v for k, v in record["metrics"].items()})
+    cost = record["cost"] or {}
+    row.update({f"cost.{k}": v if not isinstance(v, (list, dict)) else json.dumps(v) for k, v in cost.items()})
+    tuning = record.get("tuning") or {}
+    row.update({f"tuning.{k}": tuning.get(k) for k in ("study", "trial", "storage", "role")})
+    row.update({f"env.{k}": (record.get("env") or {}).get(k) for k in ENV_KEYS})
+    if record["status"] == COMPLETED:
+        lacking = [k for k in ("params", "macs", "macs_ssm", "seq_len", "tau") if cost.get(k) is None]
+        if lacking:
+            problems.append((shown_path(path), INCOMPLETE, f"completed record lacks cost {', '.join(lacking)}"))
+    return row
+
+
+def _columns(rows: list[dict], factors: list[str]) -> list[str]:
+    """Fixed head, the factors, then every metrics./cost./env./tuning. column (the analysed ones always)."""
+    present = {key for row in rows for key in row} | set(ALWAYS_COLUMNS)
+    grouped = sorted(k for k in present if k.startswith(("metrics.", "cost.", "tuning.", "env.")))
+    return list(HEAD_COLUMNS) + factors + grouped
+
+
+# --- pairing -------------------------------------------------------------------------------------
+
+# Columns that differ between the arms of a pair; in the pairs table they carry _t / _c suffixes.
+ARM_COLUMNS = ("run_id", "v", "cost.macs", "cost.macs_ssm", "cost.params", "cost.eval_throughput", "cost.train_throughput")
+
+
+@dataclass
+class Pairing:
+    """Treatment and control records matched on every other factor, seed included."""
+
+    factor: str
+    treatment: Any
+    control: Any
+    cell_factors: list[str]  # the factors a cell group is made of (not the ablated one, not seed)
+    pairs: pd.DataFrame  # one row per matched (cell, seed): the treatment row, arm columns suffixed _t/_c, diff
+    unpaired: pd.DataFrame  # columns: cell, label, seed, present, missing, missing_status, overrides
+
+
+def cell_factors(factors: Sequence[str], factor: str) -> list[str]:
+    """Factors a cell group is made of: all but the ablated one and seed."""
+    return [f for f in factors if f not in (factor, "seed")]
+
+
+def series_factors(pairing: Pairing) -> list[str]:
+    """A series is a cell group without its image size: the axis along which L is swept."""
+    return [k for k in pairing.cell_factors if k != "task.image_size"]
+
+
+def label_keys(runs: pd.DataFrame, keys: Sequence[str]) -> list[str]:
+    """The cell factors worth showing: the standard label factors, plus those that vary."""
+    return [k for k in keys if k in LABEL_FACTORS or (k in runs and runs[k].astype(str).nunique() > 1)]
+
+
+def with_cells(runs: pd.DataFrame, keys: Sequence[str], key: str = "cell", label: str = "label") -> pd.DataFrame:
+    """Add column `key` (a canonical key of the given factors) and `label` (its readable part)."""
+    shown = label_keys(runs, keys)
+    return runs.assign(**{
+        key: [json.dumps([[k, row[k]] for k in keys], default=str) for _, row in runs.iterrows()],
+        label: [cell_label(row, shown) for _, row in runs.iterrows()],
+    })
+
+
+def cell_label(row: Mapping[str, Any], keys: Sequence[str]) -> str:
+    return ", ".join(f"{k}={format_level(row[k])}" for k in keys)
+
+
+def format_level(value: Any) -> str:
+    """A factor value the way a Hydra override writes it (true/false, not True/False)."""
+    return str(value).lower() if isinstance(value, (bool, np.bool_)) else str(value)
+
+
+def pair(
+    runs: pd.DataFrame, factors: Sequence[str], factor: str, treatment: Any, control: Any, value: str = "value"
+) -> Pairing:
+    """Match completed treatment and control records that agree on every other factor and seed.
+
+    `value` names the compared column (the primary metric by default); in the pairs it is `v_t`
+    and `v_c`, and `diff` = v_t - v_c. A record counts only when it completed and has that value.
+    """
+    keys = cell_factors(factors, factor)
+    runs = with_cells(runs, keys).assign(v=runs[value] if value in runs else None)
+    # Search trials of a tuning study (role "tune") are not evidence: only final runs and plain jobs pair.
+    search = runs["tuning.role"].eq("tune") if "tuning.role" in runs else False
+    usable = runs[(runs["status"] == COMPLETED) & runs["v"].notna() & ~search]
+    treated = usable[at_level(usable[factor], treatment)]
+    controls = usable[at_level(usable[factor], control)]
+    on = ["cell", "seed"]
+    pairs = treated.merge(controls[on + list(ARM_COLUMNS)], on=on, suffixes=("_t", "_c"))
+    pairs["diff"] = pairs["v_t"].astype(float) - pairs["v_c"].astype(float)
+    unpaired = pd.concat([
+        _unpaired(treated, controls, runs, factor, control, "treatment", "control"),
+        _unpaired(controls, treated, runs, factor, treatment, "control", "treatment"),
+    ], ignore_index=True).sort_values(["cell", "seed", "missing"], kind="stable")
+    return Pairing(factor, treatment, control, keys, _sorted(pairs), unpaired.reset_index(drop=True))
+
+
+def at_level(column: pd.Series, level: Any) -> pd.Series:
+    """Equality that keeps booleans apart from numbers (True is not the integer 1 here)."""
+    if isinstance(level, bool):
+        same = column.map(lambda v: isinstance(v, (bool, np.bool_)) and bool(v) == level)
+    else:
+        same = column.map(lambda v: not isinstance(v, (bool, np.bool_)) and v == level)
+    return same.astype(bool)  # an empty map is object-typed, and would index columns, not rows
+
+
+def _unpaired(
+    present: pd.DataFrame, other: pd.DataFrame, runs: pd.DataFrame, factor: str, missing_level: Any,
+    present_arm: str, missing_arm: str,
+) -> pd.DataFrame:
+    """Cells of `present` whose partner in the other arm is absent or did not complete."""
+    have = set(zip(other["cell"], other["seed"]))
+    rows = []
+    for _, row in present.iterrows():
+        if (row["cell"], row["seed"]) in have:
+            continue
+        partner = runs[(runs["cell"] == row["cell"]) & (runs["seed"] == row["seed"]) & at_level(runs[factor], missing_level)]
+        status = "no record" if partner.empty else _status_text(partner.iloc[0])
+        rows.append({
+            "cell": row["cell"], "label": row["label"], "seed": row["seed"], "present": present_arm,
+            "missing": missing_arm, "missing_status": status,
+            "overrides": fill_overrides(row["overrides"], factor, missing_level),
+        })
+    return pd.DataFrame(rows, columns=["cell", "label", "seed", "present", "missing", "missing_status", "overrides"])
+
+
+def _status_text(record_row: Mapping[str, Any]) -> str:
+    if record_row["status"] == COMPLETED:
+        return "completed without the compared metric"
+    return str(record_row["status"])
+
+
+def fill_overrides(overrides: Sequence[str], factor: str, level: Any) -> str:
+    """The present arm's overrides with the ablated factor switched: the command that fills a gap."""
+    switched = f"{factor}={format_level(level)}"
+    items = [switched if item.lstrip("+~").partition("=")[0] == factor else item for item in overrides]
+    if switched not in items:
+        items.insert(0, switched)
+    return " ".join(items)
+
+
+def _sorted(pairs: pd.DataFrame) -> pd.DataFrame:
+    return pairs.sort_values(["task", "model.name", "cost.seq_len", "label", "seed"], kind="stable").reset_index(drop=True)

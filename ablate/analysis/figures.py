@@ -1,0 +1,97 @@
+"""The report's figures, as PNG files (matplotlib's Agg canvas via Figure; no pyplot state).
+
+Each function draws one task and returns the file name it wrote (relative to the report folder).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib import ticker
+from matplotlib.figure import Figure
+
+ARM_STYLE = {"c": ("no SSM (control)", "tab:blue", "o"), "t": ("SSM (treatment)", "tab:orange", "s")}
+PNG_METADATA = {"Software": None}  # no matplotlib version in the file: same records, same bytes
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a task name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-") or "task"
+
+
+def _figure(width: float = 6.0, bottom: float = 0.12) -> Figure:
+    # fixed margins: a layout engine would redraw the figure and double its cost
+    figure = Figure(figsize=(width, 4.2))
+    figure.subplots_adjust(left=0.11, right=0.97, top=0.92, bottom=bottom)
+    return figure
+
+
+def _plain_log_axis(axes: Any) -> None:
+    """Log x axis labelled with plain numbers, no crowded minor labels."""
+    axes.set_xscale("log")
+    axes.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    axes.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    axes.xaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _save(figure: Figure, out_dir: Path, name: str) -> str:
+    figure.savefig(out_dir / name, dpi=100, metadata=PNG_METADATA)
+    return name
+
+
+def metric_vs_gmacs(summary: pd.DataFrame, out_dir: Path) -> str:
+    """Each cell group's two arms at (GMACs, mean metric), joined by a line: the pair's cost step."""
+    task, metric = summary["task"].iloc[0], summary["metric"].iloc[0]
+    figure = _figure()
+    axes = figure.add_subplot()
+    for _, row in summary.iterrows():
+        axes.plot([row["gmacs_c"], row["gmacs_t"]], [row["mean_c"], row["mean_t"]], color="0.7", lw=1, zorder=1)
+    for arm, (name, color, marker) in ARM_STYLE.items():
+        axes.scatter(summary[f"gmacs_{arm}"], summary[f"mean_{arm}"], color=color, marker=marker, label=name, zorder=2)
+    _plain_log_axis(axes)
+    axes.set(xlabel="GMACs per image (log)", ylabel=f"{metric} (mean over seeds)", title=f"{task}: {metric} vs cost")
+    axes.legend(loc="best", fontsize=8)
+    return _save(figure, out_dir, f"{slug(task)}_metric_vs_gmacs.png")
+
+
+def difference_vs_length(points: pd.DataFrame, out_dir: Path) -> str:
+    """Mean paired difference (SSM - no SSM) against tokens L, with its CI and tau marked."""
+    task, metric = points["task"].iloc[0], points["metric"].iloc[0]
+    figure = _figure()
+    axes = figure.add_subplot()
+    for label, series in points.groupby("series_label", sort=False):
+        error = np.vstack([series["diff"] - series["ci_low"], series["ci_high"] - series["diff"]])
+        axes.errorbar(series["seq_len"], series["diff"], yerr=np.nan_to_num(error), marker="o", capsize=3, label=label)
+    for tau in sorted(points["tau"].dropna().unique()):
+        axes.axvline(tau, color="tab:red", ls="--", lw=1)
+        axes.annotate(f" τ={int(tau)}", (tau, 0.98), xycoords=("data", "axes fraction"), ha="left", va="top",
+                      fontsize=8, color="tab:red")
+    axes.axhline(0, color="0.5", lw=0.8)
+    _plain_log_axis(axes)
+    lengths = sorted(points["seq_len"].unique())
+    axes.set_xticks(lengths, [str(length) for length in lengths])  # the swept sizes, as numbers
+    axes.set(xlabel="tokens L at stride 16 (log)", ylabel=f"{metric}: SSM - no SSM",
+             title=f"{task}: difference vs sequence length")
+    axes.legend(loc="best", fontsize=7)
+    return _save(figure, out_dir, f"{slug(task)}_difference_vs_length.png")
+
+
+def arm_bars(summary: pd.DataFrame, out_dir: Path) -> str:
+    """Mean metric (+- sd over seeds) of both arms for every cell group of a task."""
+    task, metric = summary["task"].iloc[0], summary["metric"].iloc[0]
+    figure = _figure(max(5.0, 1.2 * len(summary) + 2), bottom=0.22)
+    axes = figure.add_subplot()
+    x = np.arange(len(summary))
+    for offset, (arm, (name, color, _)) in zip((-0.2, 0.2), ARM_STYLE.items()):
+        axes.bar(x + offset, summary[f"mean_{arm}"], 0.4, yerr=summary[f"sd_{arm}"].fillna(0), color=color, label=name,
+                 capsize=3)
+    # tick labels: the cell label without the task (the title has it), one factor per line
+    short = ["\n".join(part.split("=", 1)[1] for part in label.split(", ") if not part.startswith("task="))
+             for label in summary["label"]]
+    axes.set_xticks(x, short, fontsize=8)
+    axes.set(ylabel=f"{metric} (mean ± sd)", title=f"{task}: both arms per cell group")
+    figure.legend(loc="lower center", ncols=2, fontsize=8)
+    return _save(figure, out_dir, f"{slug(task)}_bars.png")

@@ -1,0 +1,432 @@
+"""`ablate report`: collect -> pair -> test -> report.md, figures (PNG), results.csv, verdicts.csv.
+
+    ablate report SWEEP_DIR [SWEEP_DIR ...] [--results ROOT] [--out DIR] [--hypotheses DIR]
+
+The same records always give the same files: everything is sorted, the bootstrap is seeded and no
+timestamp of the report itself is written (the dates shown are the runs' own).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+
+from ablate import records
+from ablate.analysis import figures, summaries
+from ablate.analysis.collect import (
+    Collection, Pairing, at_level, cell_factors, collect, format_level, pair, shown_path, with_cells,
+)
+from ablate.analysis.hypotheses import (
+    CONF_DIR, INSUFFICIENT, VERDICT_COLUMNS, Hypothesis, Verdict, evaluate, load_hypotheses,
+)
+
+REPORT_FILE = "report.md"
+RESULTS_CSV = "results.csv"
+VERDICTS_CSV = "verdicts.csv"
+# The comparison behind the descriptive tables: the selective SSM on (treatment) vs off (control).
+ABLATED = ("model.ssm", True, False)
+ARM_NAMES = {"c": "no SSM", "t": "SSM"}
+NON_COMPLETED = tuple(s for s in records.STATUSES if s != "completed")
+
+
+def default_out_dir(sweep_dirs: Sequence[Path], results_root: Path | None = None) -> Path:
+    """reports/<sweep-name>/ (several sweeps: names joined by '+'; a results root alone: all-runs)."""
+    names = [Path(d).resolve().name for d in sweep_dirs]
+    return Path("reports") / ("+".join(names) if names else "all-runs")
+
+
+def write_report(
+    sweep_dirs: Sequence[Path],
+    out_dir: Path | None = None,
+    hypotheses_dir: Path | None = None,
+    *,
+    results_root: Path | None = None,
+) -> Path:
+    """Write report.md, figures and the two CSV files; return the path of report.md."""
+    sweep_dirs = [Path(d) for d in sweep_dirs]
+    hypotheses = load_hypotheses(hypotheses_dir)
+    collection = collect(sweep_dirs, results_root, extra_factors=_hypothesis_factors(hypotheses))
+    out = Path(out_dir) if out_dir is not None else default_out_dir(sweep_dirs, results_root)
+    out.mkdir(parents=True, exist_ok=True)
+    verdicts = [evaluate(h, collection) for h in hypotheses]
+    pairing = pair(collection.runs, collection.factors, *ABLATED)
+    summary = summaries.arm_summary(collection.runs, pairing)
+    points = summaries.sequence_points(pairing)
+    drawn = _draw(out, summary, points)
+    _write_csvs(out, collection.runs, verdicts)
+    sections = [
+        f"# Ablation report: {', '.join(s.name for s in collection.sweeps) or 'all runs'}",
+        _what_was_run(collection, results_root, hypotheses, hypotheses_dir),
+        _verdict_section(verdicts),
+        _paragraphs(verdicts),
+        _task_sections(summary, drawn),
+        _sequence_section(points, drawn),
+        _tuning_section(collection.runs),
+        _problems_section(collection, pairing, verdicts),
+        _files_section(drawn),
+    ]
+    path = out / REPORT_FILE
+    path.write_text("\n\n".join(sections).rstrip() + "\n")
+    return path
+
+
+def _hypothesis_factors(hypotheses: Iterable[Hypothesis]) -> list[str]:
+    keys = set()
+    for h in hypotheses:
+        keys.add(h.factor)
+        keys.update(key for key, _ in h.scope.factors)
+    return sorted(keys)
+
+
+# --- formatting ----------------------------------------------------------------------------------
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def fmt(value: Any, spec: str = ".3f") -> str:
+    """A number for a table; empty for a missing one."""
+    return "" if _missing(value) else format(value, spec)
+
+
+def column(values: pd.Series, spec: str = ".3f") -> pd.Series:
+    """A numeric column formatted for a table."""
+    return values.map(lambda v: fmt(v, spec))
+
+
+def fmt_p(p: float) -> str:
+    return "" if _missing(p) else ("<0.0001" if p < 1e-4 else f"{p:.4f}")
+
+
+def _p_phrase(p: float) -> str:
+    """'= 0.0123' or '< 0.0001', to follow a 'p' in a sentence."""
+    text = fmt_p(p)
+    return f"< {text[1:]}" if text.startswith("<") else f"= {text}"
+
+
+def fmt_ci(diff: float, low: float, high: float) -> str:
+    if _missing(diff):
+        return ""
+    return fmt(diff, "+.3f") + ("" if _missing(low) else f" [{low:+.3f}, {high:+.3f}]")
+
+
+def fmt_mean(mean: float, sd: float, n: int) -> str:
+    if not n:
+        return ""
+    return fmt(mean) + ("" if _missing(sd) else f" ± {sd:.3f}") + f" (n={n})"
+
+
+def md_table(frame: pd.DataFrame) -> str:
+    """A GitHub pipe table of already formatted cells (| escaped); '_none_' for no rows."""
+    if frame.empty:
+        return "_none_"
+    cells = frame.astype(str).map(lambda text: text.replace("|", "\\|").replace("\n", " "))
+    return cells.to_markdown(index=False, disable_numparse=True)
+
+
+def _without_task(label: str) -> str:
+    return ", ".join(part for part in label.split(", ") if not part.startswith("task=")) or label
+
+
+# --- outputs -------------------------------------------------------------------------------------
+
+def _draw(out: Path, summary: pd.DataFrame, points: pd.DataFrame) -> dict[str, dict[str, str]]:
+    """All figures; {task: {kind: file name}}."""
+    drawn: dict[str, dict[str, str]] = {}
+    for task, frame in (summary.groupby("task", sort=True) if len(summary) else []):
+        drawn[task] = {"gmacs": figures.metric_vs_gmacs(frame, out), "bars": figures.arm_bars(frame, out)}
+    for task, frame in (points.groupby("task", sort=True) if len(points) else []):
+        drawn.setdefault(task, {})["length"] = figures.difference_vs_length(frame, out)
+    return drawn
+
+
+def _write_csvs(out: Path, runs: pd.DataFrame, verdicts: list[Verdict]) -> None:
+    runs.assign(overrides=[" ".join(o) for o in runs["overrides"]]).to_csv(out / RESULTS_CSV, index=False)
+    rows = [v.rows for v in verdicts if not v.rows.empty]
+    frame = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=list(VERDICT_COLUMNS))
+    frame.to_csv(out / VERDICTS_CSV, index=False)
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+def _what_was_run(collection: Collection, results_root: Path | None, hypotheses: list[Hypothesis],
+                  hypotheses_dir: Path | None) -> str:
+    runs = collection.runs
+    rows = [{"sweep": s.name, "folder": shown_path(s.path), "jobs": s.jobs,
+             "command": f"`{s.command}`" if s.command else "(no multirun.yaml)"} for s in collection.sweeps]
+    if results_root is not None:
+        rows.append({"sweep": "(every record)", "folder": shown_path(results_root), "jobs": "", "command": ""})
+    sweeps = pd.DataFrame(rows, columns=["sweep", "folder", "jobs", "command"])
+    counts = [{"status": status, "records": int((runs["status"] == status).sum())} for status in records.STATUSES]
+    problem_kinds = collection.problems["kind"].value_counts().sort_index()
+    counts += [{"status": kind, "records": n} for kind, n in problem_kinds.items()]
+    lines = [
+        "## What was run", "", md_table(sweeps), "",
+        f"- Records read: {len(runs)}",
+        f"- Commit: {_distinct(runs['env.git_commit'])}",
+        f"- Hardware: {_distinct(runs['env.device'])} on {runs['env.hostname'].nunique()} host(s)",
+        f"- Runs started {_extreme(runs['env.started_at'], min)}, "
+        f"last finished {_extreme(runs['env.finished_at'], max)}",
+        f"- Hypotheses: {', '.join(f'{h.id} ({h.source.name})' for h in hypotheses) or 'none'}"
+        f" from {shown_path(hypotheses_dir or CONF_DIR)}",
+        "", "Jobs by status:", "", md_table(pd.DataFrame(counts)),
+    ]
+    return "\n".join(lines)
+
+
+def _distinct(column: pd.Series) -> str:
+    values = sorted(str(v) for v in column.dropna().unique())
+    return ", ".join(values) if values else "unknown"
+
+
+def _extreme(column: pd.Series, pick: Any) -> str:
+    values = [str(v) for v in column.dropna()]
+    return pick(values) if values else "unknown"  # ISO-8601 UTC strings sort in time order
+
+
+def _verdict_section(verdicts: list[Verdict]) -> str:
+    summary = pd.DataFrame(
+        [{"hypothesis": v.hypothesis.id, "claim": v.hypothesis.claim, "scope": v.hypothesis.scope.describe(),
+          "parts": "; ".join(f"{part}: {decision}" for part, decision in v.parts.items()),
+          "pairs": int(v.rows.loc[v.rows["part"] == v.hypothesis.test, "n_pairs"].sum()),
+          "decision": f"**{v.decision}**"} for v in verdicts],
+        columns=["hypothesis", "claim", "scope", "parts", "pairs", "decision"])
+    cells = [
+        {"hypothesis": row["hypothesis"], "part": row["part"], "cell group": row["cell"], "metric": row["metric"],
+         "n pairs": row["n_pairs"], "diff [CI]": fmt_ci(row["diff"], row["ci_low"], row["ci_high"]),
+         "effect": _effect(row), "p": fmt_p(row["p"]), "p (Holm)": fmt_p(row["p_adj"]),
+         "decision": row["decision"], "note": row["note"]}
+        for v in verdicts for _, row in v.rows.iterrows()
+    ]
+    return "\n".join([
+        "## Verdicts", "", md_table(summary), "",
+        "Per cell group (all factors but the ablated one and seed). diff = treatment - control in the metric's "
+        "units, with its 1 - 2α percentile-bootstrap CI (90% at α = 0.05, matching the one-sided tests); p: one-sided "
+        "paired t-test against the margin (TOST for equivalence), Holm-adjusted across the cell groups of each part; "
+        "trend: Spearman ρ of the favoured arm's advantage against L, one-sided. Fewer paired seeds than the "
+        "hypothesis' min_pairs gives `insufficient evidence`.", "",
+        md_table(pd.DataFrame(cells)),
+    ])
+
+
+def _effect(row: pd.Series) -> str:
+    """Spearman rho for a trend row, Cohen's d_z for a paired comparison."""
+    if not _missing(row["rho"]):
+        return f"ρ={row['rho']:.3f}"
+    return "" if _missing(row["d_z"]) else f"d_z={row['d_z']:.2f}"
+
+
+TEST_TEXT = {
+    "non_inferiority": "Non-inferiority of the {favours} arm (margin {margin:g})",
+    "superiority": "Superiority of the {favours} arm",
+    "equivalence": "Equivalence of the arms (within ±{margin:g})",
+    "efficiency": "Metric per GMAC higher for the {favours} arm",
+    "trend": "Advantage of the {favours} arm growing with L",
+}
+
+
+def _paragraphs(verdicts: list[Verdict]) -> str:
+    blocks = ["## What the numbers say"]
+    for verdict in verdicts:
+        h = verdict.hypothesis
+        main = verdict.rows[verdict.rows["part"] == h.test]
+        text = [
+            f"Scope: {h.scope.describe()}: {len(main)} cell group(s) with {int(main['n_pairs'].sum())} pair(s) of "
+            f"{h.factor}={format_level(h.treatment)} (treatment) and {h.factor}={format_level(h.control)} (control); "
+            f"α = {h.alpha:g}, at least {h.min_pairs} paired seeds per cell group."
+        ]
+        for part, frame in verdict.rows.groupby("part", sort=False):
+            text.append(_part_sentence(h, part, frame, verdict.parts[part]))
+        if main.empty:
+            text.append(f"No paired records fall in this scope ({verdict.in_scope} record(s) in scope).")
+        text.append(f"Verdict: **{verdict.decision}**.")
+        blocks += [f"### {h.id}: {h.claim}", " ".join(text)]
+    if len(blocks) == 1:
+        blocks.append("No hypothesis is declared.")
+    return "\n\n".join(blocks)
+
+
+def _part_sentence(h: Hypothesis, part: str, frame: pd.DataFrame, decision: str) -> str:
+    counts = frame["decision"].value_counts()
+    tally = ", ".join(f"{counts[d]} {d}" for d in ("supported", "not supported", INSUFFICIENT) if d in counts)
+    head = TEST_TEXT[part].format(favours=h.favours, margin=h.margin)
+    metric = frame["metric"].iloc[0]
+    if part == "trend":
+        numbers = "; ".join(f"ρ = {r['rho']:.3f} (p {_p_phrase(r['p'])}) for {r['cell']}" for _, r in frame.iterrows()
+                            if not _missing(r["rho"]))
+    else:
+        tested = frame[frame["n_pairs"] > 0]["diff"]
+        numbers = (f"treatment - control ranges from {tested.min():+.3f} to {tested.max():+.3f} {metric}"
+                   if len(tested) else "")
+    notes = sorted({n for n in frame["note"] if n})
+    sentence = f"{head}: {tally} of {len(frame)} cell group(s)" + (f"; {numbers}" if numbers else "")
+    sentence += (f" (insufficient where: {'; '.join(notes)})" if notes else "") + f". This part: {decision}."
+    return sentence
+
+
+def _task_sections(summary: pd.DataFrame, drawn: dict) -> str:
+    blocks = ["## Results per task",
+              f"Both arms of model.ssm in every cell group: {ARM_NAMES['c']} (control) and {ARM_NAMES['t']} "
+              "(treatment). Means ± sd over completed seeds; diff = SSM - no SSM over paired seeds with its 95% "
+              "bootstrap CI; GMACs per image at the evaluated size; throughput in evaluated images/s."]
+    if summary.empty:
+        blocks.append("No completed record.")
+    for task, frame in (summary.groupby("task", sort=True) if len(summary) else []):
+        first = frame.iloc[0]
+        direction = "higher is better" if first["higher_is_better"] else "lower is better"
+        metric = first["metric"]
+        blocks += [f"### {task} ({first['task_kind']}; {metric}, {direction})", md_table(_results_table(frame, metric)),
+                   md_table(_cost_table(frame, metric))]
+        files = drawn.get(task, {})
+        blocks.append(" ".join(f"![{task}: {kind}]({files[kind]})" for kind in ("gmacs", "bars") if kind in files))
+    return "\n\n".join(blocks)
+
+
+def _results_table(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    return pd.DataFrame({
+        "cell group": frame["label"].map(_without_task), "L": column(frame["seq_len"], ".0f"),
+        "L/τ": column(frame["seq_len"] / frame["tau"], ".2f"),
+        f"{metric}, {ARM_NAMES['c']}": [fmt_mean(r.mean_c, r.sd_c, r.n_c) for r in frame.itertuples()],
+        f"{metric}, {ARM_NAMES['t']}": [fmt_mean(r.mean_t, r.sd_t, r.n_t) for r in frame.itertuples()],
+        "pairs": frame["n_pairs"], "diff [95% CI]": [fmt_ci(r.diff, r.ci_low, r.ci_high) for r in frame.itertuples()],
+    })
+
+
+def _cost_table(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    c, t = ARM_NAMES["c"], ARM_NAMES["t"]
+    return pd.DataFrame({
+        "cell group": frame["label"].map(_without_task),
+        # significant digits: toy inputs cost a millionth of what ImageNet-size inputs do
+        f"GMACs, {c}": column(frame["gmacs_c"], ".4g"), f"GMACs, {t}": column(frame["gmacs_t"], ".4g"),
+        "SSM GMACs": column(frame["gmacs_ssm_t"], ".4g"), "MAC overhead %": column(100 * frame["macs_overhead"], "+.1f"),
+        f"params M, {c}": column(frame["params_c"], ".4g"), f"params M, {t}": column(frame["params_t"], ".4g"),
+        f"{metric}/GMAC, {c}": column(frame["per_gmac_c"], ".5g"), f"{metric}/GMAC, {t}": column(frame["per_gmac_t"], ".5g"),
+        f"img/s, {c}": column(frame["throughput_c"], ".1f"), f"img/s, {t}": column(frame["throughput_t"], ".1f"),
+        "throughput SSM/no SSM": column(frame["throughput_ratio"], ".2f"),
+        "Pareto-dominant": frame["dominant"].map({"treatment": t, "control": c, "neither": "neither", "": ""}),
+    })
+
+
+def _sequence_section(points: pd.DataFrame, drawn: dict) -> str:
+    blocks = ["## Sequence length",
+              "Tokens L at stride 16 against τ = 6·D (D: stage-3 width); PAPER.md §2 calls a task long when L > τ and "
+              "predicts the SSM starts to pay near L = τ. diff = SSM - no SSM (mean over paired seeds, 95% bootstrap CI); "
+              "a crossover L* is where the SSM's mean advantage changes sign, interpolated linearly in log L between the "
+              "two bracketing sizes; it is clear when the CIs at both of them exclude 0 (otherwise it may be noise "
+              "around a null effect)."]
+    if points.empty:
+        blocks.append("No task was swept over two or more image sizes.")
+        return "\n\n".join(blocks)
+    crossings = summaries.crossover_table(points)
+    for task, frame in points.groupby("task", sort=True):
+        table = pd.DataFrame({
+            "series": frame["series_label"].map(_without_task), "image size": frame["image_size"],
+            "L": frame["seq_len"], "L/τ": column(frame["seq_len"] / frame["tau"], ".2f"), "regime": frame["regime"],
+            "pairs": frame["n_pairs"], "diff [95% CI]": [fmt_ci(r.diff, r.ci_low, r.ci_high) for r in frame.itertuples()],
+        })
+        found = crossings[crossings["task"] == task]
+        crossing_table = pd.DataFrame({
+            "series": found["series_label"].map(_without_task), "between L": found["between"],
+            "L*": column(found["seq_len_star"], ".0f"), "τ": column(found["tau"], ".0f"),
+            "L*/τ": column(found["ratio"], ".2f"), "direction": found["direction"],
+            "CIs exclude 0 on both sides": found["clear"].map({True: "yes", False: "no"}),
+        })
+        no_change = "No sign change of the mean difference across the swept sizes."
+        blocks += [f"### {task}", md_table(table), "Crossovers:", md_table(crossing_table) if len(found) else no_change]
+        if "length" in drawn.get(task, {}):
+            blocks.append(f"![{task}: difference vs L]({drawn[task]['length']})")
+    return "\n\n".join(blocks)
+
+
+def _tuning_section(runs: pd.DataFrame) -> str:
+    """Hook for the tuning protocol, written by ablate.tune.report when records came from a study."""
+    head = "## Tuning protocol"
+    tuned = runs[runs["tuning.study"].notna()]
+    if tuned.empty:
+        return f"{head}\n\nNo record came from a tuning study."
+    studies = sorted(str(s) for s in tuned["tuning.study"].unique())
+    storages = sorted(str(s) for s in tuned["tuning.storage"].dropna().unique())
+    skipped = f"{head}\n\nRecords come from tuning studies {', '.join(studies)}; section skipped:"
+    try:
+        from ablate.tune.report import tuning_section
+    except ImportError as exc:
+        return f"{skipped} ablate.tune.report is not importable ({exc})."
+    if len(storages) != 1:
+        return f"{skipped} their tuning.storage is {storages or 'missing'}, expected one URL."
+    try:
+        return f"{head}\n\n{tuning_section(storages[0], studies)}"
+    except Exception as exc:  # noqa: BLE001 - a broken study must not cost the rest of the report
+        return f"{skipped} {type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def _problems_section(collection: Collection, pairing: Pairing, verdicts: list[Verdict]) -> str:
+    factor, treatment, control = ABLATED
+    runs = with_cells(collection.runs, cell_factors(collection.factors, factor))
+    is_t, is_c = at_level(runs[factor], treatment), at_level(runs[factor], control)
+    runs = runs.assign(arm=[ARM_NAMES["t"] if t else ARM_NAMES["c"] if c else format_level(v)
+                            for t, c, v in zip(is_t, is_c, runs[factor])])
+    bad = runs[runs["status"] != "completed"]
+    blocks = ["## Problems", "### Failed, diverged and pruned runs"]
+    if len(bad):
+        counts = pd.crosstab([runs["label"], runs["arm"]], runs["status"])
+        counts = counts.reindex(columns=list(records.STATUSES), fill_value=0).reset_index()
+        counts = counts[counts[list(NON_COMPLETED)].sum(axis=1) > 0].rename(columns={"label": "cell group"})
+        failed = pd.DataFrame({"run": bad["run_id"], "cell group": bad["label"], "arm": bad["arm"], "seed": bad["seed"],
+                               "status": bad["status"], "error": bad["error"].fillna("").map(lambda e: e[:160])})
+        blocks += ["Counts per cell group and arm:", md_table(counts), md_table(failed)]
+    else:
+        blocks.append("No failed, diverged or pruned run.")
+    blocks += ["### Missing pairs", "Cell groups where one arm has a completed seed and the other does not; run the "
+               "overrides shown to fill them.", md_table(_unpaired_table(pairing))]
+    for verdict in verdicts:
+        h = verdict.hypothesis
+        if (h.factor, h.treatment, h.control) != ABLATED:
+            blocks += [f"For {h.id} ({h.factor}: {format_level(h.treatment)} vs {format_level(h.control)}):",
+                       md_table(_unpaired_table(verdict.pairing))]
+    blocks += ["### Unreadable, missing or incomplete records", md_table(collection.problems)]
+    if collection.notes:
+        blocks += ["### Notes", "\n".join(f"- {note}" for note in collection.notes)]
+    return "\n\n".join(blocks)
+
+
+def _unpaired_table(pairing: Pairing) -> pd.DataFrame:
+    frame = pairing.unpaired
+    return pd.DataFrame({"cell group": frame["label"], "seed": frame["seed"], "have": frame["present"],
+                         "missing": frame["missing"], "missing arm's record": frame["missing_status"],
+                         "overrides to fill": frame["overrides"].map(lambda o: f"`{o}`")})
+
+
+def _files_section(drawn: dict) -> str:
+    names = [RESULTS_CSV + " (one row per run)", VERDICTS_CSV + " (one row per hypothesis part and cell group)"]
+    names += [name for task in sorted(drawn) for name in drawn[task].values()]
+    return "## Files\n\n" + "\n".join(f"- {name}" for name in names)
+
+
+# --- command line --------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    """`ablate report`: print the report path; 1 with a one-line message when the input is unusable."""
+    parser = argparse.ArgumentParser(prog="ablate report",
+                                     description="Test the hypotheses on sweep records and write a report.")
+    parser.add_argument("sweep_dirs", nargs="*", type=Path, metavar="SWEEP_DIR", help="results/sweeps/<sweep> folder")
+    parser.add_argument("--results", type=Path, metavar="ROOT", help="also read every record under ROOT/runs/")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="output folder (default reports/<sweep>/)")
+    parser.add_argument("--hypotheses", type=Path, metavar="DIR", help="hypothesis YAMLs (default conf/hypothesis)")
+    args = parser.parse_args(argv)
+    if not args.sweep_dirs and args.results is None:
+        parser.error("give at least one SWEEP_DIR or --results ROOT")
+    try:
+        path = write_report(args.sweep_dirs, args.out, args.hypotheses, results_root=args.results)
+    except ValueError as exc:
+        print(f"ablate report: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Hypotheses as YAML, and their verdicts on synthetic records (ablate.analysis.hypotheses)."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_analysis_factory import make_record, paired, write_sweep
+
+from ablate.analysis.collect import Collection, collect
+from ablate.analysis.hypotheses import CONF_DIR, HypothesisError, evaluate, load_hypotheses, load_hypothesis
+
+LONG = (768, 768)  # femto: L = 48 * 48 = 2304 > tau = 1152
+LONGER = (1024, 1024)  # L = 4096
+SHORT = (32, 32)  # L = 4
+
+H3 = """\
+id: H3
+claim: On detection the SSM and no SSM are equivalent within 5 mAP points.
+scope:
+  task_kind: detection
+  factors: {trainer.epochs: 1}
+test: equivalence
+margin: 5
+"""
+
+
+def _collection(tmp_path: Path, recs: list[dict]) -> Collection:
+    return collect([write_sweep(tmp_path / "results", "s", recs)], extra_factors=["trainer.epochs"])
+
+
+def _hypothesis(tmp_path: Path, text: str, name: str = "h.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return load_hypothesis(path)
+
+
+def _noise(n: int, scale: float, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, scale, n)
+
+
+def test_shipped_hypotheses_are_the_papers_two() -> None:
+    h1, h2 = load_hypotheses(CONF_DIR)
+    assert (h1.id, h1.test, h1.favours, h1.margin, h1.efficiency) == ("H1", "non_inferiority", "control", 0.3, True)
+    assert (h1.scope.task_kind, h1.scope.regime, h1.factor, h1.treatment, h1.control) == (
+        ("classification",), "short", "model.ssm", True, False)
+    assert (h2.id, h2.test, h2.favours, h2.scope.regime, h2.trend) == ("H2", "superiority", "treatment", "long", True)
+    assert h1.alpha == h2.alpha == 0.05 and h1.min_pairs == h2.min_pairs == 3
+
+
+def test_a_dropped_in_yaml_file_adds_h3(tmp_path: Path) -> None:
+    folder = tmp_path / "hypothesis"
+    shutil.copytree(CONF_DIR, folder)
+    (folder / "h3.yaml").write_text(H3)
+    loaded = load_hypotheses(folder)
+    assert [h.id for h in loaded] == ["H1", "H2", "H3"]
+    assert loaded[2].test == "equivalence" and loaded[2].scope.factors == (("trainer.epochs", (1,)),)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("id: X\nclaim: c\ntest: superiority\ntset: 1\n", "unknown key 'tset'; allowed: id, claim, factor,"),
+    ("id: X\nclaim: c\ntest: superior\n", "test='superior' is not allowed; allowed: non_inferiority, superiority, equivalence"),
+    ("id: X\nclaim: c\ntest: superiority\nscope: {regime: medium}\n", "scope.regime='medium' is not allowed; allowed: short, long, any"),
+    ("id: X\nclaim: c\ntest: superiority\nscope: {kind: x}\n", "unknown key scope.'kind'; allowed: task_kind, task, regime"),
+    ("id: X\nclaim: c\ntest: non_inferiority\n", "non_inferiority needs a margin > 0"),
+    ("id: X\nclaim: c\ntest: superiority\nmetric: top5\n", "higher_is_better is required when metric='top5'"),
+    ("id: X\nclaim: c\ntest: superiority\nmin_pairs: 1\n", "min_pairs=1; allowed: an integer >= 2"),
+    ("id: X\ntest: superiority\n", "claim is required"),
+    ("id: X\nclaim: c\ntest: superiority\ncontrol: true\n", "treatment=True equals control"),
+    ("- just\n- a list\n", "expected a mapping of keys"),
+])
+def test_a_bad_hypothesis_file_fails_in_one_line_naming_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(HypothesisError) as info:
+        _hypothesis(tmp_path, text, "bad.yaml")
+    assert message in str(info.value) and str(tmp_path / "bad.yaml") in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_duplicate_ids_are_rejected(tmp_path: Path) -> None:
+    for name in ("a.yaml", "b.yaml"):
+        (tmp_path / name).write_text("id: X\nclaim: c\ntest: superiority\n")
+    with pytest.raises(HypothesisError, match="b.yaml: id='X' is already declared in .*a.yaml"):
+        load_hypotheses(tmp_path)
+
+
+def test_a_known_effect_is_detected_as_superior(tmp_path: Path) -> None:
+    control = 40 + _noise(5, 1.0)
+    recs = paired(control, control + 2.0 + _noise(5, 0.2, 1), image_size=LONG, task="det", kind="detection", metric="map")
+    (h2,) = [h for h in load_hypotheses(CONF_DIR) if h.id == "H2"]
+    verdict = evaluate(h2, _collection(tmp_path, recs))
+    (row,) = verdict.rows[verdict.rows["part"] == "superiority"].to_dict("records")
+    assert row["decision"] == "supported" and row["n_pairs"] == 5 and row["p"] < 0.001
+    assert row["diff"] == pytest.approx(2.0, abs=0.3) and row["ci_low"] > 0
+    assert verdict.parts["superiority"] == "supported"
+
+
+def test_no_effect_is_not_superior(tmp_path: Path) -> None:
+    control = 40 + _noise(5, 1.0)
+    recs = paired(control, control + _noise(5, 0.2, 1), image_size=LONG, task="det", kind="detection", metric="map")
+    (h2,) = [h for h in load_hypotheses(CONF_DIR) if h.id == "H2"]
+    verdict = evaluate(h2, _collection(tmp_path, recs))
+    assert verdict.parts["superiority"] == "not supported" and verdict.decision == "not supported"
+
+
+def test_a_null_effect_with_enough_seeds_is_non_inferior_and_cheaper(tmp_path: Path) -> None:
+    control = 80 + _noise(5, 1.0)
+    recs = paired(control, control + _noise(5, 0.05, 2), image_size=SHORT)
+    (h1,) = [h for h in load_hypotheses(CONF_DIR) if h.id == "H1"]
+    verdict = evaluate(h1, _collection(tmp_path, recs))
+    assert verdict.parts == {"non_inferiority": "supported", "efficiency": "supported"}
+    assert verdict.decision == "supported"
+    efficiency = verdict.rows[verdict.rows["part"] == "efficiency"].iloc[0]
+    assert efficiency["metric"] == "top1/GMAC" and efficiency["diff"] < 0  # the SSM arm pays 15 % more MACs
+
+
+def test_a_real_deficit_beyond_the_margin_is_not_non_inferior(tmp_path: Path) -> None:
+    control = 80 + _noise(5, 1.0)
+    recs = paired(control, control + 1.0 + _noise(5, 0.05, 2), image_size=SHORT)  # the SSM is 1 point better
+    (h1,) = [h for h in load_hypotheses(CONF_DIR) if h.id == "H1"]
+    assert evaluate(h1, _collection(tmp_path, recs)).parts["non_inferiority"] == "not supported"
+
+
+def test_one_seed_gives_insufficient_evidence_never_a_verdict(tmp_path: Path) -> None:
+    recs = paired([40.0], [48.0], image_size=LONG, task="det", kind="detection", metric="map")
+    (h2,) = [h for h in load_hypotheses(CONF_DIR) if h.id == "H2"]
+    verdict = evaluate(h2, _collection(tmp_path, recs))
+    row = verdict.rows.iloc[0]
+    assert row["decision"] == "insufficient evidence" and row["n_pairs"] == 1
+    assert "fewer than min_pairs=3" in row["note"]
+    assert verdict.decision == "insufficient evidence"
+
+
+def test_holm_correction_turns_a_borderline_cell_into_not_supported(tmp_path: Path) -> None:
+    # treatment - control = 1, 2, 3 in each cell: one-sided p = 0.03709 < 0.05 alone, Holm over two -> 0.07418
+    control = np.array([40.0, 41.0, 39.0])
+    one = paired(control, control + [1.0, 2.0, 3.0], image_size=LONG, task="det", kind="detection", metric="map")
+    two = paired(control, control + [1.0, 2.0, 3.0], image_size=LONGER, task="det", kind="detection", metric="map")
+    hypothesis = _hypothesis(tmp_path, "id: X\nclaim: c\ntest: superiority\nscope: {regime: long}\n")
+    alone = evaluate(hypothesis, _collection(tmp_path / "a", one)).rows.iloc[0]
+    both = evaluate(hypothesis, _collection(tmp_path / "b", one + two)).rows
+    assert alone["p"] == pytest.approx(0.037090, abs=1e-5) and alone["decision"] == "supported"
+    assert list(both["p_adj"]) == pytest.approx([0.074180, 0.074180], abs=1e-5)
+    assert list(both["decision"]) == ["not supported", "not supported"]
+
+
+def test_scope_regime_and_task_kind_select_records(tmp_path: Path) -> None:
+    recs = (paired([80, 81, 82], [80, 81, 82.5], image_size=SHORT)
+            + paired([40, 41, 42], [43, 44, 45.5], image_size=LONG, task="det", kind="detection", metric="map"))
+    collection = _collection(tmp_path, recs)
+    h1, h2 = load_hypotheses(CONF_DIR)
+    assert set(evaluate(h1, collection).rows["cell"].str.extract(r"task=(\w+)")[0]) == {"shapes"}
+    assert set(evaluate(h2, collection).rows.query("part == 'superiority'")["cell"].str.extract(r"task=(\w+)")[0]) == {"det"}
+
+
+def test_user_h3_scope_on_an_unswept_config_key_and_equivalence(tmp_path: Path) -> None:
+    control = 40 + _noise(6, 1.0)
+    recs = paired(control, control + _noise(6, 0.3, 3), image_size=LONG, task="det", kind="detection", metric="map")
+    recs += paired(control, control, image_size=LONG, task="det", kind="detection", metric="map", epochs=5)[:2]
+    verdict = evaluate(_hypothesis(tmp_path, H3), _collection(tmp_path, recs))
+    (row,) = verdict.rows.to_dict("records")  # the epochs=5 records are out of scope
+    assert row["test"] == "equivalence" and row["n_pairs"] == 6 and row["decision"] == "supported"
+
+
+def test_lower_is_better_metric_reverses_superiority(tmp_path: Path) -> None:
+    control = 2.0 + _noise(4, 0.1)
+    recs = paired(control, control - 0.5 + _noise(4, 0.05, 1), image_size=LONG, task="seg", kind="segmentation",
+                  metric="error", higher_is_better=False)
+    hypothesis = _hypothesis(tmp_path, "id: X\nclaim: c\ntest: superiority\n")
+    row = evaluate(hypothesis, _collection(tmp_path, recs)).rows.iloc[0]
+    assert row["diff"] == pytest.approx(-0.5, abs=0.1) and row["decision"] == "supported"
+
+
+def test_trend_reads_every_size_of_a_series_that_reaches_the_long_regime(tmp_path: Path) -> None:
+    recs = []
+    for size in [(256, 256), (512, 512), LONG, LONGER]:
+        length = (size[0] // 16) ** 2
+        control = 40 + _noise(3, 1.0, length)
+        recs += paired(control, control + 2 * np.log(length / 1152) + _noise(3, 0.1, length + 1),
+                       image_size=size, task="det", kind="detection", metric="map")
+    recs += paired([80, 81, 82], [80, 81, 82], image_size=SHORT)  # shapes never reaches L > tau
+    (h2,) = [h for h in load_hypotheses(CONF_DIR) if h.id == "H2"]
+    trend = evaluate(h2, _collection(tmp_path, recs)).rows.query("part == 'trend'")
+    (row,) = trend.to_dict("records")
+    assert "task=det" in row["cell"] and row["n_pairs"] == 12
+    assert row["rho"] > 0.9 and row["decision"] == "supported"
+
+
+def test_a_cell_with_one_arm_only_counts_with_zero_pairs(tmp_path: Path) -> None:
+    recs = [make_record(value=v, ssm=False, seed=s, image_size=LONG, task="det", kind="detection", metric="map")
+            for s, v in enumerate([40.0, 41.0, 42.0])]
+    (h2,) = [h for h in load_hypotheses(CONF_DIR) if h.id == "H2"]
+    row = evaluate(h2, _collection(tmp_path, recs)).rows.iloc[0]
+    assert row["n_pairs"] == 0 and row["decision"] == "insufficient evidence"
+    assert "no complete pair" in row["note"]

@@ -1,0 +1,214 @@
+"""The report end to end on a synthetic sweep: sections, CSVs, determinism, CLI, Hydra callback."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+from test_analysis_factory import make_record, paired, write_sweep
+
+from ablate.analysis import report
+from ablate.analysis.callback import ReportCallback
+from ablate.analysis.collect import collect, pair
+from ablate.analysis.hypotheses import CONF_DIR, DECISIONS
+from ablate.analysis.summaries import crossover_table, sequence_points
+
+TAU = 1152  # femto: 6 x 192
+DET_SIZES = [(256, 256), (512, 512), (768, 768), (1024, 1024)]  # L = 256, 1024, 2304, 4096
+H3 = "id: H3\nclaim: On detection the arms are equivalent within 5 points.\nscope: {task_kind: detection}\ntest: equivalence\nmargin: 5\n"
+SECTIONS = ["# Ablation report: study", "## What was run", "## Verdicts", "## What the numbers say", "### H1:", "### H2:",
+            "### H3:", "## Results per task", "### det (detection; map, higher is better)",
+            "### shapes (classification; top1, higher is better)", "## Sequence length", "Crossovers:",
+            "## Tuning protocol", "## Problems", "### Failed, diverged and pruned runs", "### Missing pairs",
+            "### Unreadable, missing or incomplete records", "## Files"]
+
+
+def _study_records() -> list[dict]:
+    rng = np.random.default_rng(0)
+    recs = []
+    for size in [(32, 32), (64, 64)]:  # short classification, no effect of the SSM
+        control = 80 + rng.normal(0, 1, 4)
+        recs += paired(control, control + rng.normal(0, 0.05, 4), image_size=size)
+    for size in DET_SIZES:  # the SSM's advantage is 2 log(L / tau): it starts to pay exactly at L = tau
+        length = (size[0] // 16) ** 2
+        control = 40 + rng.normal(0, 1, 3)
+        recs += paired(control, control + 2 * np.log(length / TAU), image_size=size, task="det", kind="detection",
+                       metric="map")
+    recs.append(make_record(value=None, ssm=True, seed=7, status="failed"))
+    recs.append(make_record(value=81.0, ssm=True, seed=8))  # its control never ran
+    return recs
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("study")
+    results = root / "results"
+    sweep = write_sweep(results, "study", _study_records(), ["model.ssm=true,false", "seed=0,1,2"])
+    (results / "runs" / "torn").mkdir()
+    (results / "runs" / "torn" / "result.json").write_text('{"schema": ')
+    (sweep / "99" / ".hydra").mkdir(parents=True)
+    (sweep / "99" / ".hydra" / "overrides.yaml").write_text("- seed=9\n")
+    hypotheses = root / "hypothesis"
+    shutil.copytree(CONF_DIR, hypotheses)
+    (hypotheses / "h3.yaml").write_text(H3)
+    path = report.write_report([sweep], root / "out", hypotheses, results_root=results)
+    return {"root": root, "results": results, "sweep": sweep, "hypotheses": hypotheses, "report": path}
+
+
+def test_every_section_is_present_in_order(study: dict[str, Path]) -> None:
+    text = study["report"].read_text()
+    positions = [text.find(heading) for heading in SECTIONS]
+    assert -1 not in positions, [h for h, p in zip(SECTIONS, positions) if p == -1]
+    assert positions == sorted(positions)
+    assert "`python run.py -m model.ssm=true,false seed=0,1,2`" in text
+    for figure in ("det_metric_vs_gmacs.png", "det_bars.png", "det_difference_vs_length.png", "shapes_bars.png"):
+        assert f"]({figure})" in text and (study["report"].parent / figure).stat().st_size > 0
+
+
+def test_a_second_run_is_byte_identical(study: dict[str, Path]) -> None:
+    again = report.write_report([study["sweep"]], study["root"] / "again", study["hypotheses"], results_root=study["results"])
+    first_dir = study["report"].parent
+    for name in sorted(p.name for p in first_dir.iterdir()):
+        assert (first_dir / name).read_bytes() == (again.parent / name).read_bytes(), name
+
+
+def test_verdicts_csv_has_one_row_per_hypothesis_part_and_cell(study: dict[str, Path]) -> None:
+    verdicts = pd.read_csv(study["report"].parent / "verdicts.csv")
+    assert list(verdicts.columns[:3]) == ["hypothesis", "part", "scope"]
+    assert {"n_pairs", "diff", "ci_low", "ci_high", "p", "p_adj", "decision"} <= set(verdicts.columns)
+    assert set(verdicts["decision"]) <= set(DECISIONS)
+    parts = verdicts.groupby(["hypothesis", "part"]).size().to_dict()
+    # H1: two short shapes sizes; H2: det at L = 2304 and 4096, one det trend series; H3: four det sizes
+    assert parts == {("H1", "efficiency"): 2, ("H1", "non_inferiority"): 2, ("H2", "superiority"): 2,
+                     ("H2", "trend"): 1, ("H3", "equivalence"): 4}
+    assert set(verdicts.query("hypothesis != 'H3'")["decision"]) == {"supported"}
+    text = study["report"].read_text()
+    assert "| H1           | For short-sequence" in text and "| **supported**" in text
+
+
+def test_the_crossover_lands_where_the_data_puts_it(study: dict[str, Path]) -> None:
+    collection = collect([study["sweep"]])
+    points = sequence_points(pair(collection.runs, collection.factors, "model.ssm", True, False))
+    crossings = crossover_table(points)
+    (row,) = crossings[crossings["task"] == "det"].to_dict("records")  # shapes: noise around 0, not clear
+    assert not crossings[crossings["task"] == "shapes"]["clear"].any()
+    assert row["seq_len_star"] == pytest.approx(TAU, rel=1e-6) and row["ratio"] == pytest.approx(1.0, rel=1e-6)
+    assert row["between"] == "1024-2304" and row["direction"] == "treatment starts to pay" and row["clear"]
+    assert "| model.name=femto | 1024-2304   | 1152 | 1152 | 1.00   | treatment starts to pay |" in study["report"].read_text()
+
+
+def test_failures_missing_pairs_and_unreadable_records_are_reported(study: dict[str, Path]) -> None:
+    text = study["report"].read_text()
+    assert "| failed   | RuntimeError: CUDA out of memory |" in text
+    assert "`model=femto model.ssm=false task=shapes task.image_size=[32,32] seed=8`" in text
+    assert "runs/torn/result.json" in text and "unreadable record" in text
+    assert "no cell.json: the job stopped before its cell started (seed=9)" in text
+
+
+def test_results_csv_has_one_row_per_readable_record(study: dict[str, Path]) -> None:
+    runs = pd.read_csv(study["report"].parent / "results.csv")
+    assert len(runs) == len(_study_records())
+    assert {"model.ssm", "seed", "cost.macs", "cost.seq_len", "metrics.top1"} <= set(runs.columns)
+    assert runs["overrides"].str.startswith("model=femto model.ssm=").all()
+
+
+def test_cli_writes_to_reports_sweep_under_the_current_directory(study: dict[str, Path], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    small = write_sweep(tmp_path / "results", "small", paired([80.0, 81.0, 82.0], [80.1, 81.0, 81.9]))
+    monkeypatch.chdir(tmp_path)
+    assert report.main([str(small)]) == 0
+    assert capsys.readouterr().out.strip() == "reports/small/report.md"
+    assert (tmp_path / "reports" / "small" / "verdicts.csv").exists()
+
+
+def test_cli_bad_input_is_one_line_and_exit_status(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert report.main([str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nope: sweep folder does not exist" in err
+    (tmp_path / "hyp").mkdir()
+    (tmp_path / "hyp" / "h.yaml").write_text("id: X\nclaim: c\ntest: maybe\n")
+    (tmp_path / "s").mkdir()
+    assert report.main([str(tmp_path / "s"), "--hypotheses", str(tmp_path / "hyp")]) == 1
+    assert "h.yaml: test='maybe' is not allowed" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        report.main([])
+
+
+def test_default_out_dir_joins_several_sweep_names() -> None:
+    assert report.default_out_dir([Path("results/sweeps/a"), Path("results/sweeps/b")]) == Path("reports/a+b")
+    assert report.default_out_dir([], Path("results")) == Path("reports/all-runs")
+
+
+def test_tuning_section_calls_the_tuning_report_or_says_why_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tuning = {"study": "lr-search", "trial": 3, "params": {"trainer.lr": 0.001}, "storage": "sqlite:///t.db"}
+    runs = collect([write_sweep(tmp_path / "results", "t", [make_record(tuning=tuning)])]).runs
+    calls = []
+    fake = types.ModuleType("ablate.tune.report")
+    fake.tuning_section = lambda url, names: calls.append((url, names)) or "TUNING TABLE"
+    monkeypatch.setitem(sys.modules, "ablate.tune.report", fake)
+    assert report._tuning_section(runs).endswith("TUNING TABLE")
+    assert calls == [("sqlite:///t.db", ["lr-search"])]
+    monkeypatch.setitem(sys.modules, "ablate.tune.report", None)  # import fails
+    assert "section skipped: ablate.tune.report is not importable" in report._tuning_section(runs)
+
+
+def test_callback_writes_the_report_and_never_raises(study: dict[str, Path], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    small = write_sweep(tmp_path / "results", "cb", paired([80.0, 81.0, 82.0], [80.1, 81.0, 81.9]))
+    callback = ReportCallback(out_dir=str(tmp_path / "out"))
+    callback.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(small)}}}))
+    assert (tmp_path / "out" / "report.md").exists()
+    assert capsys.readouterr().out.startswith("ablate: report written to ")
+    callback.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "gone")}}}))
+    out = capsys.readouterr().out
+    assert out.startswith("ablate: no report for ") and out.count("\n") == 1
+
+
+APP = """
+import sys
+sys.path.insert(0, {tests!r})
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from pathlib import Path
+from ablate import records
+from test_analysis_factory import make_record
+
+@hydra.main(config_path=".", config_name="config", version_base="1.3")
+def main(cfg):
+    failed = cfg.seed == 2 and cfg.ssm  # a failing cell is recorded, not raised (as ablate.job does)
+    record = make_record(value=None if failed else 80.0 + cfg.seed + 0.1 * cfg.ssm, ssm=cfg.ssm, seed=cfg.seed,
+                         status="failed" if failed else "completed")
+    run_dir = Path("results/runs") / record["run_id"]
+    records.write_json_atomic(run_dir / "result.json", record)
+    cell = {{"run_id": record["run_id"], "run_dir": str(run_dir.resolve()), "overrides": record["overrides"]}}
+    records.write_json_atomic(Path(HydraConfig.get().runtime.output_dir) / "cell.json", cell)
+
+main()
+"""
+CONFIG = """
+ssm: false
+seed: 0
+hydra:
+  sweep: {dir: results/sweeps/tiny, subdir: "${hydra.job.num}"}
+  callbacks:
+    report: {_target_: ablate.analysis.callback.ReportCallback, out_dir: out}
+"""
+
+
+def test_hydra_multirun_ends_with_a_report(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(APP.format(tests=str(Path(__file__).parent)))
+    (tmp_path / "config.yaml").write_text(CONFIG)
+    done = subprocess.run([sys.executable, "app.py", "-m", "ssm=true,false", "seed=0,1,2"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "ablate: report written to out/report.md" in done.stdout
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| tiny    | results/sweeps/tiny | 6      | `python app.py -m ssm=true,false seed=0,1,2` |" in text
+    assert "| failed   | RuntimeError: CUDA out of memory |" in text
