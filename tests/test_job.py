@@ -29,7 +29,7 @@ def test_tiny_job_writes_a_valid_record(tmp_path, tiny_args):
 
 def test_failing_job_is_recorded_and_the_sweep_goes_on_then_rerun_reuses(tmp_path, tiny_args):
     # A zero image side makes those two jobs raise; the other two complete and the multirun exits 0.
-    args = ["-m"] + tiny_args + ["task.image_size=[32,32],[0,32]", "seed=0,1", "sweep=mixed"]
+    args = ["-m"] + tiny_args + ["model.ssm=true,false", "task.image_size=[32,32],[0,32]", "sweep=mixed"]
     proc = run_cli(args, tmp_path, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     by_size = {}
@@ -40,6 +40,16 @@ def test_failing_job_is_recorded_and_the_sweep_goes_on_then_rerun_reuses(tmp_pat
     error = by_size["0x32"][0]["error"]
     assert error["type"] == "ValueError" and "task.image_size=[0, 32]" in error["message"]
     assert "Traceback" in error["traceback"]
+
+    # The multirun ended with a report of the real records, failures listed, one seed -> no verdict.
+    report = (tmp_path / "reports" / "mixed" / "report.md").read_text()
+    for section in ("## What was run", "## Verdicts", "## Results per task", "## Sequence length", "## Problems"):
+        assert section in report, section
+    assert "insufficient evidence" in report and "task.image_size=[0, 32]" in report
+    verdicts = (tmp_path / "reports" / "mixed" / "verdicts.csv").read_text()
+    assert verdicts.startswith("hypothesis,") and "H1" in verdicts
+    results = (tmp_path / "reports" / "mixed" / "results.csv").read_text().splitlines()
+    assert len(results) == 1 + 4
     cells = sorted((tmp_path / "results" / "sweeps" / "mixed").rglob("cell.json"))
     assert len(cells) == 4
 
