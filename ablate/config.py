@@ -42,9 +42,13 @@ class TrainerConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     weight_decay: float = 0.05
+    sched: str = "cosine"  # cosine | multistep (decay by decay_rate at decay_milestones) | poly
     warmup_epochs: float = 20.0
     warmup_lr: float = 1e-6
     min_lr: float = 1e-5
+    decay_milestones: List[float] = field(default_factory=list)  # epochs, for sched=multistep
+    decay_rate: float = 0.1
+    poly_power: float = 1.0
     grad_clip: Optional[float] = None  # max global grad norm
     precision: str = "auto"  # auto (bf16/fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -96,6 +100,72 @@ class EmbeddedClassificationTaskConfig(ClassificationTaskConfig):
 
 
 @dataclass
+class DetectionTaskConfig(TaskConfig):
+    """COCO instance detection/segmentation with Mask R-CNN + FPN on the four stages (torchvision parts).
+
+    image_size [H, W] is the nominal input: MACs and seq_len are taken there; images are resized to
+    shorter side H, longer side <= H * 5 // 3 (800 -> 1333).
+    """
+
+    num_classes: int = 80
+    backbone_ckpt: Optional[str] = None  # classification checkpoint.pt of the same arm, or safetensors
+    train_split: str = "train2017"
+    val_split: str = "val2017"
+    fpn_channels: int = 256
+    roi_batch_size: int = 512
+    hflip: float = 0.5
+    eval_batch_size: int = 4
+    eval_workers: int = 0
+    cost_size: List[int] = field(default_factory=lambda: [800, 1280])  # whole-detector MACs at this size
+    cost_proposals: int = 1000
+    cost_mask_rois: int = 100
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class EmbeddedDetectionTaskConfig(DetectionTaskConfig):
+    train_size: int = 64
+    val_size: int = 16
+    data_seed: int = 0
+    source_size: List[int] = field(default_factory=lambda: [96, 128])
+    max_objects: int = 3
+
+
+@dataclass
+class SegmentationTaskConfig(TaskConfig):
+    """ADE20K semantic segmentation with UperNet (+ auxiliary FCN head) on the four stages.
+
+    image_size [H, W] is the test scale (shorter side <= min, longer <= max); training crops are
+    min(H, W) squared (512 x 512 at [512, 2048]).
+    """
+
+    num_classes: int = 150
+    backbone_ckpt: Optional[str] = None
+    channels: int = 512
+    aux_channels: int = 256
+    aux_weight: float = 0.4
+    ratio_range: List[float] = field(default_factory=lambda: [0.5, 2.0])
+    cat_max_ratio: float = 0.75
+    hflip: float = 0.5
+    photometric: bool = True
+    multiscale_eval: bool = True
+    eval_workers: int = 0
+    cost_size: List[int] = field(default_factory=lambda: [512, 2048])
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class EmbeddedSegmentationTaskConfig(SegmentationTaskConfig):
+    train_size: int = 64
+    val_size: int = 16
+    data_seed: int = 0
+    source_size: List[int] = field(default_factory=lambda: [96, 128])
+    max_objects: int = 3
+
+
+@dataclass
 class LoggerConfig:
     kind: str = "none"  # wandb | none
     project: str = "ablate"
@@ -129,6 +199,10 @@ def register_configs() -> None:
     store.store(group="logger", name="schema", node=LoggerConfig)
     store.store(group="task", name="classification_schema", node=ClassificationTaskConfig)
     store.store(group="task", name="embedded_classification_schema", node=EmbeddedClassificationTaskConfig)
+    store.store(group="task", name="detection_schema", node=DetectionTaskConfig)
+    store.store(group="task", name="embedded_detection_schema", node=EmbeddedDetectionTaskConfig)
+    store.store(group="task", name="segmentation_schema", node=SegmentationTaskConfig)
+    store.store(group="task", name="embedded_segmentation_schema", node=EmbeddedSegmentationTaskConfig)
 
 
 register_configs()

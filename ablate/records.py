@@ -48,7 +48,7 @@ RECORD_KEYS = (
 NON_SEMANTIC_KEYS = (
     "paths", "logger", "sweep", "rerun", "tuning",
     "trainer.device", "trainer.num_workers", "trainer.progress", "trainer.log_every",
-    "trainer.checkpoint_every",
+    "trainer.checkpoint_every", "task.eval_workers",
 )
 # Factors every record carries, whether or not they were swept.
 STANDARD_FACTORS = ("model.name", "model.ssm", "model.scan", "task", "task.image_size", "seed")

@@ -1,7 +1,7 @@
 """The training loop: task-agnostic, resumable, one screen for the core (`fit`).
 
 AdamW (timm's optimizer factory: no weight decay on norms, biases, A_log and D) with a linear warm-up
-and a cosine schedule in optimizer steps, optional gradient clipping, AMP on GPU (bf16, or fp16 with
+and a cosine, multi-step or poly schedule in optimizer steps, optional gradient clipping, AMP on GPU (bf16, or fp16 with
 a grad scaler) and fp32 on CPU. The data order is a function of (seed, epoch) alone, so both arms of
 a paired comparison see the same batches. A non-finite loss stops the job as `diverged`.
 """
@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 from timm.optim import create_optimizer_v2
-from timm.scheduler import CosineLRScheduler
+from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, PolyLRScheduler
 from torch import nn
 
 from ablate.tasks.base import Task
@@ -78,6 +78,22 @@ def effective_lr(cfg: Any) -> float:
     return cfg.lr if cfg.lr is not None else cfg.lr_base * cfg.batch_size / cfg.lr_base_size
 
 
+SCHEDULES = ("cosine", "multistep", "poly")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, steps_per_epoch: int, total_steps: int):
+    """timm's schedulers, stepped per optimizer step, with a linear warm-up from warmup_lr."""
+    warmup = dict(warmup_t=round(cfg.warmup_epochs * steps_per_epoch), warmup_lr_init=cfg.warmup_lr, t_in_epochs=False)
+    if cfg.sched == "cosine":
+        return CosineLRScheduler(optimizer, t_initial=total_steps, lr_min=cfg.min_lr, **warmup)
+    if cfg.sched == "multistep":  # mmdetection's 1x schedule: x0.1 at epochs 8 and 11 of 12
+        milestones = [round(epoch * steps_per_epoch) for epoch in cfg.decay_milestones]
+        return MultiStepLRScheduler(optimizer, decay_t=milestones, decay_rate=cfg.decay_rate, **warmup)
+    if cfg.sched == "poly":  # mmsegmentation's schedule: (1 - t/T)^power down to min_lr
+        return PolyLRScheduler(optimizer, t_initial=total_steps, power=cfg.poly_power, lr_min=cfg.min_lr, **warmup)
+    raise ValueError(f"trainer.sched={cfg.sched!r} is not known; choose from: {', '.join(SCHEDULES)}")
+
+
 def fit(
     model: nn.Module,
     task: Task,
@@ -99,10 +115,7 @@ def fit(
     optimizer = create_optimizer_v2(
         model, opt=cfg.opt, lr=effective_lr(cfg), weight_decay=cfg.weight_decay, betas=tuple(cfg.betas), eps=cfg.eps
     )
-    scheduler = CosineLRScheduler(
-        optimizer, t_initial=total_steps, lr_min=cfg.min_lr, warmup_t=round(cfg.warmup_epochs * steps_per_epoch),
-        warmup_lr_init=cfg.warmup_lr, t_in_epochs=False,
-    )
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
     ckpt_path = Path(run_dir) / "checkpoint.pt"
 

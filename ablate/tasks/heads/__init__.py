@@ -1,0 +1,11 @@
+"""Dense-task heads on the Gated CNN backbone: the stage-feature adapter, FPN (for Mask R-CNN), UperNet."""
+from ablate.tasks.heads.backbone import (
+    StageFeatures, build_backbone, input_size, load_backbone_weights, no_weight_decay, read_state_dict,
+)
+from ablate.tasks.heads.fpn import BackboneWithFPN
+from ablate.tasks.heads.upernet import FCNHead, UperNet, UperNetHead
+
+__all__ = [
+    "BackboneWithFPN", "FCNHead", "StageFeatures", "UperNet", "UperNetHead", "build_backbone", "input_size",
+    "load_backbone_weights", "no_weight_decay", "read_state_dict",
+]
