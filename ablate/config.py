@@ -124,12 +124,19 @@ class DetectionTaskConfig(TaskConfig):
 
 
 @dataclass
-class EmbeddedDetectionTaskConfig(DetectionTaskConfig):
+class EmbeddedSceneFields:
+    """Generator settings shared by the embedded COCO- and ADE20K-format tasks."""
+
     train_size: int = 64
     val_size: int = 16
     data_seed: int = 0
-    source_size: List[int] = field(default_factory=lambda: [96, 128])
+    source_size: List[int] = field(default_factory=lambda: [96, 128])  # [H, W] of the generated images
     max_objects: int = 3
+
+
+@dataclass
+class EmbeddedDetectionTaskConfig(DetectionTaskConfig, EmbeddedSceneFields):
+    pass
 
 
 @dataclass
@@ -157,12 +164,8 @@ class SegmentationTaskConfig(TaskConfig):
 
 
 @dataclass
-class EmbeddedSegmentationTaskConfig(SegmentationTaskConfig):
-    train_size: int = 64
-    val_size: int = 16
-    data_seed: int = 0
-    source_size: List[int] = field(default_factory=lambda: [96, 128])
-    max_objects: int = 3
+class EmbeddedSegmentationTaskConfig(SegmentationTaskConfig, EmbeddedSceneFields):
+    pass
 
 
 @dataclass

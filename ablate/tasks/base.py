@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import torch
 from torch import nn
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class DataError(ValueError):
@@ -96,6 +96,44 @@ class Task(abc.ABC):
                 f"({self.num_train_samples()} samples); use a smaller batch"
             )
         return steps
+
+
+class SplitDatasetTask(Task):
+    """A Task whose `prepare()` sets `self._train` and `self._val` to map-style datasets.
+
+    Shares the counting and the epoch loader (EpochSampler order, seeded worker RNG, drop_last).
+    Subclasses with per-epoch augmentation state override `epoch_dataset`, and set `collate_fn`
+    when samples are not stackable tensors.
+    """
+
+    _train: Optional[Dataset] = None
+    _val: Optional[Dataset] = None
+    collate_fn: Optional[Callable] = None
+
+    def _require_prepared(self) -> tuple[Dataset, Dataset]:
+        if self._train is None or self._val is None:
+            raise RuntimeError(f"task {self.info.name}: call prepare() before using the data")
+        return self._train, self._val
+
+    def num_train_samples(self) -> int:
+        return len(self._require_prepared()[0])
+
+    def num_eval_samples(self) -> int:
+        return len(self._require_prepared()[1])
+
+    def epoch_dataset(self, seed: int, epoch: int) -> Dataset:
+        """The training set as seen in one epoch (default: the same object every epoch)."""
+        return self._require_prepared()[0]
+
+    def train_batches(
+        self, batch_size: int, seed: int, epoch: int, start_batch: int = 0, num_workers: int = 0
+    ) -> Iterable[Any]:
+        n = self.num_train_samples()
+        return DataLoader(
+            self.epoch_dataset(seed, epoch), batch_size=batch_size, drop_last=True, num_workers=num_workers,
+            sampler=EpochSampler(n, batch_size, seed, epoch, start_batch), collate_fn=self.collate_fn,
+            generator=worker_seed_generator(seed, epoch), pin_memory=torch.cuda.is_available(),
+        )
 
 
 class EpochSampler(Sampler[int]):

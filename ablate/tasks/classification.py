@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from timm.data import Mixup, create_dataset, create_transform
@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ablate.models import build_model, count_cost
-from ablate.tasks.base import DataError, EpochSampler, Task, TaskInfo, worker_seed_generator
+from ablate.tasks.base import DataError, SplitDatasetTask, TaskInfo
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -40,7 +40,7 @@ def class_folders(root: Path, split: str) -> list[str]:
     return classes
 
 
-class ImageFolderClassification(Task):
+class ImageFolderClassification(SplitDatasetTask):
     """Classification with the DeiT recipe's data pipeline (PAPER.md §6), top-1/top-5 evaluation."""
 
     def __init__(
@@ -85,7 +85,6 @@ class ImageFolderClassification(Task):
             self.mixup = Mixup(
                 mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing, num_classes=num_classes
             )
-        self._train = self._val = None
 
     # -- data ------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -114,29 +113,6 @@ class ImageFolderClassification(Task):
             ),
         )
 
-    def _require_prepared(self) -> None:
-        if self._train is None:
-            raise RuntimeError(f"task {self.info.name}: call prepare() before using the data")
-
-    def num_train_samples(self) -> int:
-        self._require_prepared()
-        return len(self._train)
-
-    def num_eval_samples(self) -> int:
-        self._require_prepared()
-        return len(self._val)
-
-    def train_batches(
-        self, batch_size: int, seed: int, epoch: int, start_batch: int = 0, num_workers: int = 0
-    ) -> Iterable[Any]:
-        self._require_prepared()
-        sampler = EpochSampler(len(self._train), batch_size, seed, epoch, start_batch)
-        return DataLoader(
-            self._train, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=num_workers,
-            generator=worker_seed_generator(seed, epoch), persistent_workers=False,
-            pin_memory=torch.cuda.is_available(),
-        )
-
     # -- model, loss, evaluation -----------------------------------------------------------------
     def build_model(self, model_cfg: Mapping[str, Any]) -> nn.Module:
         return build_model(
@@ -155,10 +131,10 @@ class ImageFolderClassification(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        self._require_prepared()
+        _, val = self._require_prepared()
         model.eval()
         k = 5 if self.num_classes > 5 else 1  # top-5 says nothing about a task with <= 5 classes
-        loader = DataLoader(self._val, batch_size=self.eval_batch_size, shuffle=False, num_workers=0)
+        loader = DataLoader(val, batch_size=self.eval_batch_size, shuffle=False, num_workers=0)
         correct1 = correctk = total = 0
         loss_sum = 0.0
         for images, targets in loader:

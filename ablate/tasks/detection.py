@@ -19,7 +19,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
 from ablate.models import count_cost
-from ablate.tasks.base import DataError, EpochSampler, Task, TaskInfo, worker_seed_generator
+from ablate.tasks.base import DataError, SplitDatasetTask, TaskInfo
 from ablate.tasks.heads import BackboneWithFPN, build_backbone, input_size, no_weight_decay
 
 AP_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # the first six COCOeval.stats
@@ -230,7 +230,7 @@ class MaskRCNNCounting(nn.Module):
 
 
 # -- the task ------------------------------------------------------------------------------------
-class CocoDetection(Task):
+class CocoDetection(SplitDatasetTask):
     """Mask R-CNN 1x on COCO 2017 (PAPER.md §6); primary metric box AP (percent)."""
 
     def __init__(
@@ -266,8 +266,7 @@ class CocoDetection(Task):
         self.cost_size = input_size("cost_size", cost_size)
         self.cost_proposals, self.cost_mask_rois = cost_proposals, cost_mask_rois
         self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
-        self._train: CocoInstances | None = None
-        self._val: CocoInstances | None = None
+        self.collate_fn = collate_lists
         self.categories: list[int] = []  # contiguous label -> COCO category id (index 0: background)
 
     # -- data ------------------------------------------------------------------------------------
@@ -289,26 +288,8 @@ class CocoDetection(Task):
         if len(self._train) == 0:
             raise DataError(f"{train_dir}: no image has a usable (non-crowd, w and h >= 1) annotation")
 
-    def _require_prepared(self) -> tuple[CocoInstances, CocoInstances]:
-        if self._train is None or self._val is None:
-            raise RuntimeError(f"task {self.info.name}: call prepare() before using the data")
-        return self._train, self._val
-
-    def num_train_samples(self) -> int:
-        return len(self._require_prepared()[0])
-
-    def num_eval_samples(self) -> int:
-        return len(self._require_prepared()[1])
-
-    def train_batches(
-        self, batch_size: int, seed: int, epoch: int, start_batch: int = 0, num_workers: int = 0
-    ) -> Iterable[Any]:
-        train, _ = self._require_prepared()
-        return DataLoader(
-            train.for_epoch(seed, epoch), batch_size=batch_size, drop_last=True, num_workers=num_workers,
-            sampler=EpochSampler(len(train), batch_size, seed, epoch, start_batch), collate_fn=collate_lists,
-            generator=worker_seed_generator(seed, epoch), pin_memory=torch.cuda.is_available(),
-        )
+    def epoch_dataset(self, seed: int, epoch: int) -> CocoInstances:
+        return self._require_prepared()[0].for_epoch(seed, epoch)  # flips drawn from (seed, epoch, index)
 
     # -- model, loss ----------------------------------------------------------------------------
     def build_model(self, model_cfg: Mapping[str, Any]) -> nn.Module:

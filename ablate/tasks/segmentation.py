@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from ablate.models import count_cost
-from ablate.tasks.base import DataError, EpochSampler, Task, TaskInfo, worker_seed_generator
+from ablate.tasks.base import DataError, SplitDatasetTask, TaskInfo
 from ablate.tasks.heads import UperNet, build_backbone, input_size
 
 IGNORE = 255
@@ -181,7 +181,7 @@ class ADE20KScenes(Dataset):
 
 
 # -- the task ------------------------------------------------------------------------------------
-class ADE20KSegmentation(Task):
+class ADE20KSegmentation(SplitDatasetTask):
     """UperNet 160k on ADE20K (PAPER.md §6); primary metric single-scale mIoU (percent)."""
 
     def __init__(
@@ -220,8 +220,6 @@ class ADE20KSegmentation(Task):
         self.eval_workers = eval_workers
         self.cost_size = input_size("cost_size", cost_size)
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
-        self._train: ADE20KScenes | None = None
-        self._val: ADE20KScenes | None = None
 
     # -- data ------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -230,26 +228,8 @@ class ADE20KSegmentation(Task):
         self._train = ADE20KScenes(train_pairs, train=True, **common, **self.augment)
         self._val = ADE20KScenes(val_pairs, train=False, **common)
 
-    def _require_prepared(self) -> tuple[ADE20KScenes, ADE20KScenes]:
-        if self._train is None or self._val is None:
-            raise RuntimeError(f"task {self.info.name}: call prepare() before using the data")
-        return self._train, self._val
-
-    def num_train_samples(self) -> int:
-        return len(self._require_prepared()[0])
-
-    def num_eval_samples(self) -> int:
-        return len(self._require_prepared()[1])
-
-    def train_batches(
-        self, batch_size: int, seed: int, epoch: int, start_batch: int = 0, num_workers: int = 0
-    ) -> Iterable[Any]:
-        train, _ = self._require_prepared()
-        return DataLoader(
-            train.for_epoch(seed, epoch), batch_size=batch_size, drop_last=True, num_workers=num_workers,
-            sampler=EpochSampler(len(train), batch_size, seed, epoch, start_batch),
-            generator=worker_seed_generator(seed, epoch), pin_memory=torch.cuda.is_available(),
-        )
+    def epoch_dataset(self, seed: int, epoch: int) -> ADE20KScenes:
+        return self._require_prepared()[0].for_epoch(seed, epoch)  # crops/flips drawn from (seed, epoch, index)
 
     # -- model, loss ----------------------------------------------------------------------------
     def build_model(self, model_cfg: Mapping[str, Any]) -> nn.Module:
