@@ -1,4 +1,16 @@
-"""Training stage: `fit(model, task, trainer_cfg, run_dir, seed)` -> FitResult. See loop.py."""
-from ablate.train.loop import Diverged, FitResult, fit
+"""Training stage: `fit(model, task, trainer_cfg, run_dir, seed)` -> FitResult (see loop.py).
+
+`fit`, `FitResult` and `Diverged` are loaded on first use, so that `ablate.train.checkpoint` and
+`ablate.train.preemption` stay cheap to import in a freshly started (e.g. requeued) job.
+"""
+from typing import Any
 
 __all__ = ["Diverged", "FitResult", "fit"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from ablate.train import loop
+
+        return getattr(loop, name)
+    raise AttributeError(f"module 'ablate.train' has no attribute {name!r}")

@@ -1,0 +1,74 @@
+"""``hydra/launcher=slurm``: Hydra's submitit Slurm launcher, returning every job's outcome.
+
+The stock launcher collects the results in job order and raises at the first job that left none
+(killed for memory, node failure, ``scancel``, ``os._exit``): the sweep's driver then stops
+waiting while the other jobs still run, and Hydra (or a tuning sweeper) sees no outcome at all.
+This subclass submits exactly as the stock one does (one Slurm array, the same parameters, the
+same requeue on preemption or time-out through ``checkpoint()``) and waits for every job, handing
+back a FAILED ``JobReturn`` with submitit's error for a job that ended without a result.
+
+Configured by conf/hydra/launcher/slurm.yaml (``defaults: [submitit_slurm]`` plus our defaults).
+"""
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, filter_overrides
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+from omegaconf import OmegaConf
+
+from hydra_plugins.ablate_launcher._common import failed_return
+
+log = logging.getLogger(__name__)
+
+# Launcher settings that configure the executor itself rather than each job.
+_EXECUTOR_KEYS = ("submitit_folder", "max_num_timeout")
+
+
+class AblateSlurmLauncher(SlurmLauncher):
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        import submitit  # here, not at module level: Hydra's plugin scan stays fast
+
+        assert self.config is not None
+        executor = submitit.AutoExecutor(
+            cluster="slurm", folder=self.params["submitit_folder"],
+            slurm_max_num_timeout=self.params["max_num_timeout"],
+        )
+        executor.update_parameters(**_job_parameters(self.params))
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:
+            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
+        log.info(f"Submitit 'slurm' sweep output dir : {sweep_dir}")
+
+        numbers = [initial_job_idx + n for n in range(len(job_overrides))]
+        overrides = [list(job) for job in job_overrides]
+        for number, job in zip(numbers, overrides):
+            log.info(f"\t#{number} : {' '.join(filter_overrides(job))}")
+        state = Singleton.get_state()
+        # The arguments of each job's __call__ (inherited): overrides, job_dir_key, job_num, job_id, singletons.
+        jobs = executor.map_array(self, overrides, ["hydra.sweep.dir"] * len(numbers), numbers,
+                                  [f"job_id_for_{n}" for n in numbers], [state] * len(numbers))
+        return [_outcome(job, job_overrides) for job, job_overrides in zip(jobs, overrides)]
+
+
+def _job_parameters(params: Dict[str, Any]) -> Dict[str, Any]:
+    """Launcher settings as submitit's executor names them: Slurm-only ones get a ``slurm_`` prefix."""
+    shared = set(OmegaConf.structured(BaseQueueConf).keys())
+    return {key if key in shared else f"slurm_{key}": value
+            for key, value in params.items() if key not in _EXECUTOR_KEYS}
+
+
+def _outcome(job: Any, overrides: List[str]) -> JobReturn:
+    """The JobReturn the job pickled, or a FAILED one when it left none (or failed outside Hydra)."""
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    try:
+        return job.results()[0]
+    except (UncompletedJobError, FailedJobError) as error:
+        first_line = str(error).strip().splitlines()[0]
+        log.error(f"\tjob {job.job_id} ({' '.join(filter_overrides(overrides))}) ended without a result: {first_line}")
+        return failed_return(overrides, error)

@@ -1,0 +1,270 @@
+"""hydra/launcher=slurm on a real Slurm (scripts/slurm-local.sh up): sweeps, requeue, resume.
+
+The tiny app (tests/apps/launch_app) counts to `steps`, checkpointing its counter every step with
+ablate.train.checkpoint and honouring ablate.train.preemption; each attempt appends the step it
+started from to `<name>.attempts`, so a requeued job that resumed shows e.g. [0, 5], one that
+started over [0, 0].
+"""
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ablate.train import checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+APP_DIR = REPO / "tests" / "apps" / "launch_app"
+# Sized for the one-node test cluster: no GPUs, 2 CPUs. The time limit is far beyond the tests,
+# so Slurm's own time-out warning (USR2, signal_delay_s before it) never fires here.
+SLURM = [
+    "hydra/launcher=slurm", f"hydra.searchpath=[file://{REPO / 'conf'}]",
+    "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
+    "hydra.launcher.timeout_min=20",
+]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+def _slurm_reachable() -> str:
+    """'' when a Slurm controller answers and its node takes jobs, else why not."""
+    if shutil.which("sbatch") is None:
+        return "no sbatch on PATH"
+    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
+    if ping.returncode != 0 or "UP" not in ping.stdout:
+        first_line = (ping.stdout + ping.stderr).strip().splitlines()[:1]
+        return f"scontrol ping says: {first_line[0] if first_line else 'nothing'}"
+    return ""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm():
+    why = _slurm_reachable()
+    if why and os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but no Slurm is reachable ({why}); run `bash scripts/slurm-local.sh up` first")
+    if why:
+        pytest.skip(f"no Slurm reachable ({why}); start one with `sudo bash scripts/slurm-local.sh up`")
+
+
+def sweep(tmp_path: Path, *overrides: str) -> subprocess.Popen:
+    """Start the app's multirun through hydra/launcher=slurm; the driver waits for its jobs."""
+    command = [sys.executable, "launch_app.py", "-m", *SLURM, f"out={tmp_path / 'm'}",
+               f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides]
+    return subprocess.Popen(command, cwd=APP_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@contextlib.contextmanager
+def cleaned_up(driver: subprocess.Popen, sweep_dir: Path):
+    """On the way out of a failed test: stop the driver and cancel the sweep's Slurm jobs."""
+    try:
+        yield
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.communicate()
+            for array_id in {task.split("_")[0] for task in array_tasks(sweep_dir)}:
+                subprocess.run(["scancel", array_id], check=False)
+
+
+def finish(driver: subprocess.Popen, timeout_s: float = 120) -> str:
+    output, _ = driver.communicate(timeout=timeout_s)
+    assert driver.returncode == 0, output
+    return output
+
+
+def array_tasks(sweep_dir: Path) -> list:
+    """The sweep's Slurm array tasks as "<array id>_<task>", from submitit's job folders."""
+    folder = sweep_dir / ".submitit"
+    return sorted(p.name for p in folder.iterdir() if re.fullmatch(r"\d+_\d+", p.name)) if folder.exists() else []
+
+
+def marker(tmp_path: Path, name: str, kind: str) -> dict:
+    return json.loads((tmp_path / "m" / f"{name}.{kind}.json").read_text())
+
+
+def wait_until(condition, what: str, timeout_s: float = 60):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def counted_to(tmp_path: Path, name: str, step: int) -> str:
+    """Wait until the counting job checkpointed `step`; return its Slurm job id."""
+    def reached() -> bool:
+        try:
+            state = checkpoint.load(tmp_path / "m" / f"{name}.ckpt.pt")
+        except (EOFError, RuntimeError):  # written by the job while we read: only a torn *read*
+            return False
+        return bool(state and state["step"] >= step)
+    wait_until(reached, f"{name} to checkpoint step {step}")
+    return marker(tmp_path, name, "start")["slurm_job"]
+
+
+def job_field(job_id: str, field: str) -> str:
+    shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=True).stdout
+    return re.search(rf"\b{field}=(\S+)", shown).group(1)
+
+
+def held_after_requeue(job_id: str) -> bool:
+    return job_field(job_id, "JobState") == "PENDING" and job_field(job_id, "Reason") == "BeginTime"
+
+
+def release(job_id: str) -> None:
+    """Let a requeued job start now. Slurm holds a requeued batch job for about two minutes before
+    it may start again; that cool-down is Slurm's, not ours, so the tests lift it."""
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
+
+
+def preempt(job_id: str) -> None:
+    """Send the job what Slurm sends a job it preempts or is about to time out: submitit's USR2.
+
+    scancel retries for minutes when the job is mid-transition ("Job can not be altered now"), which
+    it is once its handler requeues it; the signal is delivered by then, so a few seconds will do.
+    """
+    try:
+        subprocess.run(["scancel", "--signal=USR2", job_id], timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def attempts(tmp_path: Path, name: str) -> list:
+    return [int(line) for line in (tmp_path / "m" / f"{name}.attempts").read_text().split()]
+
+
+@pytest.fixture(scope="module")
+def interrupted_sweep(tmp_path_factory):
+    """One 2-job sweep of counting jobs; once both have checkpointed step 3, job `c` gets the
+    preemption signal and job `d` is requeued by `scontrol requeue`. Both run at once, so the
+    file pays for two job start-ups (torch imports) rather than four."""
+    tmp_path = tmp_path_factory.mktemp("slurm")
+    driver = sweep(tmp_path, "name=c,d", "action=count", "steps=16", "step_s=0.4")
+    with cleaned_up(driver, tmp_path / "sweep"):
+        jobs = {name: counted_to(tmp_path, name, 3) for name in ("c", "d")}
+        preempt(jobs["c"])
+        # No warning signal: Slurm stops the job (SIGTERM, then SIGKILL after KillWait) and requeues it.
+        subprocess.run(["scontrol", "requeue", jobs["d"]], check=True)
+        for job_id in jobs.values():
+            wait_until(lambda: held_after_requeue(job_id), f"job {job_id} to be requeued")
+            release(job_id)
+        finish(driver)
+    return tmp_path, jobs
+
+
+def test_sweep_of_two_jobs_completes_on_slurm(interrupted_sweep):
+    tmp_path, jobs = interrupted_sweep
+    assert jobs["c"] != jobs["d"]
+    for name in ("c", "d"):
+        assert marker(tmp_path, name, "end")["step"] == 16
+        # slurm.yaml's setup line gives each job its cpus_per_task as thread count.
+        assert marker(tmp_path, name, "start")["ablate_num_threads"] == "1"
+
+
+def test_preempted_job_checkpoints_requeues_and_resumes(interrupted_sweep):
+    tmp_path, jobs = interrupted_sweep
+    saved_at = int((tmp_path / "m" / "c.preempted").read_text())
+    assert saved_at >= 3
+    assert attempts(tmp_path, "c") == [0, saved_at]  # resumed exactly where it was stopped
+    assert int(job_field(jobs["c"], "Restarts")) == 1
+
+
+def test_job_requeued_by_scontrol_resumes_from_its_checkpoint(interrupted_sweep):
+    tmp_path, jobs = interrupted_sweep
+    first, resumed = attempts(tmp_path, "d")
+    assert first == 0 and resumed >= 3
+    # SIGTERM reached the loop, which saved before exiting; the new attempt starts from that save.
+    assert int((tmp_path / "m" / "d.preempted").read_text()) == resumed
+    assert int(job_field(jobs["d"], "Restarts")) == 1
+
+
+def test_a_job_that_dies_does_not_stop_the_sweep_waiting_for_the_others(tmp_path):
+    # Each job does what it is named: job 0 dies at once (os._exit, no result), job 1 runs on.
+    driver = sweep(tmp_path, "name=exit,ok", "action=${name}", "hold_s=20")
+    with cleaned_up(driver, tmp_path / "sweep"):
+        output, _ = driver.communicate(timeout=120)
+    assert driver.returncode != 0  # Hydra raises the failed job's error once the sweep is over
+    assert re.search(r"job \S+ \(.*name=exit.*\) ended without a result", output)
+    assert marker(tmp_path, "ok", "end") == {"saw_peer": None}  # waited for, not abandoned
+    assert not (tmp_path / "m" / "exit.end.json").exists()
+
+
+# --- the real job runner (run.py) on Slurm ----------------------------------------------------
+
+RUN_CELL = ["task=shapes", "model=pico", "trainer=cpu", "logger=none", "trainer.max_steps=8",
+            "trainer.checkpoint_every=1", "trainer.log_every=1"]
+
+
+def records(results: Path) -> list:
+    return [json.loads(p.read_text()) for p in sorted((results / "runs").glob("*/result.json"))]
+
+
+def cell_of(task: str) -> str | None:
+    """The run_id of the cell an array task runs, from its log line "cell <run_id>: ..."."""
+    log = Path(job_field(task, "StdOut").replace("%t", "0"))
+    found = re.search(r"cell ([0-9a-f]{16}): ", log.read_text()) if log.exists() else None
+    return found.group(1) if found else None
+
+
+@pytest.fixture(scope="module")
+def real_sweep(tmp_path_factory):
+    """A 2x2 sweep of run.py (model.ssm x seed) on Slurm. The first job to have a checkpoint gets
+    the preemption signal mid-run; it saves, is requeued and resumes."""
+    tmp_path = tmp_path_factory.mktemp("real")
+    results = tmp_path / "results"
+    command = [sys.executable, str(REPO / "run.py"), "-m", *SLURM, "hydra.launcher.mem_gb=2", *RUN_CELL,
+               "model.ssm=true,false", "seed=0,1", "sweep=slurm2x2", f"paths.results={results}",
+               f"paths.data={tmp_path / 'data'}"]
+    # cwd: the sweep's report lands in tmp_path, not in the repository.
+    driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sweep_dir = results / "sweeps" / "slurm2x2"
+    with cleaned_up(driver, sweep_dir):
+        signalled = None
+        deadline = time.monotonic() + 480
+        while driver.poll() is None and time.monotonic() < deadline:
+            tasks = array_tasks(sweep_dir)
+            for task in tasks if signalled is None else []:
+                run_id = cell_of(task) if job_field(task, "JobState") == "RUNNING" else None
+                if run_id and (results / "runs" / run_id / "checkpoint.pt").exists():
+                    preempt(task)  # it may have finished meanwhile: the tests look at what resumed
+                    signalled = task
+                    break
+            for task in filter(held_after_requeue, tasks):
+                release(task)
+            time.sleep(0.5)
+        return tmp_path, finish(driver, timeout_s=5)
+
+
+def test_real_2x2_sweep_on_slurm_writes_four_completed_records(real_sweep):
+    tmp_path, _ = real_sweep
+    done = records(tmp_path / "results")
+    assert len(done) == 4
+    assert {r["status"] for r in done} == {"completed"}
+    assert sorted((r["factors"]["model.ssm"], r["factors"]["seed"]) for r in done) == [
+        (False, 0), (False, 1), (True, 0), (True, 1)]
+    assert all(r["env"]["slurm_job_id"] for r in done)
+
+
+def test_real_job_preempted_on_slurm_resumes_and_matches_an_uninterrupted_run(real_sweep):
+    tmp_path, _ = real_sweep
+    resumed = [r for r in records(tmp_path / "results") if r["cost"]["resumed_from_step"]]
+    assert resumed, "no job resumed from a checkpoint"
+    cell = resumed[0]
+    assert 0 < cell["cost"]["resumed_from_step"] < 8
+    overrides = [o for o in cell["overrides"] if not o.startswith(("paths.", "sweep="))]
+    reference = tmp_path / "reference"
+    # The same cell, uninterrupted, with the thread count the Slurm job had (cpus_per_task=1).
+    subprocess.run([sys.executable, str(REPO / "run.py"), *overrides, f"paths.results={reference}",
+                    f"paths.data={tmp_path / 'data'}"], cwd=tmp_path, check=True, capture_output=True,
+                   env={**os.environ, "ABLATE_NUM_THREADS": "1"}, timeout=300)
+    (uninterrupted,) = records(reference)
+    assert uninterrupted["run_id"] == cell["run_id"]
+    assert uninterrupted["cost"]["resumed_from_step"] is None
+    assert cell["metrics"] == pytest.approx(uninterrupted["metrics"], rel=1e-6)
