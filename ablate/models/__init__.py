@@ -1,0 +1,10 @@
+"""Models of the study: the MambaOut skeleton +/- Mamba's selective SSM, its scan, and its cost.
+
+Importing this package registers `ablate_mambaout_<variant>` with timm's model registry.
+"""
+from .cost import Cost, count_cost, seq_len, tau
+from .mambaout import VARIANTS, MambaOut, build_model
+from .ssm import SCAN_ORDERS, SelectiveSSM2d, selective_scan
+
+__all__ = ['Cost', 'MambaOut', 'SCAN_ORDERS', 'SelectiveSSM2d', 'VARIANTS', 'build_model', 'count_cost',
+           'selective_scan', 'seq_len', 'tau']

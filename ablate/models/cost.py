@@ -1,0 +1,93 @@
+"""Parameters and MACs with one convention, plus the sequence-length facts of the study.
+
+MACs are fvcore's (one multiply-add = one MAC; convolutions, linear/matmul layers and norms,
+batch 1 with `input_size`) plus an explicit count for every selective scan, which fvcore cannot
+see: 9*B*L*D*N + B*D*L per scan direction (+ B*D*L with a z gate), VMamba's formula. The scan
+runs as one opaque autograd Function (or mamba_ssm's kernel), so fvcore counts nothing inside it;
+the scans are counted by recording every `selective_scan` call made during fvcore's trace.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .ssm import record_scans
+
+__all__ = ['Cost', 'count_cost', 'seq_len', 'tau']
+
+
+@dataclass(frozen=True)
+class Cost:
+    params: int
+    macs: int  # all MACs, the SSM's included
+    macs_ssm: int  # the selective scans alone (x_proj/dt_proj are ordinary matmuls in `macs`)
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def _size(key: str, value) -> tuple[int, int]:
+    hw = (value, value) if isinstance(value, int) else tuple(value)
+    if len(hw) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in hw):
+        raise ValueError(f'{key}={value!r} must be a positive int or a (height, width) pair of positive ints')
+    return hw
+
+
+def count_cost(model: nn.Module, input_size: tuple[int, int] | None = None,
+               inputs: tuple | None = None) -> Cost:
+    """Params and MACs of one forward pass of `model` in eval mode.
+
+    Give either input_size (H, W): one zero image of batch 1 on the model's device, or the
+    exact positional `inputs` for any model containing SSM mixers (e.g. a detector's list of
+    images). The model's train/eval mode is restored afterwards.
+    """
+    if (input_size is None) == (inputs is None):
+        raise ValueError(f'count_cost: give exactly one of input_size or inputs, got input_size={input_size!r} '
+                         f'and inputs of type {type(inputs).__name__}')
+    if inputs is None:
+        h, w = _size('input_size', input_size)
+        p = next(model.parameters())
+        inputs = (torch.zeros(1, getattr(model, 'in_chans', 3), h, w, device=p.device, dtype=p.dtype),)
+    elif not isinstance(inputs, tuple):
+        inputs = (inputs,)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', FutureWarning)  # fvcore.nn's import-time torch.jit.script
+        from fvcore.nn import FlopCountAnalysis
+    was_training = model.training
+    model.eval()
+    fvcore_log = logging.getLogger('fvcore')
+    level = fvcore_log.level
+    try:
+        fvcore_log.setLevel(logging.ERROR)  # "unsupported operator" notices for elementwise ops
+        with torch.no_grad(), record_scans() as scans, warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            analysis = FlopCountAnalysis(model, inputs)
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings('none')
+            macs_fvcore = int(analysis.total())
+    finally:
+        fvcore_log.setLevel(level)
+        model.train(was_training)
+    macs_ssm = sum(call.macs for call in scans)
+    params = sum(p.numel() for p in model.parameters())
+    return Cost(params=params, macs=macs_fvcore + macs_ssm, macs_ssm=macs_ssm)
+
+
+def seq_len(image_size: int | Sequence[int], stride: int = 16) -> int:
+    """Tokens at `stride` (patch size 16 by default): (H // stride) * (W // stride); 224 -> 196."""
+    h, w = _size('image_size', image_size)
+    if not isinstance(stride, int) or stride < 1:
+        raise ValueError(f'stride={stride!r} must be a positive integer')
+    return (h // stride) * (w // stride)
+
+
+def tau(model_or_dims: nn.Module | Sequence[int]) -> int:
+    """The long-sequence threshold L > 6*D of the paper (Eq. 7), D the stage-3 (stride 16) width."""
+    dims = getattr(model_or_dims, 'dims', model_or_dims)
+    if isinstance(dims, nn.Module) or len(dims) != 4:
+        raise ValueError(f'tau: need a model with .dims or 4 stage widths, got {model_or_dims!r:.80}')
+    return 6 * int(dims[2])

@@ -1,0 +1,317 @@
+"""MambaOut (Yu & Wang, CVPR 2025) with one switch, `ssm`, that puts Mamba's selective SSM back.
+
+With ssm=False this is MambaOut exactly: same modules, parameter names, shapes, init and
+outputs as `timm.create_model('mambaout_<variant>')`, so timm's state dict loads as is (the key
+mapping is the identity). With ssm=True every Gated CNN block gains SiLU + a selective SSM on
+the conv branch right after the depthwise conv (paper Eq. 11, SSM(sigma(Conv(.)))), adding only
+the `blocks.<j>.ssm.*` parameters; nothing else changes.
+
+Tensors are channels-last (B, H, W, C) inside the stages, as in timm's MambaOut.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, LayerNorm, calculate_drop_path_rates, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+from .ssm import SCAN_ORDERS, SelectiveSSM2d
+
+__all__ = ['MambaOut', 'VARIANTS', 'build_model']
+
+# name -> depths, dims, drop_path (the ImageNet drop-path rate of the variant)
+VARIANTS: dict[str, dict] = {
+    'pico': dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32), drop_path=0.0),  # CPU work
+    'nano': dict(depths=(2, 2, 4, 2), dims=(16, 32, 64, 96), drop_path=0.0),  # CPU work
+    'femto': dict(depths=(3, 3, 9, 3), dims=(48, 96, 192, 288), drop_path=0.025),
+    'kobe': dict(depths=(3, 3, 15, 3), dims=(48, 96, 192, 288), drop_path=0.025),
+    'tiny': dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 576), drop_path=0.2),
+    'small': dict(depths=(3, 4, 27, 3), dims=(96, 192, 384, 576), drop_path=0.4),
+    'base': dict(depths=(3, 4, 27, 3), dims=(128, 256, 512, 768), drop_path=0.6),
+}
+
+
+class Stem(nn.Module):
+    """Conv3x3 s2 -> LN -> GELU -> Conv3x3 s2 -> LN; (B, 3, H, W) -> (B, H/4, W/4, C)."""
+
+    def __init__(self, in_chans: int, out_chs: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chans, out_chs // 2, kernel_size=3, stride=2, padding=1)
+        self.norm1 = LayerNorm(out_chs // 2)
+        self.act = nn.GELU()
+        self.conv2 = nn.Conv2d(out_chs // 2, out_chs, kernel_size=3, stride=2, padding=1)
+        self.norm2 = LayerNorm(out_chs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(self.conv1(x).permute(0, 2, 3, 1))
+        x = self.conv2(self.act(x).permute(0, 3, 1, 2))
+        return self.norm2(x.permute(0, 2, 3, 1))
+
+
+class Downsample(nn.Module):
+    """Conv3x3 s2 -> LN between stages; channels-last in and out."""
+
+    def __init__(self, in_chs: int, out_chs: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size=3, stride=2, padding=1)
+        self.norm = LayerNorm(out_chs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+
+
+class GatedCNNBlock(nn.Module):
+    """x + DropPath(fc2(GELU(g) * [i, mixer(c)])), (g, i, c) = split(fc1(LN(x))).
+
+    mixer = depthwise Conv7x7 (MambaOut) or SSM(SiLU(Conv7x7)) when `ssm` kwargs are given.
+    """
+
+    def __init__(self, dim: int, drop_path: float = 0.0, expansion_ratio: float = 8 / 3,
+                 kernel_size: int = 7, ssm: dict | None = None):
+        super().__init__()
+        hidden = int(expansion_ratio * dim)
+        self.norm = LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, 2 * hidden)
+        self.act = nn.GELU()
+        self.split_indices = (hidden, hidden - dim, dim)  # g, i, c
+        self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.ssm = SelectiveSSM2d(dim, **ssm) if ssm is not None else None
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x  # (B, H, W, C)
+        g, i, c = torch.split(self.fc1(self.norm(x)), self.split_indices, dim=-1)
+        c = self.conv(c.permute(0, 3, 1, 2))  # (B, C, H, W)
+        if self.ssm is not None:
+            c = self.ssm(F.silu(c))
+        x = self.fc2(self.act(g) * torch.cat((i, c.permute(0, 2, 3, 1)), dim=-1))
+        return self.drop_path(x) + shortcut
+
+
+class MambaOutStage(nn.Module):
+    def __init__(self, dim: int, dim_out: int, depth: int, drop_path: list[float], downsample: bool,
+                 ssm: dict | None):
+        super().__init__()
+        self.downsample = Downsample(dim, dim_out) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(*[GatedCNNBlock(dim_out, drop_path[j], ssm=ssm) for j in range(depth)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.downsample(x))
+
+
+class MlpHead(nn.Module):
+    """Global average pool -> LN -> Linear(C, 4C) -> GELU -> LN -> dropout -> Linear(4C, classes).
+
+    num_classes=0 drops the last Linear: the head returns the 4C pooled MLP features, as timm's.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, mlp_ratio: int = 4, drop_rate: float = 0.0):
+        super().__init__()
+        hidden = mlp_ratio * in_features
+        self.norm = LayerNorm(in_features)
+        self.pre_logits = nn.Sequential(OrderedDict([
+            ('fc', nn.Linear(in_features, hidden)),
+            ('act', nn.GELU()),
+            ('norm', LayerNorm(hidden)),
+        ]))
+        self.num_features = hidden
+        self.head_dropout = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(hidden, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_dropout(self.pre_logits(self.norm(x.mean((1, 2)))))
+        return x if pre_logits else self.fc(x)
+
+
+class MambaOut(nn.Module):
+    """MambaOut skeleton, +/- the selective SSM in every block.
+
+    Args:
+        depths, dims: blocks and widths of the 4 stages (strides 4/8/16/32).
+        ssm: insert SiLU + selective SSM after each block's depthwise conv.
+        scan: SSM scan order, one of 'cross' (4 directions, summed), 'bidirectional' (2,
+            averaged), 'raster' (1 causal direction).
+        d_state, dt_rank: SSM state size N and delta rank (None: ceil(C/16)).
+        drop_path_rate: stochastic depth rising linearly from 0 over all blocks.
+    """
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            depths: tuple[int, ...] = (3, 3, 9, 3),
+            dims: tuple[int, ...] = (96, 192, 384, 576),
+            drop_path_rate: float = 0.0,
+            drop_rate: float = 0.0,
+            ssm: bool = False,
+            scan: str = 'cross',
+            d_state: int = 16,
+            dt_rank: int | None = None,
+    ):
+        super().__init__()
+        if len(depths) != 4 or len(dims) != 4:
+            raise ValueError(f'model.depths={tuple(depths)!r}, model.dims={tuple(dims)!r}: need 4 stages each')
+        if scan not in SCAN_ORDERS:
+            raise ValueError(f"model.scan={scan!r} is not a scan order; choose from: {', '.join(SCAN_ORDERS)}")
+        self.num_classes = num_classes
+        self.dims = tuple(dims)
+        self.ssm, self.scan = ssm, scan
+        self.output_fmt = 'NHWC'
+        ssm_kwargs = dict(d_state=d_state, dt_rank=dt_rank, scan=scan) if ssm else None
+
+        self.stem = Stem(in_chans, dims[0])
+        dp_rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
+        self.stages = nn.Sequential()
+        self.feature_info = []
+        prev = dims[0]
+        for i, (depth, dim) in enumerate(zip(depths, dims)):
+            self.stages.append(MambaOutStage(prev, dim, depth, dp_rates[i], downsample=i > 0, ssm=ssm_kwargs))
+            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f'stages.{i}'))
+            prev = dim
+        self.num_features = dims[-1]
+        self.head = MlpHead(dims[-1], num_classes, drop_rate=drop_rate)
+        self.head_hidden_size = self.head.num_features
+        self.apply(self._init_weights)  # touches Conv2d/Linear only; SSM parameters keep Mamba's init
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Full names of the parameters that get no weight decay: every SSM A_log and D."""
+        return {n for n, p in self.named_parameters() if getattr(p, '_no_weight_decay', False)}
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, H/32, W/32, C4), channels-last like timm's MambaOut."""
+        return self.stages(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: int | list[int] | None = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs (strides 4/8/16/32) as in timm: indices=None takes all 4, an int the last
+        n, a list those stages. There is no per-stage norm, so `norm` changes nothing (as in timm).
+        Returns the intermediates, or (final features NHWC, intermediates).
+        """
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt={output_fmt!r} is not supported; choose from: NCHW, NHWC")
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        stages = self.stages[:max_index + 1] if stop_early or intermediates_only else self.stages
+        x = self.stem(x)
+        intermediates = []
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take:
+                intermediates.append(x.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW' else x)
+        return intermediates if intermediates_only else (x, intermediates)
+
+
+# --------------------------------------------------------------------------- timm registry
+def _cfg(**kwargs) -> dict:
+    return {
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7), 'crop_pct': 1.0,
+        'interpolation': 'bicubic', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'stem.conv1', 'classifier': 'head.fc', **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({f'ablate_mambaout_{v}': _cfg() for v in VARIANTS})
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs) -> MambaOut:
+    if pretrained:
+        raise ValueError(f'pretrained={pretrained!r}: ablate_mambaout_{variant} has no hosted weights; '
+                         f'build with pretrained=False and load a state dict (timm MambaOut keys load as is)')
+    spec = VARIANTS[variant]
+    kwargs.setdefault('drop_path_rate', spec['drop_path'])
+    return build_model_with_cfg(
+        MambaOut, f'ablate_mambaout_{variant}', pretrained=False,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
+        depths=spec['depths'], dims=spec['dims'], **kwargs)
+
+
+@register_model
+def ablate_mambaout_pico(pretrained: bool = False, **kwargs) -> MambaOut:
+    return _create('pico', pretrained, **kwargs)
+
+
+@register_model
+def ablate_mambaout_nano(pretrained: bool = False, **kwargs) -> MambaOut:
+    return _create('nano', pretrained, **kwargs)
+
+
+@register_model
+def ablate_mambaout_femto(pretrained: bool = False, **kwargs) -> MambaOut:
+    return _create('femto', pretrained, **kwargs)
+
+
+@register_model
+def ablate_mambaout_kobe(pretrained: bool = False, **kwargs) -> MambaOut:
+    return _create('kobe', pretrained, **kwargs)
+
+
+@register_model
+def ablate_mambaout_tiny(pretrained: bool = False, **kwargs) -> MambaOut:
+    return _create('tiny', pretrained, **kwargs)
+
+
+@register_model
+def ablate_mambaout_small(pretrained: bool = False, **kwargs) -> MambaOut:
+    return _create('small', pretrained, **kwargs)
+
+
+@register_model
+def ablate_mambaout_base(pretrained: bool = False, **kwargs) -> MambaOut:
+    return _create('base', pretrained, **kwargs)
+
+
+def build_model(name: str, ssm: bool = False, num_classes: int = 1000, scan: str = 'cross',
+                d_state: int = 16, dt_rank: int | None = None, drop_path_rate: float | None = None,
+                **overrides) -> nn.Module:
+    """The MambaOut variant `name` (see VARIANTS), with the selective SSM when `ssm`.
+
+    drop_path_rate None takes the variant's; num_classes=0 gives a backbone without classifier;
+    overrides go to MambaOut (e.g. in_chans, drop_rate).
+    """
+    if name not in VARIANTS:
+        raise ValueError(f"model.name={name!r} is not a variant; choose from: {', '.join(VARIANTS)}")
+    if scan not in SCAN_ORDERS:
+        raise ValueError(f"model.scan={scan!r} is not a scan order; choose from: {', '.join(SCAN_ORDERS)}")
+    if not isinstance(d_state, int) or d_state < 1:
+        raise ValueError(f'model.d_state={d_state!r} must be a positive integer')
+    if dt_rank is not None and (not isinstance(dt_rank, int) or dt_rank < 1):
+        raise ValueError(f'model.dt_rank={dt_rank!r} must be a positive integer or None (ceil(C/16))')
+    if not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f'model.num_classes={num_classes!r} must be an integer >= 0')
+    if drop_path_rate is not None and not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f'model.drop_path_rate={drop_path_rate!r} must be in [0, 1) or None (variant default)')
+    if drop_path_rate is not None:
+        overrides['drop_path_rate'] = drop_path_rate
+    return _create(
+        name, num_classes=num_classes, ssm=ssm, scan=scan, d_state=d_state, dt_rank=dt_rank, **overrides)
