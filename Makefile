@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# OpenMP threads that spin while waiting make PyTorch many times slower on shared or small CPUs.
+export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: test demo install clean-results bench
+.PHONY: test demo install bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +20,11 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# Two legs into one named sweep (see experiments/demo.yaml); the report is rewritten after each.
 demo: $(STAMP)
-	$(PY) run.py -m +experiment=demo
+	$(PY) run.py -m +experiment=demo task=shapes
+	$(PY) run.py -m +experiment=demo task=pathfinder 'task.image_size=[64,64],[208,208]'
+	@echo "demo: records under results/runs/, report at reports/demo/report.md"
 
 bench: $(STAMP)
 	$(PY) bench/bench_scan.py

@@ -33,8 +33,8 @@ from omegaconf import DictConfig, OmegaConf
 import ablate
 from ablate import records, tracking
 from ablate.models import VARIANTS, seq_len, tau
-from ablate.train import Diverged, fit, preemption
-from ablate.train.loop import effective_lr, seed_everything
+from ablate.train import preemption
+from ablate.train.loop import Diverged, effective_lr, fit, resolve_device, seed_everything
 
 log = logging.getLogger("ablate.job")
 RERUN_CHOICES = ("all",)
@@ -77,6 +77,7 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
             task.prepare()
             seed_everything(cfg.seed)
             model = task.build_model(cfg.model)  # validates the variant and scan order
+            model.to(resolve_device(cfg.trainer.device))  # count on the training device: the scan is slow on CPU
             record["cost"].update(task.cost(model), tau=tau(VARIANTS[cfg.model.name]["dims"]))
             result = fit(model, task, cfg.trainer, run_dir, cfg.seed, on_eval=_pruning_hook(cfg, task.info.metric), tracker=tracker)
             record["metrics"] = result.metrics

@@ -17,7 +17,7 @@ TINY = ["model=pico", "task=shapes", "trainer=cpu", "logger=none", "trainer.max_
 
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "SLURM_", "HYDRA_"))}
-    env.update(PYTHONUNBUFFERED="1", ABLATE_NUM_THREADS="1", **extra)
+    env.update(PYTHONUNBUFFERED="1", ABLATE_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", **extra)
     return env
 
 
