@@ -38,3 +38,14 @@ def load_records(results: Path) -> list[dict]:
 @pytest.fixture
 def tiny_args() -> list[str]:
     return list(TINY)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for the module: on two contended cores it is many times faster than two."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

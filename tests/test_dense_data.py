@@ -24,13 +24,7 @@ from ablate.tasks.toydata.coco import generate_coco
 PICO = dict(name="pico", ssm=False, scan="cross", d_state=16, dt_rank=None, drop_path_rate=None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two contended cores: one intra-op thread is many times faster than two fighting over them.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -26,12 +26,7 @@ def model_cfg(ssm: bool) -> dict:
     return dict(name="pico", ssm=ssm, scan="cross", d_state=16, dt_rank=None, drop_path_rate=None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from scipy import ndimage
 
 from ablate.tasks.base import DataError
 from ablate.tasks.toydata import (
-    PATHFINDER_CLASSES,
     SHAPE_CLASSES,
     cached_dataset,
     default_distractors,
