@@ -9,8 +9,9 @@ Where things live (``paths.results``, default ``./results``):
 Schema ``ablate.result/1`` (all keys always present; values may be null where stated):
 
     schema      "ablate.result/1"
-    run_id      16 hex chars: sha256 of the resolved config minus non-semantic keys (paths, logger,
-                sweep name, device, workers, progress, rerun) -> the same cell always gets the same id
+    run_id      16 hex chars: sha256 of the resolved config minus non-semantic keys (paths and
+                task.data_root, logger, sweep name, device, workers, progress, rerun) -> the same cell
+                always gets the same id, on any machine
     sweep       sweep name the job ran under (the cell may be shared by several sweeps)
     status      "completed" | "failed" | "diverged" | "pruned" (a tuning trial stopped early)
     error       null | {"type": str, "message": str, "traceback": str (last ~30 lines)}
@@ -48,7 +49,7 @@ RECORD_KEYS = (
 NON_SEMANTIC_KEYS = (
     "paths", "logger", "sweep", "rerun", "tuning",
     "trainer.device", "trainer.num_workers", "trainer.progress", "trainer.log_every",
-    "trainer.checkpoint_every", "task.eval_workers",
+    "trainer.checkpoint_every", "task.eval_workers", "task.data_root",
 )
 # Factors every record carries, whether or not they were swept.
 STANDARD_FACTORS = ("model.name", "model.ssm", "model.scan", "task", "task.image_size", "seed")

@@ -49,7 +49,8 @@ def test_demo_experiment_overrides_only_what_differs():
 def test_run_id_ignores_paths_logger_and_device_but_not_the_arm():
     base = OmegaConf.to_container(compose(["task=shapes", "model=pico"]), resolve=True)
     moved = OmegaConf.to_container(
-        compose(["task=shapes", "model=pico", "paths.results=/elsewhere", "logger=none", "trainer.device=cpu"]),
+        compose(["task=shapes", "model=pico", "paths.results=/elsewhere", "paths.data=/mnt/data", "logger=none",
+                 "trainer.device=cpu", "trainer.num_workers=16"]),
         resolve=True,
     )
     other_arm = OmegaConf.to_container(compose(["task=shapes", "model=pico", "model.ssm=true"]), resolve=True)

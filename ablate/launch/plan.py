@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
+from hydra.errors import HydraException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from tabulate import tabulate
 
 from ablate import records
 from ablate.config import compose
+from ablate.job import RERUN_CHOICES
 from ablate.tasks.base import DataError
 from ablate.train.loop import effective_lr
 
@@ -45,7 +46,9 @@ def expand(arguments: list[str]) -> list[list[str]]:
 def plan_cell(overrides: list[str], cost_cache: dict) -> dict[str, Any]:
     cfg = compose(overrides)
     config = OmegaConf.to_container(cfg, resolve=True)
-    config.pop("rerun", None)
+    rerun = config.pop("rerun", None)
+    if rerun is not None and rerun not in RERUN_CHOICES:  # each job would raise this at its start
+        raise ValueError(f"rerun={rerun!r} is not known; choose from: {', '.join(RERUN_CHOICES)} (or leave it unset)")
     config["trainer"]["lr"] = effective_lr(cfg.trainer)  # as the job does, so run_id matches
     run_id = records.run_id(config)
     result = Path(cfg.paths.results) / "runs" / run_id / "result.json"
@@ -87,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         cache: dict = {}
         rows = [plan_cell(job, cache) for job in jobs]
     except (HydraException, ValueError, KeyError) as exc:
-        print(f"ablate plan: {str(exc).splitlines()[0]}", file=sys.stderr)
+        if isinstance(exc, InstantiationException) and exc.__cause__ is not None:
+            exc = exc.__cause__  # the task's own message, not Hydra's "Error in call to target ..."
+        print(f"ablate plan: {(str(exc).splitlines() or [type(exc).__name__])[0]}", file=sys.stderr)
         return 1
     known = [r["train_PFLOP"] for r in rows if r["train_PFLOP"] is not None]
     total_pflop = sum(known)

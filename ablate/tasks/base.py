@@ -89,6 +89,8 @@ class Task(abc.ABC):
         return len(first)
 
     def steps_per_epoch(self, batch_size: int) -> int:
+        if batch_size < 1:
+            raise ValueError(f"trainer.batch_size={batch_size} must be a positive number of images")
         steps = self.num_train_samples() // batch_size
         if steps < 1:
             raise DataError(

@@ -1,0 +1,127 @@
+"""`ablate plan`: the job matrix of a known sweep, its cost, its status before/after a cell ran, errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from ablate.config import CONF_DIR
+from ablate.launch import plan
+from ablate.models import build_model, count_cost
+from conftest import run_cli
+
+SWEEP = ["model=pico", "task=shapes", "trainer=cpu", "model.ssm=true,false", "seed=0,1", "trainer.max_steps=3"]
+
+
+def _paths(tmp_path) -> list[str]:
+    return [f"paths.results={tmp_path / 'results'}", f"paths.data={tmp_path / 'data'}"]
+
+
+def _plan_json(capsys, args: list[str]) -> dict:
+    capsys.readouterr()  # drop anything printed before
+    assert plan.main(["--json", *args]) == 0
+    out = capsys.readouterr()
+    return json.loads(out.out)
+
+
+def _cell_factors(row: dict) -> tuple[bool, int]:
+    parts = dict(item.split("=", 1) for item in row["cell"].split())
+    return parts["model.ssm"].lower() == "true", int(parts["seed"])
+
+
+def test_plan_of_a_known_sweep_counts_cells_cost_and_status(tmp_path, capsys):
+    args = SWEEP + _paths(tmp_path)
+    planned = _plan_json(capsys, args)
+    rows = planned["cells"]
+    assert len(rows) == 4
+    assert sorted(_cell_factors(r) for r in rows) == [(False, 0), (False, 1), (True, 0), (True, 1)]
+    assert len({r["run_id"] for r in rows}) == 4  # every cell its own content hash
+    assert [r["status"] for r in rows] == ["new"] * 4
+
+    batch = 32  # trainer=cpu's batch size
+    expected = {ssm: count_cost(build_model("pico", ssm=ssm, num_classes=10), (32, 32)) for ssm in (True, False)}
+    assert expected[True].macs > expected[False].macs  # the SSM arm costs more
+    for row in rows:
+        ssm, _ = _cell_factors(row)
+        cost = expected[ssm]
+        assert row["params_M"] == pytest.approx(cost.params / 1e6, rel=1e-12)
+        assert row["GMACs"] == pytest.approx(cost.macs / 1e9, rel=1e-12)
+        assert row["GMACs_ssm"] == pytest.approx(cost.macs_ssm / 1e9, rel=1e-12)
+        assert (row["seq_len"], row["tau"], row["steps"]) == (4, 144, 3)
+        assert row["train_PFLOP"] == pytest.approx(3 * 2 * cost.macs * 3 * batch / 1e15, rel=1e-12)
+    total = 2 * sum(3 * 2 * c.macs * 3 * batch / 1e15 for c in expected.values())
+    assert planned["total_PFLOP"] == pytest.approx(total, rel=1e-12)
+    assert planned["gpu_hours"] == pytest.approx(total * 1e15 / 100e12 / 3600, rel=1e-12)
+
+    # Run one of the cells through run.py with the same settings (logger is not part of the cell).
+    run_cli(["model=pico", "task=shapes", "trainer=cpu", "model.ssm=true", "seed=0", "trainer.max_steps=3",
+             "logger=none", "sweep=one"], tmp_path)
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "results" / "runs").glob("*/result.json")]
+    assert record["status"] == "completed"
+
+    after = _plan_json(capsys, args)["cells"]
+    assert [r["run_id"] for r in after] == [r["run_id"] for r in rows]  # planning is deterministic
+    done = [r for r in after if r["status"] == "completed"]
+    assert len(done) == 1 and _cell_factors(done[0]) == (True, 0)
+    assert done[0]["run_id"] == record["run_id"]
+    assert record["cost"]["macs"] == expected[True].macs and record["cost"]["params"] == expected[True].params
+    assert sorted(r["status"] for r in after) == ["completed", "new", "new", "new"]
+
+    # The table form says the same in its summary line.
+    capsys.readouterr()
+    assert plan.main(args) == 0
+    out = capsys.readouterr().out
+    assert "4 cells (1 completed, 3 new)" in out
+    assert out.count(record["run_id"]) == 1
+
+
+def test_plan_expands_the_experiments_sweeper_params(tmp_path, capsys):
+    # conf/experiment/demo.yaml sweeps model.ssm: true,false and seed: 0,1 -> 2 arms x 2 seeds = 4 cells, with
+    # no max_steps: the plan reads the (generated) data to count epochs x full batches per epoch.
+    demo = OmegaConf.load(CONF_DIR / "experiment" / "demo.yaml")
+    assert dict(demo.hydra.sweeper.params) == {"model.ssm": "true,false", "seed": "0,1"}
+    train_size = demo.task.get("train_size", OmegaConf.load(CONF_DIR / "task" / "shapes.yaml").train_size)
+    steps = demo.trainer.epochs * (train_size // demo.trainer.batch_size)
+    rows = _plan_json(capsys, ["+experiment=demo", "task=shapes"] + _paths(tmp_path))["cells"]
+    assert len(rows) == 4
+    assert sorted(_cell_factors(r) for r in rows) == [(False, 0), (False, 1), (True, 0), (True, 1)]
+    assert {r["steps"] for r in rows} == {steps}
+    assert {r["seq_len"] for r in rows} == {4}
+    for row in rows:
+        macs = row["GMACs"] * 1e9
+        assert row["train_PFLOP"] == pytest.approx(3 * 2 * macs * steps * demo.trainer.batch_size / 1e15, rel=1e-9)
+
+    # The command line comes after the experiment's params, as in Hydra's basic sweeper: seed=7 wins.
+    rows = _plan_json(capsys, ["+experiment=demo", "task=shapes", "seed=7", "trainer.max_steps=2"] + _paths(tmp_path))
+    assert sorted(_cell_factors(r) for r in rows["cells"]) == [(False, 7), (True, 7)]
+    assert {r["steps"] for r in rows["cells"]} == {2}
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("model.ssm=true,maybe", "model.ssm=maybe"),
+    ("task.image_size=[32,32],[0,32]", "task.image_size=[0, 32]"),
+    ("+rerun=al", "rerun='al' is not known"),
+])
+def test_plan_config_error_exits_1_with_one_line_before_anything_runs(tmp_path, capsys, bad, message):
+    capsys.readouterr()
+    code = plan.main(["model=pico", "task=shapes", "trainer=cpu", "seed=0,1", "trainer.max_steps=3", bad]
+                     + _paths(tmp_path))
+    out = capsys.readouterr()
+    assert code == 1
+    assert out.out == ""  # no partial table
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ablate plan: ")
+    assert message in lines[0]  # the cell's own error, not a wrapper's
+    assert not (tmp_path / "results").exists()  # nothing ran, nothing written
+
+
+def test_plan_run_id_matches_the_record_schema(tmp_path, capsys):
+    # run_id ignores non-semantic keys: logger, sweep name, device, workers -> same rows.
+    base = _plan_json(capsys, SWEEP + _paths(tmp_path))["cells"]
+    other = _plan_json(capsys, SWEEP + ["logger=none", "sweep=elsewhere", "trainer.num_workers=3"]
+                       + _paths(tmp_path))["cells"]
+    assert [r["run_id"] for r in other] == [r["run_id"] for r in base]
+    assert all(len(r["run_id"]) == 16 for r in base)
+    changed = _plan_json(capsys, SWEEP + ["trainer.max_steps=4"] + _paths(tmp_path))["cells"]
+    assert not {r["run_id"] for r in changed} & {r["run_id"] for r in base}
