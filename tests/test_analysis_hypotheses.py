@@ -193,3 +193,13 @@ def test_a_cell_with_one_arm_only_counts_with_zero_pairs(tmp_path: Path) -> None
     row = evaluate(h2, _collection(tmp_path, recs)).rows.iloc[0]
     assert row["n_pairs"] == 0 and row["decision"] == "insufficient evidence"
     assert "no complete pair" in row["note"]
+
+
+def test_a_trend_with_too_few_seeds_per_length_says_which_lengths_fell_short(tmp_path: Path) -> None:
+    recs = []
+    for size in ((512, 512), (1024, 1024)):  # two seeds per length, fewer than min_pairs=3
+        recs += paired([40, 41], [42, 43], image_size=size, task="det", kind="detection", metric="map")
+    (h2,) = [h for h in load_hypotheses(CONF_DIR) if h.id == "H2"]
+    (row,) = evaluate(h2, _collection(tmp_path, recs)).rows.query("part == 'trend'").to_dict("records")
+    assert row["n_pairs"] == 0 and row["decision"] == "insufficient evidence"
+    assert row["note"] == "0 sequence length(s) with >= 3 pairs; a trend needs 3; L=1024,4096 left out (< 3 pairs)"

@@ -364,8 +364,8 @@ def _decide(hypothesis: Hypothesis, rows: list[dict], trend: bool = False) -> pd
 
 def _decision(hypothesis: Hypothesis, row: pd.Series, trend: bool) -> tuple[str, str]:
     note = row["note"]
-    if row["n_pairs"] == 0:
-        return INSUFFICIENT, "no complete pair (see missing pairs)"
+    if row["n_pairs"] == 0:  # a trend row says why (too few lengths with enough pairs)
+        return INSUFFICIENT, note or "no complete pair (see missing pairs)"
     if not trend and row["n_pairs"] < hypothesis.min_pairs:
         return INSUFFICIENT, f"{row['n_pairs']} paired seed(s), fewer than min_pairs={hypothesis.min_pairs}"
     if math.isnan(row["p_adj"]):
