@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -135,6 +135,26 @@ class SplitDatasetTask(Task):
             self.epoch_dataset(seed, epoch), batch_size=batch_size, drop_last=True, num_workers=num_workers,
             sampler=EpochSampler(n, batch_size, seed, epoch, start_batch), collate_fn=self.collate_fn,
             generator=worker_seed_generator(seed, epoch), pin_memory=torch.cuda.is_available(),
+        )
+
+
+class GeneratedScenesMixin:
+    """The generator settings of the embedded dense tasks (coco_toy, ade20k_toy), kept as
+    `self.generator_args` for the subclass's `prepare()` to write its dataset before loading it."""
+
+    def __init__(
+        self,
+        train_size: int = 64,
+        val_size: int = 16,
+        data_seed: int = 0,
+        source_size: Sequence[int] = (96, 128),
+        max_objects: int = 3,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.generator_args = dict(
+            image_size=tuple(source_size), train_size=train_size, val_size=val_size, seed=data_seed,
+            max_objects=max_objects,
         )
 
 

@@ -36,7 +36,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
 from ablate.models import count_cost
-from ablate.tasks.base import DataError, SplitDatasetTask, TaskInfo
+from ablate.tasks.base import DataError, GeneratedScenesMixin, SplitDatasetTask, TaskInfo
 from ablate.tasks.heads import BackboneWithFPN, build_backbone, input_size, no_weight_decay
 
 AP_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # the first six COCOeval.stats
@@ -349,23 +349,8 @@ class CocoDetection(SplitDatasetTask):
         return cost
 
 
-class EmbeddedCocoDetection(CocoDetection):
+class EmbeddedCocoDetection(GeneratedScenesMixin, CocoDetection):
     """`coco-toy` (ablate.tasks.toydata.coco), generated under `data_root` on first use, then cached."""
-
-    def __init__(
-        self,
-        train_size: int = 64,
-        val_size: int = 16,
-        data_seed: int = 0,
-        source_size: Sequence[int] = (96, 128),
-        max_objects: int = 3,
-        **kwargs: Any,
-    ):
-        super().__init__(**kwargs)
-        self.generator_args = dict(
-            image_size=tuple(source_size), train_size=train_size, val_size=val_size, seed=data_seed,
-            max_objects=max_objects,
-        )
 
     def prepare(self) -> None:
         from ablate.tasks.toydata.coco import generate_coco

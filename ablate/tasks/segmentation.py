@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from ablate.models import count_cost
-from ablate.tasks.base import DataError, SplitDatasetTask, TaskInfo
+from ablate.tasks.base import DataError, GeneratedScenesMixin, SplitDatasetTask, TaskInfo
 from ablate.tasks.heads import UperNet, build_backbone, input_size
 
 IGNORE = 255
@@ -299,27 +299,12 @@ class ADE20KSegmentation(SplitDatasetTask):
         return cost
 
 
-class EmbeddedADE20K(ADE20KSegmentation):
+class EmbeddedADE20K(GeneratedScenesMixin, ADE20KSegmentation):
     """`ade20k-toy` (ablate.tasks.toydata.ade20k), generated under `data_root` on first use, then cached;
     its labels are 1..task.num_classes."""
-
-    def __init__(
-        self,
-        train_size: int = 64,
-        val_size: int = 16,
-        data_seed: int = 0,
-        source_size: Sequence[int] = (96, 128),
-        max_objects: int = 3,
-        **kwargs: Any,
-    ):
-        super().__init__(**kwargs)
-        self.generator_args = dict(
-            image_size=tuple(source_size), train_size=train_size, val_size=val_size, seed=data_seed,
-            num_classes=self.num_classes, max_objects=max_objects,
-        )
 
     def prepare(self) -> None:
         from ablate.tasks.toydata.ade20k import generate_ade20k
 
-        self.root = generate_ade20k(self.root, **self.generator_args)
+        self.root = generate_ade20k(self.root, num_classes=self.num_classes, **self.generator_args)
         super().prepare()

@@ -129,6 +129,26 @@ def save_png(path: Path, image: np.ndarray) -> None:
     Image.fromarray(image).save(path, format="PNG", compress_level=6)
 
 
+def write_imagefolder(
+    folder: Path, per_class: Mapping[str, int], classes: list[str], seed: int,
+    draw: Callable[[np.random.Generator, int], np.ndarray],
+) -> dict[str, dict[str, int]]:
+    """Write folder/<split>/<class>/<index>.png, `per_class[split]` images per class.
+
+    Every image gets its own generator, seeded from (seed, split, class index, image index), so
+    the bytes do not depend on generation order. `draw(rng, class_index)` returns (H, W, 3) uint8.
+    Returns the counts {split: {class: n}} for meta.json.
+    """
+    for split, count in per_class.items():
+        for class_index, name in enumerate(classes):
+            class_dir = folder / split / name
+            class_dir.mkdir(parents=True)
+            for index in range(count):
+                rng = np.random.default_rng([seed, SPLIT_CODES[split], class_index, index])
+                save_png(class_dir / f"{index:05d}.png", draw(rng, class_index))
+    return {split: {name: count for name in classes} for split, count in per_class.items()}
+
+
 def imagefolder_counts(split_dir: Path) -> dict[str, int]:
     """{class folder: number of PNG files} of one ImageFolder split, classes sorted by name."""
     split_dir = Path(split_dir)

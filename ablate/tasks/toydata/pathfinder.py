@@ -34,12 +34,11 @@ from typing import Any
 import numpy as np
 
 from ablate.tasks.toydata.imagefolder import (
-    SPLIT_CODES,
     cached_dataset,
     check_image_size,
     check_seed,
     is_int,
-    save_png,
+    write_imagefolder,
 )
 
 GENERATOR = "pathfinder"
@@ -299,14 +298,9 @@ def generate_pathfinder(
     }
 
     def build(folder: Path) -> dict[str, dict[str, int]]:
-        for split, count in per_class.items():
-            for label, class_name in enumerate(CLASSES):
-                class_dir = folder / split / class_name
-                class_dir.mkdir(parents=True)
-                for index in range(count):
-                    rng = np.random.default_rng([seed, SPLIT_CODES[split], label, index])
-                    sample = draw_pathfinder(rng, size, bool(label), int(n_distractors), curve_length)
-                    save_png(class_dir / f"{index:05d}.png", sample.image)
-        return {split: {name: count for name in CLASSES} for split, count in per_class.items()}
+        def draw(rng: np.random.Generator, label: int) -> np.ndarray:
+            return draw_pathfinder(rng, size, bool(label), int(n_distractors), curve_length).image
+
+        return write_imagefolder(folder, per_class, list(CLASSES), seed, draw)
 
     return cached_dataset(Path(root), GENERATOR, VERSION, params, build)

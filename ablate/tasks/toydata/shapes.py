@@ -17,13 +17,12 @@ from typing import Any, Callable
 import numpy as np
 
 from ablate.tasks.toydata.imagefolder import (
-    SPLIT_CODES,
     cached_dataset,
     check_image_size,
     check_positive,
     check_seed,
     is_int,
-    save_png,
+    write_imagefolder,
 )
 
 GENERATOR = "shapes"
@@ -205,13 +204,6 @@ def generate_shapes(
     }
 
     def build(folder: Path) -> dict[str, dict[str, int]]:
-        for split, count in per_class.items():
-            for class_index, shape in enumerate(classes):
-                class_dir = folder / split / shape
-                class_dir.mkdir(parents=True)
-                for index in range(count):
-                    rng = np.random.default_rng([seed, SPLIT_CODES[split], class_index, index])
-                    save_png(class_dir / f"{index:05d}.png", draw_shape(rng, size, shape))
-        return {split: {shape: count for shape in classes} for split, count in per_class.items()}
+        return write_imagefolder(folder, per_class, list(classes), seed, lambda rng, i: draw_shape(rng, size, classes[i]))
 
     return cached_dataset(Path(root), GENERATOR, VERSION, params, build)
