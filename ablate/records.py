@@ -22,7 +22,7 @@ Schema ``ablate.result/1`` (all keys always present; values may be null where st
     task        {"name", "kind", "metric", "higher_is_better"}
     metrics     {name: float} final evaluation metrics ({} if the job failed before evaluating)
     cost        {"params": int, "macs": int, "macs_ssm": int  (per image at the evaluated size),
-                 "input_size": [H, W], "seq_len": int (tokens at stride 16), "tau": int (6 x stage-3
+                 "input_size": [H, W], "seq_len": int (tokens of the stage-3 map, ceil(H/16) x ceil(W/16)), "tau": int (6 x stage-3
                  width), "train_throughput": img/s | null, "eval_throughput": img/s | null,
                  "peak_memory_mb": float | null, "wall_seconds": float, "steps": int, ...task extras}
     tuning      null | {"study", "trial", "storage", "role": "tune"|"final", "params": [tuned keys]} when the

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from ablate.models import SCAN_ORDERS, VARIANTS, build_model, count_cost, seq_len, tau
+from ablate.models import SCAN_ORDERS, VARIANTS, build_model, count_cost, seq_len, stage_grid, tau
 from ablate.models.summary import main as summary_main
 
 # PAPER.md section 4: params (M) and MACs (G) at 224x224, 1000 classes, no SSM
@@ -115,7 +115,6 @@ def test_seq_len_and_tau():
     assert seq_len((224, 224)) == 196
     assert seq_len((800, 1280)) == 4000
     assert seq_len((512, 2048)) == 4096
-    assert seq_len((512, 2048), stride=32) == 1024
     assert tau(build_model('tiny')) == 2304
     assert tau(VARIANTS['base']['dims']) == 3072
     assert tau((8, 16, 24, 32)) == 144
@@ -124,6 +123,22 @@ def test_seq_len_and_tau():
             seq_len(bad)
     with pytest.raises(ValueError, match='4 stage widths'):
         tau((1, 2, 3))
+
+
+@pytest.mark.parametrize('size', [(200, 200), (33, 47), (7, 7), (1, 1), (17, 31), (224, 224), (97, 130)])
+def test_seq_len_is_the_stage3_grid_the_convs_produce(size):
+    model = build_model('pico').eval()
+    with torch.no_grad():
+        stages = model.forward_intermediates(torch.zeros(1, 3, *size), intermediates_only=True)
+    for stage, fmap in enumerate(stages):
+        assert tuple(fmap.shape[-2:]) == stage_grid(size, stage)
+    assert seq_len(size) == stages[2].shape[-2] * stages[2].shape[-1]
+
+
+def test_seq_len_rounds_up_like_the_convs():
+    assert seq_len((200, 200)) == 169 > tau(VARIANTS['pico']['dims']) == 144  # (200 // 16)^2 = 144 would sit at tau
+    assert seq_len((33, 47)) == 3 * 3 and seq_len((7, 7)) == 1
+    assert seq_len((192, 192)) == 144  # exactly tau for pico: neither short nor long
 
 
 def test_count_cost_arguments():

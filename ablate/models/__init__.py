@@ -2,9 +2,9 @@
 
 Importing this package registers `ablate_mambaout_<variant>` with timm's model registry.
 """
-from .cost import Cost, count_cost, seq_len, tau
-from .mambaout import VARIANTS, MambaOut, build_model
+from .cost import Cost, count_cost, tau
+from .mambaout import VARIANTS, MambaOut, build_model, seq_len, stage_grid
 from .ssm import SCAN_ORDERS, SelectiveSSM2d, selective_scan
 
 __all__ = ['Cost', 'MambaOut', 'SCAN_ORDERS', 'SelectiveSSM2d', 'VARIANTS', 'build_model', 'count_cost',
-           'selective_scan', 'seq_len', 'tau']
+           'selective_scan', 'seq_len', 'stage_grid', 'tau']

@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .mambaout import image_hw
 from .ssm import record_scans
 
-__all__ = ['Cost', 'count_cost', 'seq_len', 'tau']
+__all__ = ['Cost', 'count_cost', 'tau']
 
 
 @dataclass(frozen=True)
@@ -29,13 +30,6 @@ class Cost:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
-
-
-def _size(key: str, value) -> tuple[int, int]:
-    hw = (value, value) if isinstance(value, int) else tuple(value)
-    if len(hw) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in hw):
-        raise ValueError(f'{key}={value!r} must be a positive int or a (height, width) pair of positive ints')
-    return hw
 
 
 def count_cost(model: nn.Module, input_size: tuple[int, int] | None = None,
@@ -50,7 +44,7 @@ def count_cost(model: nn.Module, input_size: tuple[int, int] | None = None,
         raise ValueError(f'count_cost: give exactly one of input_size or inputs, got input_size={input_size!r} '
                          f'and inputs of type {type(inputs).__name__}')
     if inputs is None:
-        h, w = _size('input_size', input_size)
+        h, w = image_hw('input_size', input_size)
         p = next(model.parameters())
         inputs = (torch.zeros(1, getattr(model, 'in_chans', 3), h, w, device=p.device, dtype=p.dtype),)
     elif not isinstance(inputs, tuple):
@@ -75,14 +69,6 @@ def count_cost(model: nn.Module, input_size: tuple[int, int] | None = None,
     macs_ssm = sum(call.macs for call in scans)
     params = sum(p.numel() for p in model.parameters())
     return Cost(params=params, macs=macs_fvcore + macs_ssm, macs_ssm=macs_ssm)
-
-
-def seq_len(image_size: int | Sequence[int], stride: int = 16) -> int:
-    """Tokens at `stride` (patch size 16 by default): (H // stride) * (W // stride); 224 -> 196."""
-    h, w = _size('image_size', image_size)
-    if not isinstance(stride, int) or stride < 1:
-        raise ValueError(f'stride={stride!r} must be a positive integer')
-    return (h // stride) * (w // stride)
 
 
 def tau(model_or_dims: nn.Module | Sequence[int]) -> int:

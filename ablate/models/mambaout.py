@@ -11,6 +11,7 @@ Tensors are channels-last (B, H, W, C) inside the stages, as in timm's MambaOut.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,7 @@ from timm.models._features import feature_take_indices
 
 from .ssm import SCAN_ORDERS, SelectiveSSM2d
 
-__all__ = ['MambaOut', 'VARIANTS', 'build_model']
+__all__ = ['MambaOut', 'VARIANTS', 'build_model', 'seq_len', 'stage_grid']
 
 # name -> depths, dims, drop_path (the ImageNet drop-path rate of the variant)
 VARIANTS: dict[str, dict] = {
@@ -37,15 +38,48 @@ VARIANTS: dict[str, dict] = {
 }
 
 
+# Every stride-2 conv of the skeleton: the stem's two and each later stage's downsample.
+DOWNSAMPLE_CONV = dict(kernel_size=3, stride=2, padding=1)
+
+
+def image_hw(key: str, value: int | Sequence[int]) -> tuple[int, int]:
+    """(H, W) from an int or a pair of positive ints; ValueError naming `key` otherwise."""
+    hw = (value, value) if isinstance(value, int) else tuple(value)
+    if len(hw) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in hw):
+        raise ValueError(f'{key}={value!r} must be a positive int or a (height, width) pair of positive ints')
+    return hw
+
+
+def stage_grid(image_size: int | Sequence[int], stage: int = 2) -> tuple[int, int]:
+    """(h, w) of stage `stage`'s token map (0-3: strides 4, 8, 16, 32) for an (H, W) input.
+
+    Follows the convs: each maps n -> (n + 2p - k) // s + 1 = ceil(n / 2), so 200 px gives
+    100, 50, 25, 13: stage 2 (stride 16) has 13 x 13 = 169 tokens, not (200 // 16)^2 = 144.
+    """
+    hw = image_hw('image_size', image_size)
+    if stage not in range(4):
+        raise ValueError(f'stage={stage!r} must be 0, 1, 2 or 3')
+    k, s, p = DOWNSAMPLE_CONV['kernel_size'], DOWNSAMPLE_CONV['stride'], DOWNSAMPLE_CONV['padding']
+    for _ in range(2 + stage):  # the stem's 2 convs, then one downsample per stage after the first
+        hw = tuple((n + 2 * p - k) // s + 1 for n in hw)
+    return hw
+
+
+def seq_len(image_size: int | Sequence[int]) -> int:
+    """L of the study: tokens of the stage-3 (stride 16) map, where tau = 6 * D is defined; 224 -> 196."""
+    h, w = stage_grid(image_size, stage=2)
+    return h * w
+
+
 class Stem(nn.Module):
     """Conv3x3 s2 -> LN -> GELU -> Conv3x3 s2 -> LN; (B, 3, H, W) -> (B, H/4, W/4, C)."""
 
     def __init__(self, in_chans: int, out_chs: int):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_chans, out_chs // 2, kernel_size=3, stride=2, padding=1)
+        self.conv1 = nn.Conv2d(in_chans, out_chs // 2, **DOWNSAMPLE_CONV)
         self.norm1 = LayerNorm(out_chs // 2)
         self.act = nn.GELU()
-        self.conv2 = nn.Conv2d(out_chs // 2, out_chs, kernel_size=3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(out_chs // 2, out_chs, **DOWNSAMPLE_CONV)
         self.norm2 = LayerNorm(out_chs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,7 +93,7 @@ class Downsample(nn.Module):
 
     def __init__(self, in_chs: int, out_chs: int):
         super().__init__()
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size=3, stride=2, padding=1)
+        self.conv = nn.Conv2d(in_chs, out_chs, **DOWNSAMPLE_CONV)
         self.norm = LayerNorm(out_chs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

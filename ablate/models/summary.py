@@ -15,8 +15,8 @@ import sys
 
 from tabulate import tabulate
 
-from .cost import count_cost, seq_len, tau
-from .mambaout import VARIANTS, build_model
+from .cost import count_cost, tau
+from .mambaout import VARIANTS, build_model, seq_len
 from .ssm import SCAN_ORDERS
 
 ARMS = {'mambaout': False, 'ssm': True}
