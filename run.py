@@ -2,17 +2,24 @@
 
     python run.py -m model.ssm=true,false task=shapes,pathfinder seed=0,1 +experiment=demo
 """
+import logging
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-import ablate.config  # noqa: F401  (registers the config schemas)
+from ablate.config import ConfigError  # also registers the config schemas
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     from ablate.job import run
 
-    return run(cfg)
+    try:
+        return run(cfg)
+    except ConfigError as exc:  # a setting outside what is allowed: one line, not a traceback
+        logging.getLogger("ablate").error("config error: %s", exc)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

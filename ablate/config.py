@@ -2,13 +2,18 @@
 
 Every YAML file in conf/ extends one of these dataclasses, so a wrong type (`model.ssm=maybe`) or an
 unknown key (`trainer.lrr=1`) fails at composition with Hydra's own message, before any job starts.
+Values Hydra cannot type-check (ranges, choices, lengths) carry a `Rule` in their field's metadata,
+and `validate(cfg)` checks them, plus keys added with `+group.key=...` (which bypass Hydra's struct
+check), before a job or `ablate plan` does anything: one line naming the key, the value and what is
+allowed.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -20,42 +25,124 @@ if not OmegaConf.has_resolver("cwd"):
     OmegaConf.register_new_resolver("cwd", os.getcwd)
 
 
+SCHEDULES = ("cosine", "multistep", "poly")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RERUN_CHOICES = ("all",)
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming", "random")
+
+
+class ConfigError(ValueError):
+    """A setting outside what is allowed. The message is one line: key=value, then what is allowed."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a setting allows: `test(value)` is True for an allowed value; `allowed()` says it in words
+    (a function, so that a list owned by another module is read from its owner when needed)."""
+
+    test: Callable[[Any], bool]
+    allowed: Callable[[], str]
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def rule(test: Callable[[Any], bool], allowed: str | Callable[[], str], optional: bool = False) -> dict:
+    """Field metadata holding a Rule; `optional` also allows null."""
+    words = allowed if callable(allowed) else (lambda: allowed)
+    if optional:
+        return {"rule": Rule(lambda v: v is None or test(v), lambda: f"{words()}, or null")}
+    return {"rule": Rule(test, words)}
+
+
+def at_least(low: float, optional: bool = False) -> dict:
+    return rule(lambda v: _number(v) and v >= low, f"a number >= {low}", optional)
+
+
+def above(low: float, optional: bool = False) -> dict:
+    return rule(lambda v: _number(v) and v > low, f"a number > {low}", optional)
+
+
+def within(low: float, high: float) -> dict:
+    return rule(lambda v: _number(v) and low <= v <= high, f"a number in [{low}, {high}]")
+
+
+def one_of(choices: tuple | Callable[[], tuple], optional: bool = False) -> dict:
+    listed = choices if callable(choices) else (lambda: choices)
+    return rule(lambda v: v in listed(), lambda: "one of: " + ", ".join(map(str, listed())), optional)
+
+
+def size_pair() -> dict:
+    return rule(lambda v: isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and x > 0 for x in v),
+                "[H, W]: two positive integers")
+
+
+def ordered_pair(low: float, high: float) -> dict:
+    return rule(lambda v: isinstance(v, list) and len(v) == 2 and all(_number(x) for x in v)
+                and low < v[0] <= v[1] <= high, f"[min, max] with {low} < min <= max <= {high}")
+
+
+def channel_values(positive: bool) -> dict:
+    return rule(lambda v: isinstance(v, list) and len(v) == 3 and all(_number(x) and (x > 0 or not positive) for x in v),
+                "three numbers, one per RGB channel" + (", each > 0" if positive else ""))
+
+
+def _scan_orders() -> tuple[str, ...]:
+    from ablate.models import SCAN_ORDERS
+
+    return tuple(SCAN_ORDERS)
+
+
+def _generators() -> tuple[str, ...]:
+    from ablate.tasks.classification import EmbeddedClassification
+
+    return EmbeddedClassification.GENERATORS
+
+
+def _device(v: Any) -> bool:
+    return isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING  # variant: pico, nano, femto, kobe, tiny, small, base
     ssm: bool = False  # the ablated switch: selective SSM on the c branch of every Gated CNN block
-    scan: str = "cross"  # cross | bidirectional | raster (ignored when ssm=false)
-    d_state: int = 16
-    dt_rank: Optional[int] = None  # None -> ceil(C / 16)
-    drop_path_rate: Optional[float] = None  # None -> the variant's value
+    scan: str = field(default="cross", metadata=one_of(_scan_orders))  # ignored when ssm=false
+    d_state: int = field(default=16, metadata=at_least(1))
+    dt_rank: Optional[int] = field(default=None, metadata=at_least(1, optional=True))  # None -> ceil(C / 16)
+    drop_path_rate: Optional[float] = field(default=None, metadata=rule(
+        lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)", optional=True))  # None -> the variant's value
 
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 300
-    max_steps: Optional[int] = None  # when set, overrides epochs (optimizer steps)
-    batch_size: int = 128
-    lr: Optional[float] = None  # None -> lr_base * batch_size / lr_base_size (linear scaling)
-    lr_base: float = 1e-3
-    lr_base_size: int = 1024
+    epochs: int = field(default=300, metadata=at_least(1))
+    max_steps: Optional[int] = field(default=None, metadata=at_least(1, optional=True))  # overrides epochs when set
+    batch_size: int = field(default=128, metadata=at_least(1))
+    lr: Optional[float] = field(default=None, metadata=above(0, optional=True))  # None -> linear scaling rule
+    lr_base: float = field(default=1e-3, metadata=above(0))
+    lr_base_size: int = field(default=1024, metadata=at_least(1))
     opt: str = "adamw"  # any timm optimizer name
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    weight_decay: float = 0.05
-    sched: str = "cosine"  # cosine | multistep (decay by decay_rate at decay_milestones) | poly
-    warmup_epochs: float = 20.0
-    warmup_lr: float = 1e-6
-    min_lr: float = 1e-5
-    decay_milestones: List[float] = field(default_factory=list)  # epochs, for sched=multistep
-    decay_rate: float = 0.1
-    poly_power: float = 1.0
-    grad_clip: Optional[float] = None  # max global grad norm
-    precision: str = "auto"  # auto (bf16/fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    num_workers: int = 4
-    eval_every: int = 0  # epochs between evaluations; 0 = only at the end
-    checkpoint_every: int = 500  # optimizer steps between checkpoints
-    log_every: int = 50  # steps between loss/lr log lines (and wandb points)
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999], metadata=rule(
+        lambda v: len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1)"))
+    eps: float = field(default=1e-8, metadata=above(0))
+    weight_decay: float = field(default=0.05, metadata=at_least(0))
+    sched: str = field(default="cosine", metadata=one_of(SCHEDULES))  # multistep: x decay_rate at decay_milestones
+    warmup_epochs: float = field(default=20.0, metadata=at_least(0))
+    warmup_lr: float = field(default=1e-6, metadata=at_least(0))
+    min_lr: float = field(default=1e-5, metadata=at_least(0))
+    decay_milestones: List[float] = field(default_factory=list, metadata=rule(  # epochs, for sched=multistep
+        lambda v: all(_number(m) and m > 0 for m in v) and list(v) == sorted(v), "increasing epochs > 0"))
+    decay_rate: float = field(default=0.1, metadata=rule(lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"))
+    poly_power: float = field(default=1.0, metadata=above(0))
+    grad_clip: Optional[float] = field(default=None, metadata=above(0, optional=True))  # max global grad norm
+    precision: str = field(default="auto", metadata=one_of(PRECISIONS))  # auto: bf16/fp16 on GPU, fp32 on CPU
+    device: str = field(default="auto", metadata=rule(_device, "auto, cpu, cuda or cuda:N"))
+    num_workers: int = field(default=4, metadata=at_least(0))
+    eval_every: int = field(default=0, metadata=at_least(0))  # epochs between evaluations; 0 = only at the end
+    checkpoint_every: int = field(default=500, metadata=at_least(1))  # optimizer steps between checkpoints
+    log_every: int = field(default=50, metadata=at_least(1))  # steps between loss/lr log lines (and wandb points)
     progress: bool = True  # tqdm bar when stderr is a terminal
 
 
@@ -64,38 +151,38 @@ class TaskConfig:
     _target_: str = MISSING  # the Task class
     name: str = MISSING
     data_root: str = MISSING
-    image_size: List[int] = field(default_factory=lambda: [224, 224])  # [H, W]: the sequence-length axis
+    image_size: List[int] = field(default_factory=lambda: [224, 224], metadata=size_pair())  # sequence-length axis
 
 
 @dataclass
 class ClassificationTaskConfig(TaskConfig):
     """ImageFolder classification through timm's data pipeline (defaults: PAPER.md §6 / DeiT)."""
 
-    num_classes: int = 1000
+    num_classes: int = field(default=1000, metadata=at_least(2))
     train_split: str = "train"
     val_split: str = "val"
-    eval_batch_size: int = 128
+    eval_batch_size: int = field(default=128, metadata=at_least(1))
     auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1"
-    color_jitter: float = 0.4
-    hflip: float = 0.5
-    scale: List[float] = field(default_factory=lambda: [0.08, 1.0])
-    reprob: float = 0.25
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    label_smoothing: float = 0.1
-    crop_pct: float = 1.0
-    interpolation: str = "bicubic"
-    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    color_jitter: float = field(default=0.4, metadata=at_least(0))
+    hflip: float = field(default=0.5, metadata=within(0, 1))  # probability
+    scale: List[float] = field(default_factory=lambda: [0.08, 1.0], metadata=ordered_pair(0, 1))  # crop area
+    reprob: float = field(default=0.25, metadata=within(0, 1))
+    mixup: float = field(default=0.8, metadata=at_least(0))  # Beta(alpha, alpha); 0 = off
+    cutmix: float = field(default=1.0, metadata=at_least(0))
+    label_smoothing: float = field(default=0.1, metadata=rule(lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"))
+    crop_pct: float = field(default=1.0, metadata=rule(lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"))
+    interpolation: str = field(default="bicubic", metadata=one_of(INTERPOLATIONS))
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406], metadata=channel_values(positive=False))
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225], metadata=channel_values(positive=True))
 
 
 @dataclass
 class EmbeddedClassificationTaskConfig(ClassificationTaskConfig):
     """A procedural dataset generated into data_root (ImageFolder layout) on first use."""
 
-    generator: str = MISSING  # shapes | pathfinder
-    train_size: int = 1000  # images in total
-    val_size: int = 200
+    generator: str = field(default=MISSING, metadata=one_of(_generators))
+    train_size: int = field(default=1000, metadata=at_least(1))  # images in total
+    val_size: int = field(default=200, metadata=at_least(1))
     data_seed: int = 0  # fixed across run seeds: seeds vary init and order, not the data
 
 
@@ -107,31 +194,31 @@ class DetectionTaskConfig(TaskConfig):
     shorter side H, longer side <= H * 5 // 3 (800 -> 1333).
     """
 
-    num_classes: int = 80
+    num_classes: int = field(default=80, metadata=at_least(1))
     backbone_ckpt: Optional[str] = None  # classification checkpoint.pt of the same arm, or safetensors
     train_split: str = "train2017"
     val_split: str = "val2017"
-    fpn_channels: int = 256
-    roi_batch_size: int = 512
-    hflip: float = 0.5
-    eval_batch_size: int = 4
-    eval_workers: int = 0
-    cost_size: List[int] = field(default_factory=lambda: [800, 1280])  # whole-detector MACs at this size
-    cost_proposals: int = 1000
-    cost_mask_rois: int = 100
-    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    fpn_channels: int = field(default=256, metadata=at_least(1))
+    roi_batch_size: int = field(default=512, metadata=at_least(1))
+    hflip: float = field(default=0.5, metadata=within(0, 1))
+    eval_batch_size: int = field(default=4, metadata=at_least(1))
+    eval_workers: int = field(default=0, metadata=at_least(0))
+    cost_size: List[int] = field(default_factory=lambda: [800, 1280], metadata=size_pair())  # whole-detector MACs
+    cost_proposals: int = field(default=1000, metadata=at_least(1))
+    cost_mask_rois: int = field(default=100, metadata=at_least(1))
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406], metadata=channel_values(positive=False))
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225], metadata=channel_values(positive=True))
 
 
 @dataclass
 class EmbeddedSceneFields:
     """Generator settings shared by the embedded COCO- and ADE20K-format tasks."""
 
-    train_size: int = 64
-    val_size: int = 16
+    train_size: int = field(default=64, metadata=at_least(1))
+    val_size: int = field(default=16, metadata=at_least(1))
     data_seed: int = 0
-    source_size: List[int] = field(default_factory=lambda: [96, 128])  # [H, W] of the generated images
-    max_objects: int = 3
+    source_size: List[int] = field(default_factory=lambda: [96, 128], metadata=size_pair())  # generated images
+    max_objects: int = field(default=3, metadata=at_least(1))
 
 
 @dataclass
@@ -147,20 +234,20 @@ class SegmentationTaskConfig(TaskConfig):
     min(H, W) squared (512 x 512 at [512, 2048]).
     """
 
-    num_classes: int = 150
+    num_classes: int = field(default=150, metadata=at_least(1))
     backbone_ckpt: Optional[str] = None
-    channels: int = 512
-    aux_channels: int = 256
-    aux_weight: float = 0.4
-    ratio_range: List[float] = field(default_factory=lambda: [0.5, 2.0])
-    cat_max_ratio: float = 0.75
-    hflip: float = 0.5
+    channels: int = field(default=512, metadata=at_least(1))
+    aux_channels: int = field(default=256, metadata=at_least(1))
+    aux_weight: float = field(default=0.4, metadata=at_least(0))
+    ratio_range: List[float] = field(default_factory=lambda: [0.5, 2.0], metadata=ordered_pair(0, float("inf")))
+    cat_max_ratio: float = field(default=0.75, metadata=rule(lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"))
+    hflip: float = field(default=0.5, metadata=within(0, 1))
     photometric: bool = True
     multiscale_eval: bool = True
-    eval_workers: int = 0
-    cost_size: List[int] = field(default_factory=lambda: [512, 2048])
-    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    eval_workers: int = field(default=0, metadata=at_least(0))
+    cost_size: List[int] = field(default_factory=lambda: [512, 2048], metadata=size_pair())
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406], metadata=channel_values(positive=False))
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225], metadata=channel_values(positive=True))
 
 
 @dataclass
@@ -170,10 +257,11 @@ class EmbeddedSegmentationTaskConfig(SegmentationTaskConfig, EmbeddedSceneFields
 
 @dataclass
 class LoggerConfig:
-    kind: str = "none"  # wandb | none
+    kind: str = field(default="none", metadata=one_of(("wandb", "none")))
     project: str = "ablate"
     entity: Optional[str] = None
-    mode: Optional[str] = None  # online | offline | disabled; None -> WANDB_MODE, else offline without a key
+    mode: Optional[str] = field(default=None, metadata=one_of(("online", "offline", "disabled"), optional=True))
+    # mode None -> WANDB_MODE, else offline without a key
 
 
 @dataclass
@@ -209,6 +297,33 @@ def register_configs() -> None:
 
 
 register_configs()
+
+VALIDATED_GROUPS = ("model", "trainer", "task", "logger")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every Rule and reject keys the group's schema does not have; raise ConfigError (one line)."""
+    rerun = cfg.get("rerun")
+    if rerun is not None and rerun not in RERUN_CHOICES:
+        raise ConfigError(f"rerun={rerun!r} is not allowed: one of: {', '.join(RERUN_CHOICES)} (or leave it unset)")
+    for group in VALIDATED_GROUPS:
+        node = cfg[group]
+        schema = OmegaConf.get_type(node)
+        if not is_dataclass(schema):
+            continue
+        known = {f.name: f for f in fields(schema)}
+        for key in node:
+            if key not in known:
+                raise ConfigError(f"{group}.{key} is not a setting of this {group}; allowed keys: "
+                                  f"{', '.join(sorted(known))}")
+        for name, spec in known.items():
+            check = spec.metadata.get("rule")
+            if check is None:
+                continue
+            value = node[name]
+            value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+            if not check.test(value):
+                raise ConfigError(f"{group}.{name}={value!r} is not allowed: {check.allowed()}")
 
 
 def compose(overrides: list[str] | None = None, return_hydra_config: bool = False) -> DictConfig:

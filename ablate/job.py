@@ -32,23 +32,22 @@ from omegaconf import DictConfig, OmegaConf
 
 import ablate
 from ablate import records, tracking
+from ablate.config import validate
 from ablate.models import VARIANTS, seq_len, tau
 from ablate.train import preemption
 from ablate.train.loop import Diverged, effective_lr, fit, resolve_device, seed_everything
 
 log = logging.getLogger("ablate.job")
-RERUN_CHOICES = ("all",)
 
 
 def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any]:
     """Run one cell; return its record (also written to results/runs/<run_id>/result.json)."""
     started = time.time()
+    validate(cfg)  # ConfigError, one line, before anything is written
     _set_threads()
     preemption.install()
     config = OmegaConf.to_container(cfg, resolve=True)
     rerun = config.pop("rerun", None)
-    if rerun is not None and rerun not in RERUN_CHOICES:
-        raise ValueError(f"rerun={rerun!r} is not known; choose from: {', '.join(RERUN_CHOICES)} (or leave it unset)")
     config["trainer"]["lr"] = effective_lr(cfg.trainer)  # the linear-scaling rule, made explicit in the record
     overrides = _hydra_overrides() if overrides is None else overrides
     run_id = records.run_id(config)
@@ -81,6 +80,7 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
             record["cost"].update(task.cost(model), tau=tau(VARIANTS[cfg.model.name]["dims"]))
             result = fit(model, task, cfg.trainer, run_dir, cfg.seed, on_eval=_pruning_hook(cfg, task.info.metric), tracker=tracker)
             record["metrics"] = result.metrics
+            record["data"] = task.data_summary()
             record["cost"].update(_throughput(result, task), steps=result.steps, resumed_from_step=result.resumed_from_step)
             record["status"], failed = "completed", False
         except Diverged as exc:
@@ -105,6 +105,7 @@ def _new_record(config: dict, overrides: list[str], run_id: str) -> dict[str, An
         "config": config, "overrides": list(overrides), "factors": records.factors(config, overrides),
         "task": {"name": config["task"]["name"], "kind": None, "metric": None, "higher_is_better": True},
         "metrics": {},
+        "data": {},
         "cost": {"params": None, "macs": None, "macs_ssm": None, "input_size": list(config["task"]["image_size"]),
                  "seq_len": None, "tau": None, "train_throughput": None, "eval_throughput": None},
         "tuning": config.get("tuning"),

@@ -21,6 +21,10 @@ Schema ``ablate.result/1`` (all keys always present; values may be null where st
                 ("HxW"), seed; plus every other key the job overrode (dotted, value as scalar/str)
     task        {"name", "kind", "metric", "higher_is_better"}
     metrics     {name: float} final evaluation metrics ({} if the job failed before evaluating)
+    data        the task's data_summary() after training ({} before): classification gives
+                {"train_images", "val_images", "corrupt_train_images" (distinct undecodable training
+                files replaced by the next file, counted since this process started)}; a record
+                written before this block existed lacks it
     cost        {"params": int, "macs": int, "macs_ssm": int  (per image at the evaluated size),
                  "input_size": [H, W], "seq_len": int (tokens of the stage-3 map, ceil(H/16) x ceil(W/16)), "tau": int (6 x stage-3
                  width), "train_throughput": img/s | null, "eval_throughput": img/s | null,

@@ -33,8 +33,38 @@ def test_valid_layout_loads_through_timm(tmp_path):
     task = imagenet_task(write_imagefolder(tmp_path / "inet"))
     task.prepare()
     assert task.num_train_samples() == 4 and task.num_eval_samples() == 4
-    images, targets = next(iter(task.train_batches(batch_size=2, seed=0, epoch=0)))
-    assert images.shape == (2, 3, 8, 8) and targets.dtype == torch.int64
+    images, targets, replaced = next(iter(task.train_batches(batch_size=2, seed=0, epoch=0)))
+    assert images.shape == (2, 3, 8, 8) and targets.dtype == torch.int64 and replaced.tolist() == [-1, -1]
+
+
+def _corrupt(path, how):
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "garbage": b"not an image" * 20}[how])
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "garbage"])
+def test_corrupt_training_images_are_replaced_and_counted(tmp_path, how):
+    root = write_imagefolder(tmp_path / "inet", per_class=3)
+    _corrupt(root / "train" / "a" / "1.JPEG", how)
+    _corrupt(root / "train" / "b" / "0.JPEG", how)
+    task = imagenet_task(root)
+    task.prepare()
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+    for batch in task.train_batches(batch_size=2, seed=0, epoch=0):
+        task.training_step(model, batch, torch.device("cpu"))
+    assert task.data_summary() == {"train_images": 6, "val_images": 6, "corrupt_train_images": 2}
+
+
+def test_a_corrupt_validation_image_fails_with_its_path(tmp_path):
+    root = write_imagefolder(tmp_path / "inet")
+    bad = root / "val" / "b" / "1.JPEG"
+    _corrupt(bad, "truncated")
+    task = imagenet_task(root)
+    task.prepare()
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 2))
+    with pytest.raises(DataError, match="corrupt validation image") as info:
+        task.evaluate(model, torch.device("cpu"))
+    assert str(bad) in str(info.value) and "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("breakage, expected", [
@@ -74,7 +104,7 @@ def test_both_arms_see_the_same_batches(tmp_path):
         original = task.training_step
 
         def recording_step(model, batch, device, original=original, digests=digests):
-            images, targets = batch
+            images, targets, _ = batch
             digests.append(hashlib.sha256(images.numpy().tobytes() + targets.numpy().tobytes()).hexdigest())
             return original(model, batch, device)
 

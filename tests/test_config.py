@@ -6,7 +6,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from ablate import records
-from ablate.config import CONF_DIR, compose
+from ablate.config import CONF_DIR, ConfigError, compose, validate
+from conftest import run_cli
 
 
 @pytest.mark.parametrize("group", ["model", "task", "trainer", "logger"])
@@ -56,3 +57,64 @@ def test_run_id_ignores_paths_logger_and_device_but_not_the_arm():
     other_arm = OmegaConf.to_container(compose(["task=shapes", "model=pico", "model.ssm=true"]), resolve=True)
     assert records.run_id(base) == records.run_id(moved)
     assert records.run_id(base) != records.run_id(other_arm)
+
+
+# Every input a probe found accepted silently or failing with a traceback: one line naming key and value.
+BAD_INPUTS = [
+    (["trainer.max_steps=0"], "trainer.max_steps=0 "),
+    (["trainer.weight_decay=-1"], "trainer.weight_decay=-1.0 "),
+    (["trainer.warmup_epochs=-1"], "trainer.warmup_epochs=-1.0 "),
+    (["trainer.eval_every=-1"], "trainer.eval_every=-1 "),
+    (["trainer.sched=bar"], "trainer.sched='bar' "),
+    (["trainer.precision=fp8"], "trainer.precision='fp8' "),
+    (["trainer.checkpoint_every=0"], "trainer.checkpoint_every=0 "),
+    (["trainer.device=gpu"], "trainer.device='gpu' "),
+    (["+trainer.lrr=1"], "trainer.lrr is not a setting"),
+    (["+model.foo=1"], "model.foo is not a setting"),
+    (["task=shapes", "+task.trian_size=5"], "task.trian_size is not a setting"),
+    (["task=shapes", "task.hflip=2"], "task.hflip=2.0 "),
+    (["task=shapes", "task.scale=[1.0,0.08]"], "task.scale=[1.0, 0.08] "),
+    (["task=shapes", "task.mean=[0.5]"], "task.mean=[0.5] "),
+    (["task=shapes", "task.val_size=0"], "task.val_size=0 "),
+    (["task.image_size=[64]"], "task.image_size=[64] "),
+    (["+rerun=bogus"], "rerun='bogus' "),
+    (["model.scan=foo"], "model.scan='foo' "),
+    (["task=ade20k_toy", "task.ratio_range=[2.0,0.5]"], "task.ratio_range=[2.0, 0.5] "),
+    (["logger.mode=onlin"], "logger.mode='onlin' "),
+]
+
+
+@pytest.mark.parametrize("overrides, expected", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
+def test_bad_settings_fail_with_one_line_naming_key_and_value(overrides, expected):
+    with pytest.raises(ConfigError) as info:
+        validate(compose(overrides))
+    message = str(info.value)
+    assert message.startswith(expected.split(" ")[0].split("=")[0]) and expected.strip() in message
+    assert "\n" not in message and ("allowed" in message)
+
+
+@pytest.mark.parametrize("task", ["imagenet", "shapes", "pathfinder", "coco", "coco_toy", "ade20k", "ade20k_toy"])
+def test_every_shipped_task_validates(task):
+    validate(compose([f"task={task}"]))
+
+
+@pytest.mark.parametrize("task", ["shapes", "pathfinder"])
+def test_the_demo_validates(task):
+    validate(compose([f"task={task}", "+experiment=demo"]))
+
+
+def test_embedded_sizes_must_split_into_equal_classes():
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    with pytest.raises(InstantiationException) as info:
+        instantiate(compose(["task=shapes", "task.val_size=15"]).task)
+    assert "task.val_size=15 is not allowed: a positive multiple of task.num_classes=10" in str(info.value.__cause__)
+
+
+def test_a_bad_setting_on_the_command_line_exits_2_with_one_line(tmp_path, tiny_args):
+    proc = run_cli([*tiny_args, "trainer.max_steps=0"], tmp_path, check=False)
+    assert proc.returncode == 2
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "ERROR" in line or "Traceback" in line]
+    assert len(errors) == 1 and "trainer.max_steps=0 is not allowed" in errors[0]
+    assert not (tmp_path / "results" / "runs").exists()  # nothing written, nothing trained

@@ -24,8 +24,7 @@ from omegaconf import OmegaConf
 from tabulate import tabulate
 
 from ablate import records
-from ablate.config import compose
-from ablate.job import RERUN_CHOICES
+from ablate.config import compose, validate
 from ablate.tasks.base import DataError
 from ablate.train.loop import effective_lr
 
@@ -45,10 +44,9 @@ def expand(arguments: list[str]) -> list[list[str]]:
 
 def plan_cell(overrides: list[str], cost_cache: dict) -> dict[str, Any]:
     cfg = compose(overrides)
+    validate(cfg)  # each job would raise this at its start
     config = OmegaConf.to_container(cfg, resolve=True)
-    rerun = config.pop("rerun", None)
-    if rerun is not None and rerun not in RERUN_CHOICES:  # each job would raise this at its start
-        raise ValueError(f"rerun={rerun!r} is not known; choose from: {', '.join(RERUN_CHOICES)} (or leave it unset)")
+    config.pop("rerun", None)
     config["trainer"]["lr"] = effective_lr(cfg.trainer)  # as the job does, so run_id matches
     run_id = records.run_id(config)
     result = Path(cfg.paths.results) / "runs" / run_id / "result.json"

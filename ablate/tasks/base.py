@@ -79,6 +79,11 @@ class Task(abc.ABC):
     def cost(self, model: nn.Module) -> dict[str, Any]:
         """Per-image cost at `image_size`: at least `params`, `macs`, `macs_ssm` (ints)."""
 
+    def data_summary(self) -> dict[str, int]:
+        """Facts about the data the cell really used, for the record's `data` block (after training):
+        e.g. image counts and how many corrupt files were replaced. Default: none."""
+        return {}
+
     def num_eval_samples(self) -> int | None:
         """Images in the evaluation split, for eval throughput (None: unknown, throughput not reported)."""
         return None

@@ -6,6 +6,7 @@ layout, so both go through exactly the same loading, augmentation and evaluation
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -16,11 +17,13 @@ from timm.data import Mixup, create_dataset, create_transform
 from timm.data.auto_augment import RandAugment
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
+from ablate.config import ConfigError
 from ablate.models import build_model, count_cost
 from ablate.tasks.base import DataError, SplitDatasetTask, TaskInfo
 
+log = logging.getLogger("ablate.tasks")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -65,6 +68,46 @@ def train_transform(size: tuple[int, int, int], **augment: Any) -> Any:
                 if op.name.startswith("Posterize"):
                     op.aug_fn = posterize
     return transform
+
+
+class ImageFiles(Dataset):
+    """(image, target, replaced) from an ImageFolder file list, through `transform`.
+
+    A file that does not decode is never skipped silently. In training (`substitute`) it is replaced
+    by the next decodable file, as timm's ImageDataset does, and `replaced` is its index (else -1),
+    so the task can count it in the main process whatever the number of workers. In evaluation a
+    corrupt file is a DataError: dropping a validation image would change the metric.
+    """
+
+    MAX_CONSECUTIVE = 50
+
+    def __init__(self, samples: Sequence[tuple[str, int]], transform: Any, substitute: bool):
+        self.samples, self.transform, self.substitute = list(samples), transform, substitute
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _load(self, index: int) -> Image.Image:
+        with Image.open(self.samples[index][0]) as img:
+            return img.convert("RGB")  # decodes every pixel, so a truncated file fails here
+
+    def __getitem__(self, index: int) -> tuple[Any, int, int]:
+        replaced = -1
+        for attempt in range(self.MAX_CONSECUTIVE):
+            try:
+                img = self._load(index)
+                break
+            except (OSError, ValueError, SyntaxError) as exc:  # PIL's decode errors
+                path = self.samples[index][0]
+                if not self.substitute:
+                    raise DataError(f"{path}: corrupt validation image ({exc}); fix or remove it, "
+                                    "since a skipped validation image changes the metric") from None
+                replaced = index if replaced < 0 else replaced
+                index = (index + 1) % len(self.samples)
+        else:
+            raise DataError(f"{self.MAX_CONSECUTIVE} consecutive training images fail to decode from "
+                            f"{self.samples[replaced][0]} on; check the dataset")
+        return self.transform(img), self.samples[index][1], replaced
 
 
 class ImageFolderClassification(SplitDatasetTask):
@@ -128,17 +171,21 @@ class ImageFolderClassification(SplitDatasetTask):
                 f"{len(train_classes)} class folders; set task.num_classes={len(train_classes)} or fix the data"
             )
         size = (3, *self.image_size)
-        self._train = create_dataset(
-            "", root=str(self.root), split=self.splits[0], is_training=True,
-            transform=train_transform(size, **self.augment),
-        )
-        self._val = create_dataset(
-            "", root=str(self.root), split=self.splits[1], is_training=False,
-            transform=create_transform(
-                size, is_training=False, crop_pct=self.crop_pct, interpolation=self.augment["interpolation"],
-                mean=self.augment["mean"], std=self.augment["std"],
-            ),
-        )
+        self._train = ImageFiles(self._files(self.splits[0]), train_transform(size, **self.augment), substitute=True)
+        self._val = ImageFiles(self._files(self.splits[1]), create_transform(
+            size, is_training=False, crop_pct=self.crop_pct, interpolation=self.augment["interpolation"],
+            mean=self.augment["mean"], std=self.augment["std"],
+        ), substitute=False)
+        self.corrupt_train_images: set[int] = set()
+
+    def _files(self, split: str) -> list[tuple[str, int]]:
+        """timm's ImageFolder listing of one split: (path, class index), classes sorted by name."""
+        return create_dataset("", root=str(self.root), split=split).reader.samples
+
+    def data_summary(self) -> dict[str, int]:
+        train, val = self._require_prepared()
+        return {"train_images": len(train), "val_images": len(val),
+                "corrupt_train_images": len(self.corrupt_train_images)}
 
     # -- model, loss, evaluation -----------------------------------------------------------------
     def build_model(self, model_cfg: Mapping[str, Any]) -> nn.Module:
@@ -148,7 +195,13 @@ class ImageFolderClassification(SplitDatasetTask):
         )
 
     def training_step(self, model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
-        images, targets = (t.to(device, non_blocking=True) for t in batch)
+        images, targets, replaced = batch
+        bad = replaced[replaced >= 0].tolist()
+        if bad:
+            self.corrupt_train_images.update(bad)
+            log.warning("%d corrupt training image(s) replaced by the next one, e.g. %s (%d distinct so far)",
+                        len(bad), self._train.samples[bad[0]][0], len(self.corrupt_train_images))
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         if self.mixup is not None:
             images, targets = self.mixup(images, targets)  # targets become soft (B, classes)
             return SoftTargetCrossEntropy()(model(images), targets)
@@ -164,7 +217,7 @@ class ImageFolderClassification(SplitDatasetTask):
         loader = DataLoader(val, batch_size=self.eval_batch_size, shuffle=False, num_workers=0)
         correct1 = correctk = total = 0
         loss_sum = 0.0
-        for images, targets in loader:
+        for images, targets, _ in loader:
             images, targets = images.to(device), targets.to(device)
             logits = model(images).float()
             loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
@@ -194,6 +247,11 @@ class EmbeddedClassification(ImageFolderClassification):
         if generator not in self.GENERATORS:
             raise ValueError(f"task.generator={generator!r} is not known; choose from: {', '.join(self.GENERATORS)}")
         super().__init__(**kwargs)
+        for key, size in (("train_size", train_size), ("val_size", val_size)):
+            # The generators make size // num_classes images per class: anything else would shrink or grow silently.
+            if size < self.num_classes or size % self.num_classes:
+                raise ConfigError(f"task.{key}={size} is not allowed: a positive multiple of "
+                                  f"task.num_classes={self.num_classes} (the generator makes equal classes)")
         self.generator = generator
         self.sizes = (train_size, val_size)
         self.data_seed = data_seed
@@ -203,7 +261,7 @@ class EmbeddedClassification(ImageFolderClassification):
 
         train_size, val_size = self.sizes
         if self.generator == "shapes":
-            per_class = (max(1, train_size // self.num_classes), max(1, val_size // self.num_classes))
+            per_class = (train_size // self.num_classes, val_size // self.num_classes)
             self.root = toydata.generate_shapes(
                 self.root, self.image_size, per_class[0], per_class[1], seed=self.data_seed,
                 num_classes=self.num_classes,

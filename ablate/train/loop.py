@@ -23,6 +23,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, PolyLRScheduler
 from torch import nn
 
+from ablate.config import PRECISIONS, SCHEDULES
 from ablate.tasks.base import Task
 from ablate.train import checkpoint, preemption
 
@@ -61,9 +62,8 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_precision(name: str, device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype, or None for fp32."""
-    choices = ("auto", "fp32", "bf16", "fp16")
-    if name not in choices:
-        raise ValueError(f"trainer.precision={name!r} is not known; choose from: {', '.join(choices)}")
+    if name not in PRECISIONS:
+        raise ValueError(f"trainer.precision={name!r} is not known; choose from: {', '.join(PRECISIONS)}")
     if name == "auto":
         if device.type != "cuda":
             return None
@@ -76,9 +76,6 @@ def resolve_precision(name: str, device: torch.device) -> Optional[torch.dtype]:
 def effective_lr(cfg: Any) -> float:
     """trainer.lr if set, else the linear scaling rule lr_base * batch_size / lr_base_size."""
     return cfg.lr if cfg.lr is not None else cfg.lr_base * cfg.batch_size / cfg.lr_base_size
-
-
-SCHEDULES = ("cosine", "multistep", "poly")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, steps_per_epoch: int, total_steps: int):
