@@ -45,6 +45,7 @@ from typing import Any, Iterable, Mapping
 
 SCHEMA = "ablate.result/1"
 STATUSES = ("completed", "failed", "diverged", "pruned")
+TASK_KINDS = ("classification", "detection", "segmentation")  # task.kind
 RECORD_KEYS = (
     "schema", "run_id", "sweep", "status", "error", "config", "overrides", "factors", "task",
     "metrics", "cost", "tuning", "env",

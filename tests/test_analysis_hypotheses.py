@@ -9,7 +9,9 @@ import pytest
 from test_analysis_factory import make_record, paired, write_sweep
 
 from ablate.analysis.collect import Collection, collect
-from ablate.analysis.hypotheses import CONF_DIR, HypothesisError, evaluate, load_hypotheses, load_hypothesis
+from ablate.analysis.hypotheses import (
+    CONF_DIR, HypothesisError, evaluate, load_hypotheses, load_hypothesis, mismatches,
+)
 
 LONG = (768, 768)  # femto: L = 48 * 48 = 2304 > tau = 1152
 LONGER = (1024, 1024)  # L = 4096
@@ -69,6 +71,8 @@ def test_a_dropped_in_yaml_file_adds_h3(tmp_path: Path) -> None:
     ("id: X\ntest: superiority\n", "claim is required"),
     ("id: X\nclaim: c\ntest: superiority\ncontrol: true\n", "treatment=True equals control"),
     ("- just\n- a list\n", "expected a mapping of keys"),
+    ("id: X\nclaim: c\ntest: superiority\nscope: {task_kind: clasification}\n",
+     "scope.task_kind='clasification' is not allowed; allowed: classification, detection, segmentation"),
 ])
 def test_a_bad_hypothesis_file_fails_in_one_line_naming_file_and_key(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(HypothesisError) as info:
@@ -203,3 +207,25 @@ def test_a_trend_with_too_few_seeds_per_length_says_which_lengths_fell_short(tmp
     (row,) = evaluate(h2, _collection(tmp_path, recs)).rows.query("part == 'trend'").to_dict("records")
     assert row["n_pairs"] == 0 and row["decision"] == "insufficient evidence"
     assert row["note"] == "0 sequence length(s) with >= 3 pairs; a trend needs 3; L=1024,4096 left out (< 3 pairs)"
+
+
+@pytest.mark.parametrize("lines, expected", [
+    ("factor: model.foo\n", "H9 (h.yaml): factor 'model.foo' is in no record; records carry: model.name, model.ssm"),
+    ("metric: top3\nhigher_is_better: true\n", "H9 (h.yaml): metric 'top3' is in no record; records carry: loss, top1"),
+    ("scope: {task: shapez}\n", "H9 (h.yaml): scope.task=shapez matches no record; records have: shapes"),
+    ("scope: {factors: {trainer.epoch: 1}}\n", "H9 (h.yaml): scope.factors key 'trainer.epoch' is in no record"),
+    ("scope: {task_kind: detection}\n", "H9 (h.yaml): scope.task_kind=detection matches no record; records have: classification"),
+    ("scope: {task: shapes, regime: long}\n", "H9 (h.yaml): no record falls in its scope (task=shapes; regime=long (L > τ))"),
+])
+def test_a_hypothesis_naming_what_no_record_carries_is_reported(tmp_path: Path, lines: str, expected: str) -> None:
+    h = _hypothesis(tmp_path, "id: H9\nclaim: c\ntest: superiority\n" + lines)
+    collection = _collection(tmp_path, paired(80 + _noise(3, 1.0), 80 + _noise(3, 1.0, 1)))
+    found = mismatches(h, collection)
+    assert len(found) == 1 and found[0].startswith(expected)
+
+
+def test_shipped_hypotheses_match_records_without_notes(tmp_path: Path) -> None:
+    recs = paired(80 + _noise(3, 1.0), 80 + _noise(3, 1.0, 1)) + paired(
+        40 + _noise(3, 1.0), 41 + _noise(3, 1.0, 1), image_size=LONG, task="det", kind="detection", metric="map")
+    collection = _collection(tmp_path, recs)
+    assert [line for h in load_hypotheses(CONF_DIR) for line in mismatches(h, collection)] == []

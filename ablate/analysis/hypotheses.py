@@ -42,6 +42,7 @@ import pandas as pd
 import yaml
 
 from ablate.analysis import stats
+from ablate.records import TASK_KINDS
 from ablate.analysis.collect import Collection, Pairing, at_level, pair, series_factors, with_cells
 from ablate.analysis.summaries import GIGA
 
@@ -213,6 +214,8 @@ def _scope(path: Path, data: Any) -> Scope:
     if not isinstance(data, dict):
         raise HypothesisError(f"{path}: scope={data!r}; allowed: a mapping with keys {', '.join(SCOPE_KEYS)}")
     _check_keys(path, "scope.", data, SCOPE_KEYS)
+    for kind in _as_list(data.get("task_kind")):
+        _check_choice(path, "scope.task_kind", kind, TASK_KINDS)
     regime = data.get("regime", "any")
     _check_choice(path, "scope.regime", regime, REGIMES)
     factors = data.get("factors") or {}
@@ -228,6 +231,38 @@ def _as_list(value: Any) -> list:
     if value is None:
         return []
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def mismatches(hypothesis: Hypothesis, collection: Collection) -> list[str]:
+    """What in a hypothesis names something the records do not carry (a typo, or the wrong results):
+    one line each, for the report's notes. Empty when every name is found."""
+    h, runs, found = hypothesis, collection.runs, []
+    if runs.empty:
+        return found
+    where = f"{h.id} ({h.source.name})"
+
+    def carried(column: str) -> bool:  # extra factor columns exist for every hypothesis key, null where unset
+        return column in runs and runs[column].notna().any()
+
+    if not carried(h.factor):
+        known = [f for f in collection.factors if carried(f)]
+        found.append(f"{where}: factor {h.factor!r} is in no record; records carry: {', '.join(known)}")
+    if h.metric != "primary" and not carried(h.value_column):
+        metrics = sorted(c.removeprefix("metrics.") for c in runs if c.startswith("metrics."))
+        found.append(f"{where}: metric {h.metric!r} is in no record; records carry: {', '.join(metrics)}")
+    for key, column in SCOPE_COLUMNS.items():
+        wanted = getattr(h.scope, key)
+        present = set(runs[column].dropna().astype(str)) if column in runs else set()
+        unknown = [v for v in wanted if v not in present]
+        if unknown:
+            found.append(f"{where}: scope.{key}={','.join(unknown)} matches no record; records have: "
+                         f"{', '.join(sorted(present))}")
+    for key, _ in h.scope.factors:
+        if not carried(key):
+            found.append(f"{where}: scope.factors key {key!r} is in no record")
+    if not found and not h.scope.mask(runs).any():
+        found.append(f"{where}: no record falls in its scope ({h.scope.describe()})")
+    return found
 
 
 # --- evaluation ----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ timestamp of the report itself is written (the dates shown are the runs' own).
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 from pathlib import Path
@@ -21,8 +22,10 @@ from ablate.analysis.collect import (
     Collection, Pairing, at_level, cell_factors, collect, format_level, pair, shown_path, with_cells,
 )
 from ablate.analysis.hypotheses import (
-    CONF_DIR, INSUFFICIENT, VERDICT_COLUMNS, Hypothesis, Verdict, evaluate, load_hypotheses,
+    CONF_DIR, INSUFFICIENT, VERDICT_COLUMNS, Hypothesis, Verdict, evaluate, load_hypotheses, mismatches,
 )
+
+log = logging.getLogger("ablate.analysis")
 
 REPORT_FILE = "report.md"
 RESULTS_CSV = "results.csv"
@@ -53,6 +56,10 @@ def write_report(
     out = Path(out_dir) if out_dir is not None else default_out_dir(sweep_dirs, results_root)
     out.mkdir(parents=True, exist_ok=True)
     verdicts = [evaluate(h, collection) for h in hypotheses]
+    for hypothesis in hypotheses:
+        for line in mismatches(hypothesis, collection):
+            log.warning("%s", line)
+            collection.notes.append(line)
     pairing = pair(collection.runs, collection.factors, *ABLATED)
     summary = summaries.arm_summary(collection.runs, pairing)
     points = summaries.sequence_points(pairing)

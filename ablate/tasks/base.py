@@ -34,7 +34,7 @@ class TaskInfo:
     """What the record and the analysis need to know about a task."""
 
     name: str
-    kind: str  # "classification" | "detection" | "segmentation"
+    kind: str  # one of ablate.records.TASK_KINDS
     metric: str  # primary metric, a key of evaluate()'s result
     higher_is_better: bool = True
 
