@@ -100,6 +100,27 @@ def _generators() -> tuple[str, ...]:
     return EmbeddedClassification.GENERATORS
 
 
+def _optimizers() -> tuple[str, ...]:
+    from timm.optim import list_optimizers
+
+    return tuple(list_optimizers())
+
+
+def _augment_policy(v: Any) -> bool:
+    """A policy string timm's create_transform accepts (rand-..., augmix-..., or an AutoAugment name)."""
+    from timm.data import auto_augment as aa
+
+    if not isinstance(v, str):
+        return False
+    build = (aa.rand_augment_transform if v.startswith("rand") else
+             aa.augment_and_mix_transform if v.startswith("augmix") else aa.auto_augment_transform)
+    try:
+        build(v, {"translate_const": 100, "img_mean": (124, 116, 104)})
+    except (AssertionError, ValueError, KeyError, IndexError):
+        return False
+    return True
+
+
 def _device(v: Any) -> bool:
     return isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None
 
@@ -123,7 +144,7 @@ class TrainerConfig:
     lr: Optional[float] = field(default=None, metadata=above(0, optional=True))  # None -> linear scaling rule
     lr_base: float = field(default=1e-3, metadata=above(0))
     lr_base_size: int = field(default=1024, metadata=at_least(1))
-    opt: str = "adamw"  # any timm optimizer name
+    opt: str = field(default="adamw", metadata=one_of(_optimizers))  # any timm optimizer name
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999], metadata=rule(
         lambda v: len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1)"))
     eps: float = field(default=1e-8, metadata=above(0))
@@ -162,7 +183,9 @@ class ClassificationTaskConfig(TaskConfig):
     train_split: str = "train"
     val_split: str = "val"
     eval_batch_size: int = field(default=128, metadata=at_least(1))
-    auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1"
+    auto_augment: Optional[str] = field(default="rand-m9-mstd0.5-inc1", metadata=rule(
+        _augment_policy, "a timm policy: rand-m<M>[-mstd<S>][-inc1]..., augmix-..., original, originalr, v0, v0r or 3a",
+        optional=True))
     color_jitter: float = field(default=0.4, metadata=at_least(0))
     hflip: float = field(default=0.5, metadata=within(0, 1))  # probability
     scale: List[float] = field(default_factory=lambda: [0.08, 1.0], metadata=ordered_pair(0, 1))  # crop area
@@ -183,7 +206,7 @@ class EmbeddedClassificationTaskConfig(ClassificationTaskConfig):
     generator: str = field(default=MISSING, metadata=one_of(_generators))
     train_size: int = field(default=1000, metadata=at_least(1))  # images in total
     val_size: int = field(default=200, metadata=at_least(1))
-    data_seed: int = 0  # fixed across run seeds: seeds vary init and order, not the data
+    data_seed: int = field(default=0, metadata=at_least(0))  # fixed across run seeds: vary init and order, not data
 
 
 @dataclass
@@ -216,7 +239,7 @@ class EmbeddedSceneFields:
 
     train_size: int = field(default=64, metadata=at_least(1))
     val_size: int = field(default=16, metadata=at_least(1))
-    data_seed: int = 0
+    data_seed: int = field(default=0, metadata=at_least(0))
     source_size: List[int] = field(default_factory=lambda: [96, 128], metadata=size_pair())  # generated images
     max_objects: int = field(default=3, metadata=at_least(1))
 

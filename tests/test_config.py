@@ -81,6 +81,10 @@ BAD_INPUTS = [
     (["model.scan=foo"], "model.scan='foo' "),
     (["task=ade20k_toy", "task.ratio_range=[2.0,0.5]"], "task.ratio_range=[2.0, 0.5] "),
     (["logger.mode=onlin"], "logger.mode='onlin' "),
+    (["trainer.opt=bogus"], "trainer.opt='bogus' "),
+    (["task.auto_augment=bogus"], "task.auto_augment='bogus' "),
+    (["task=shapes", "task.data_seed=-1"], "task.data_seed=-1 "),
+    (["trainer.betas=[0.9]"], "trainer.betas=[0.9] "),
 ]
 
 
