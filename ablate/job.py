@@ -103,7 +103,7 @@ def _new_record(config: dict, overrides: list[str], run_id: str) -> dict[str, An
     return {
         "schema": records.SCHEMA, "run_id": run_id, "sweep": config["sweep"], "status": "failed", "error": None,
         "config": config, "overrides": list(overrides), "factors": records.factors(config, overrides),
-        "task": {"name": config["task"]["name"], "kind": None, "metric": None, "higher_is_better": True},
+        "task": {"name": config["task"]["name"], "kind": None, "metric": None, "higher_is_better": True, "chance": None},
         "metrics": {},
         "data": {},
         "cost": {"params": None, "macs": None, "macs_ssm": None, "input_size": list(config["task"]["image_size"]),

@@ -19,7 +19,8 @@ Schema ``ablate.result/1`` (all keys always present; values may be null where st
     overrides   the job's Hydra overrides (list of "key=value")
     factors     flat {key: scalar}: always model.name, model.ssm, model.scan, task, task.image_size
                 ("HxW"), seed; plus every other key the job overrode (dotted, value as scalar/str)
-    task        {"name", "kind", "metric", "higher_is_better"}
+    task        {"name", "kind", "metric", "higher_is_better", "chance": the primary metric of a model
+                that guesses (100 / classes for top-1) | null where none exists (AP, mIoU)}
     metrics     {name: float} final evaluation metrics ({} if the job failed before evaluating)
     data        the task's data_summary() after training ({} before): classification gives
                 {"train_images", "val_images", "corrupt_train_images" (distinct undecodable training

@@ -29,6 +29,7 @@ def make_record(
     sweep: str = "synthetic",
     epochs: int = 1,
     tuning: dict | None = None,
+    chance: float | None = None,
 ) -> dict[str, Any]:
     """One valid record. MACs grow with the token count; the SSM arm adds 15 % (all in macs_ssm)."""
     h, w = image_size
@@ -48,7 +49,7 @@ def make_record(
         "schema": records.SCHEMA, "run_id": records.run_id(config), "sweep": sweep, "status": status,
         "error": None if completed else {"type": "RuntimeError", "message": "CUDA out of memory", "traceback": "..."},
         "config": config, "overrides": overrides, "factors": records.factors(config, overrides),
-        "task": {"name": task, "kind": kind, "metric": metric, "higher_is_better": higher_is_better},
+        "task": {"name": task, "kind": kind, "metric": metric, "higher_is_better": higher_is_better, "chance": chance},
         "metrics": {metric: value, "loss": 1.0} if completed and value is not None else {},
         "cost": {
             "params": 7_300_000 + (250_000 if ssm else 0), "macs": base_macs + macs_ssm, "macs_ssm": macs_ssm,

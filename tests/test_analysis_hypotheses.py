@@ -229,3 +229,51 @@ def test_shipped_hypotheses_match_records_without_notes(tmp_path: Path) -> None:
         40 + _noise(3, 1.0), 41 + _noise(3, 1.0, 1), image_size=LONG, task="det", kind="detection", metric="map")
     collection = _collection(tmp_path, recs)
     assert [line for h in load_hypotheses(CONF_DIR) for line in mismatches(h, collection)] == []
+
+
+def test_two_arms_at_chance_are_never_non_inferior(tmp_path: Path) -> None:
+    # Both arms guess on a 10-class task: trivially "non-inferior" by the t-test, but uninformative.
+    control = 10 + _noise(5, 0.2)
+    recs = paired(control, control + _noise(5, 0.05, 2), image_size=SHORT, chance=10.0)
+    (h1,) = [h for h in load_hypotheses(CONF_DIR) if h.id == "H1"]
+    verdict = evaluate(h1, _collection(tmp_path, recs))
+    assert verdict.decision == "insufficient evidence"
+    for _, row in verdict.rows.iterrows():
+        assert row["at_chance"] and row["decision"] == "insufficient evidence"
+        assert "not clearly above chance: model.ssm=true" in row["note"] and "model.ssm=false" in row["note"]
+
+
+def test_one_arm_at_chance_is_uninformative_and_learned_arms_decide(tmp_path: Path) -> None:
+    (h2,) = [h for h in load_hypotheses(CONF_DIR) if h.id == "H2"]
+    stuck = paired(50.5 + _noise(5, 0.3), 70 + _noise(5, 1.0, 1), image_size=LONG, chance=50.0, task="pf")
+    learned = paired(60 + _noise(5, 1.0), 70 + _noise(5, 1.0, 1), image_size=LONG, chance=50.0, task="pf2")
+    rows = evaluate(h2, _collection(tmp_path, stuck + learned)).rows
+    superiority = rows[rows["part"] == "superiority"].set_index(rows.loc[rows["part"] == "superiority", "cell"].map(
+        lambda cell: cell.split("task=")[1].split(",")[0]))
+    assert superiority.loc["pf", "decision"] == "insufficient evidence" and superiority.loc["pf", "at_chance"]
+    assert "model.ssm=false (mean 50.5, chance 50)" in superiority.loc["pf", "note"]
+    assert "model.ssm=true" not in superiority.loc["pf", "note"]  # the arm that learned is not blamed
+    assert superiority.loc["pf2", "decision"] == "supported"
+
+
+def test_mde_in_each_row_equals_the_closed_form(tmp_path: Path) -> None:
+    from scipy import stats as st
+
+    control = 80 + _noise(6, 1.0)
+    treatment = control + 0.1 + _noise(6, 0.5, 3)
+    (h1,) = [h for h in load_hypotheses(CONF_DIR) if h.id == "H1"]
+    row = evaluate(h1, _collection(tmp_path, paired(control, treatment, image_size=SHORT))).rows.iloc[0]
+    sd = np.std(treatment - control, ddof=1)
+    assert row["mde"] == pytest.approx((st.t.ppf(0.95, 5) + st.t.ppf(0.8, 5)) * sd / np.sqrt(6), rel=1e-12)
+
+
+def test_an_under_powered_not_supported_says_how_many_seeds_would_resolve_it(tmp_path: Path) -> None:
+    control = 80 + _noise(3, 1.0)
+    treatment = control + _noise(3, 2.0, 4)  # sd of the differences ~2 points, far above the 0.3 margin
+    (h1,) = [h for h in load_hypotheses(CONF_DIR) if h.id == "H1"]
+    row = evaluate(h1, _collection(tmp_path, paired(control, treatment, image_size=SHORT))).rows.iloc[0]
+    assert row["decision"] == "not supported" and row["mde"] > 0.3
+    from ablate.analysis.stats import pairs_needed
+
+    needed = pairs_needed(float(np.std(treatment - control, ddof=1)), 0.3, 0.05)
+    assert row["note"] == f"under-powered: mde {row['mde']:.3g} > the margin 0.3 at 80% power; about {needed} paired seeds would resolve it"

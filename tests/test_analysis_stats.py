@@ -106,3 +106,18 @@ def test_unknown_test_or_arm_is_rejected_in_one_line() -> None:
         stats.paired_test([1.0], [0.0], test="superior", favours="treatment", margin=0, higher_is_better=True, alpha=0.05)
     with pytest.raises(ValueError, match="favours='both'"):
         stats.paired_test([1.0], [0.0], test="superiority", favours="both", margin=0, higher_is_better=True, alpha=0.05)
+
+
+def test_mde_is_the_paired_t_closed_form_and_pairs_needed_inverts_it() -> None:
+    from scipy import stats as st
+
+    from ablate.analysis.stats import mde, pairs_needed
+
+    for sd, n, alpha in ((1.0, 5, 0.05), (2.8, 3, 0.05), (0.4, 20, 0.025)):
+        expected = (st.t.ppf(1 - alpha, n - 1) + st.t.ppf(0.8, n - 1)) * sd / math.sqrt(n)
+        assert mde(sd, n, alpha) == pytest.approx(expected, rel=1e-12)
+    assert math.isnan(mde(1.0, 1, 0.05)) and math.isnan(mde(math.nan, 5, 0.05))
+    n = pairs_needed(1.0, 0.3, 0.05)
+    assert mde(1.0, n, 0.05) <= 0.3 < mde(1.0, n - 1, 0.05)  # the fewest seeds, not just enough
+    assert n == 71
+    assert pairs_needed(1.0, 0.0, 0.05) is None and pairs_needed(0.0, 0.3, 0.05) == 2

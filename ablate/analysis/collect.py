@@ -30,7 +30,8 @@ COMPLETED = "completed"
 PROBLEM_KINDS = UNREADABLE, MISSING_RECORD, DUPLICATE, INCOMPLETE = (
     "unreadable record", "missing record", "duplicate run_id", "incomplete record")
 HEAD_COLUMNS = (
-    "run_id", "sweep", "status", "file", "task_kind", "metric", "higher_is_better", "value", "error", "overrides",
+    "run_id", "sweep", "status", "file", "task_kind", "metric", "higher_is_better", "chance", "value", "error",
+    "overrides",
 )
 ENV_KEYS = ("git_commit", "device", "hostname", "started_at", "finished_at")
 # Columns present even when no record has them (the analysis reads them).
@@ -242,7 +243,7 @@ def _row(path: Path, record: Mapping[str, Any], factors: Mapping[str, Any], prob
     row: dict[str, Any] = {
         "run_id": record["run_id"], "sweep": record["sweep"], "status": record["status"],
         "file": shown_path(path), "task_kind": task.get("kind"), "metric": metric,
-        "higher_is_better": bool(task.get("higher_is_better", True)), "value": value,
+        "higher_is_better": bool(task.get("higher_is_better", True)), "chance": task.get("chance"), "value": value,
         "error": f"{error.get('type', '')}: {error.get('message', '')}" if error else None,
         "overrides": list(record["overrides"]),
     }

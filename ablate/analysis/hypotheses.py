@@ -42,9 +42,9 @@ import pandas as pd
 import yaml
 
 from ablate.analysis import stats
-from ablate.records import TASK_KINDS
 from ablate.analysis.collect import Collection, Pairing, at_level, pair, series_factors, with_cells
 from ablate.analysis.summaries import GIGA
+from ablate.records import TASK_KINDS
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "hypothesis"
 KEYS = (
@@ -63,8 +63,11 @@ DECISIONS = ("supported", "not supported", "insufficient evidence")
 SUPPORTED, NOT_SUPPORTED, INSUFFICIENT = DECISIONS
 VERDICT_COLUMNS = (
     "hypothesis", "part", "scope", "cell", "metric", "test", "margin", "n_pairs", "diff", "ci_low",
-    "ci_high", "d_z", "rho", "p", "p_adj", "decision", "note",
+    "ci_high", "d_z", "rho", "p", "p_adj", "mde", "at_chance", "decision", "note",
 )
+# An arm whose primary metric is within this many metric units (points) of chance, or whose CI
+# reaches chance, did not learn: its cell group cannot support a claim either way.
+CHANCE_MARGIN = 1.0
 MIN_TREND_LENGTHS = 3  # a trend needs at least three swept sequence lengths
 
 
@@ -327,8 +330,15 @@ def _cell_rows(hypothesis: Hypothesis, pairing: Pairing, part: str, efficiency: 
                                    higher_is_better=higher, alpha=hypothesis.alpha)
         row = _row(hypothesis, part, group["label"].iloc[0], metric, test, margin, result.n, result.diff,
                    result.ci_low, result.ci_high, result.d_z, math.nan, result.p)
+        sd = float(np.std(t - c, ddof=1)) if result.n > 1 else math.nan
+        row["mde"] = stats.mde(sd, result.n, hypothesis.alpha)
         if result.n > 1 and (t - c).nunique() == 1:
             row["note"] = "every pair shows the same difference: decided by where it lies, not by a t-test"
+        at_chance = _arms_at_chance(hypothesis, group)
+        if at_chance:
+            row["at_chance"], row["note"] = True, at_chance
+        elif row["note"] == "" and result.n > 1:
+            row["note"] = _power_note(hypothesis, margin, result.diff, sd, row["mde"])
         rows.append(row)
     lonely = pairing.unpaired[~pairing.unpaired["cell"].isin(set(pairing.pairs["cell"]))].drop_duplicates("cell")
     # cell groups in scope with records of one arm only still count, with n = 0
@@ -336,6 +346,36 @@ def _cell_rows(hypothesis: Hypothesis, pairing: Pairing, part: str, efficiency: 
     rows += [_row(hypothesis, part, label, hypothesis.metric, test, hypothesis.margin, 0, *[math.nan] * 6)
              for label in lonely["label"]]
     return _decide(hypothesis, rows)
+
+
+def _arms_at_chance(hypothesis: Hypothesis, group: pd.DataFrame) -> str:
+    """A note naming each arm of a cell group whose primary metric is not clearly above chance, else ''."""
+    chance = group["chance"].iloc[0] if "chance" in group else None
+    if hypothesis.metric != "primary" or chance is None or pd.isna(chance):
+        return ""
+    sign = 1.0 if _higher_is_better(hypothesis, group) else -1.0
+    stuck = []
+    for level, column in ((hypothesis.treatment, "v_t"), (hypothesis.control, "v_c")):
+        values = group[column].astype(float).to_numpy()
+        n, mean = len(values), float(values.mean())
+        half = (stats.t_quantile(1 - hypothesis.alpha, n - 1) * float(values.std(ddof=1)) / math.sqrt(n)
+                if n > 1 else math.inf)  # half-width of the two-sided 1 - 2*alpha CI of the arm's mean
+        above = sign * (mean - float(chance))
+        if above < CHANCE_MARGIN or above - half <= 0:
+            stuck.append(f"{hypothesis.factor}={_level_text(level)} (mean {mean:.3g}, chance {float(chance):.3g})")
+    if not stuck:
+        return ""
+    return f"not clearly above chance: {'; '.join(stuck)}; an arm that did not learn decides nothing"
+
+
+def _power_note(hypothesis: Hypothesis, margin: float, diff: float, sd: float, mde: float) -> str:
+    """For a cell that may come out not supported: say when the design could not see the effect it looked for."""
+    target, what = (margin, "the margin") if margin > 0 else (abs(diff), "the observed effect")
+    if not (math.isfinite(mde) and math.isfinite(target)) or mde <= target:
+        return ""
+    needed = stats.pairs_needed(sd, target, hypothesis.alpha)
+    more = f"about {needed} paired seeds would resolve it" if needed else "no feasible number of seeds resolves it"
+    return f"under-powered: mde {mde:.3g} > {what} {target:.3g} at {stats.POWER:.0%} power; {more}"
 
 
 def _trend_rows(hypothesis: Hypothesis, in_scope: Pairing, runs: pd.DataFrame, factors: list[str]) -> pd.DataFrame:
@@ -381,7 +421,8 @@ def _row(hypothesis: Hypothesis, part: str, cell: str, metric: str, test: str, m
     return {
         "hypothesis": hypothesis.id, "part": part, "scope": hypothesis.scope.describe(), "cell": cell,
         "metric": metric, "test": test, "margin": margin, "n_pairs": n, "diff": diff, "ci_low": ci_low,
-        "ci_high": ci_high, "d_z": d_z, "rho": rho, "p": p, "p_adj": math.nan, "decision": INSUFFICIENT, "note": "",
+        "ci_high": ci_high, "d_z": d_z, "rho": rho, "p": p, "p_adj": math.nan, "mde": math.nan, "at_chance": False,
+        "decision": INSUFFICIENT, "note": "",
     }
 
 
@@ -403,6 +444,10 @@ def _decision(hypothesis: Hypothesis, row: pd.Series, trend: bool) -> tuple[str,
         return INSUFFICIENT, note or "no complete pair (see missing pairs)"
     if not trend and row["n_pairs"] < hypothesis.min_pairs:
         return INSUFFICIENT, f"{row['n_pairs']} paired seed(s), fewer than min_pairs={hypothesis.min_pairs}"
+    if row["at_chance"]:
+        return INSUFFICIENT, note
     if math.isnan(row["p_adj"]):
         return INSUFFICIENT, note or "no spread in the data: the statistic is undefined"
-    return (SUPPORTED if row["p_adj"] < hypothesis.alpha else NOT_SUPPORTED), note
+    if row["p_adj"] < hypothesis.alpha:
+        return SUPPORTED, "" if note.startswith("under-powered") else note
+    return NOT_SUPPORTED, note

@@ -22,7 +22,7 @@ from ablate.analysis.collect import (
     Collection, Pairing, at_level, cell_factors, collect, format_level, pair, shown_path, with_cells,
 )
 from ablate.analysis.hypotheses import (
-    CONF_DIR, INSUFFICIENT, VERDICT_COLUMNS, Hypothesis, Verdict, evaluate, load_hypotheses, mismatches,
+    CHANCE_MARGIN, CONF_DIR, INSUFFICIENT, VERDICT_COLUMNS, Hypothesis, Verdict, evaluate, load_hypotheses, mismatches,
 )
 
 log = logging.getLogger("ablate.analysis")
@@ -206,7 +206,7 @@ def _verdict_section(verdicts: list[Verdict]) -> str:
         {"hypothesis": row["hypothesis"], "part": row["part"], "cell group": row["cell"], "metric": row["metric"],
          "n pairs": row["n_pairs"], "diff [CI]": fmt_ci(row["diff"], row["ci_low"], row["ci_high"]),
          "effect": _effect(row), "p": fmt_p(row["p"]), "p (Holm)": fmt_p(row["p_adj"]),
-         "decision": row["decision"], "note": row["note"]}
+         "mde": fmt(row["mde"], ".3g"), "decision": row["decision"], "note": row["note"]}
         for v in verdicts for _, row in v.rows.iterrows()
     ]
     return "\n".join([
@@ -215,7 +215,11 @@ def _verdict_section(verdicts: list[Verdict]) -> str:
         "units, with its 1 - 2α percentile-bootstrap CI (90% at α = 0.05, matching the one-sided tests); p: one-sided "
         "paired t-test against the margin (TOST for equivalence), Holm-adjusted across the cell groups of each part; "
         "trend: Spearman ρ of the favoured arm's advantage against L, one-sided. Fewer paired seeds than the "
-        "hypothesis' min_pairs gives `insufficient evidence`.", "",
+        "hypothesis' min_pairs gives `insufficient evidence`, and so does a cell group where an arm is not clearly "
+        f"above chance (its mean's 1 - 2α CI reaches chance, or the mean is within {CHANCE_MARGIN:g} point of it). mde: the "
+        "minimum detectable effect of the paired one-sided t design at 80% power, from the observed sd of the "
+        "paired differences and n; a `not supported` with an mde above its margin (or effect) is under-powered, "
+        "and the note says how many seeds would resolve it.", "",
         md_table(pd.DataFrame(cells)),
     ])
 

@@ -109,6 +109,39 @@ def paired_test(
     return PairedResult(n, mean, low, high, cohens_dz(diffs), p)
 
 
+POWER = 0.8  # the power at which minimum detectable effects and seed counts are quoted
+
+
+def t_quantile(q: float, df: int) -> float:
+    """Student's t quantile (scipy), for callers that should not import scipy themselves."""
+    return float(stats.t.ppf(q, df))
+
+
+def mde(sd: float, n: int, alpha: float, power: float = POWER) -> float:
+    """Minimum detectable effect of a one-sided paired t-test: (t_{1-alpha} + t_{power}) * sd / sqrt(n),
+    both quantiles of Student's t with n - 1 degrees of freedom (the standard closed form for a
+    design with n pairs whose differences have standard deviation sd). NaN for n < 2 or no sd."""
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    df = n - 1
+    return float((stats.t.ppf(1 - alpha, df) + stats.t.ppf(power, df)) * sd / math.sqrt(n))
+
+
+def pairs_needed(sd: float, effect: float, alpha: float, power: float = POWER, most: int = 10_000) -> int | None:
+    """The fewest pairs (seeds) whose `mde` is at most `effect`; None if more than `most` or undefined."""
+    if not (math.isfinite(sd) and math.isfinite(effect)) or effect <= 0:
+        return None
+    if sd == 0:
+        return 2
+    if mde(sd, most, alpha, power) > effect:
+        return None
+    low, high = 1, most  # mde falls as n grows: mde(low) > effect >= mde(high)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if mde(sd, middle, alpha, power) > effect else (low, middle)
+    return high
+
+
 def holm(pvalues: Sequence[float], alpha: float) -> np.ndarray:
     """Holm-adjusted p-values; NaN entries (untested cells) stay NaN and do not count."""
     p = np.asarray(pvalues, dtype=float)

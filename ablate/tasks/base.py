@@ -37,6 +37,9 @@ class TaskInfo:
     kind: str  # one of ablate.records.TASK_KINDS
     metric: str  # primary metric, a key of evaluate()'s result
     higher_is_better: bool = True
+    # The primary metric of a model that guesses (100 / classes for top-1); None where no simple
+    # guessing baseline exists (AP, mIoU). The analysis never lets an arm at chance decide a claim.
+    chance: Optional[float] = None
 
 
 class Task(abc.ABC):

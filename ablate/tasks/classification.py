@@ -137,7 +137,8 @@ class ImageFolderClassification(SplitDatasetTask):
     ):
         if len(image_size) != 2 or min(image_size) <= 0:
             raise ValueError(f"task.image_size={list(image_size)} must be [H, W] with positive sides")
-        self.info = TaskInfo(name=name, kind="classification", metric="top1", higher_is_better=True)
+        self.info = TaskInfo(name=name, kind="classification", metric="top1", higher_is_better=True,
+                             chance=100.0 / num_classes)
         self.root = Path(data_root)
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.num_classes = num_classes
