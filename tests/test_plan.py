@@ -128,3 +128,29 @@ def test_plan_run_id_matches_the_record_schema(tmp_path, capsys):
     assert all(len(r["run_id"]) == 16 for r in base)
     changed = _plan_json(capsys, SWEEP + ["trainer.max_steps=4"] + _paths(tmp_path))["cells"]
     assert not {r["run_id"] for r in changed} & {r["run_id"] for r in base}
+
+
+def test_pilot_gives_the_seeds_a_power_calculation_gives(tmp_path, capsys):
+    import numpy as np
+    from test_analysis_factory import paired, write_sweep
+
+    from ablate.analysis.stats import pairs_needed
+
+    rng = np.random.default_rng(0)
+    control = 80 + rng.normal(0, 1.0, 4)
+    treatment = control + rng.normal(0, 0.6, 4)
+    pilot = write_sweep(tmp_path / "pilot", "p", paired(control, treatment, image_size=(32, 32)))
+    out = _plan_json(capsys, ["--pilot", str(pilot), "model=pico", "task=shapes", "trainer.max_steps=3"]
+                     + _paths(tmp_path))
+    h1 = {row["part"]: row for row in out["seeds_needed"] if row["hypothesis"] == "H1"}
+    sd = float(np.std(treatment - control, ddof=1))
+    assert h1["non_inferiority"]["sd"] == pytest.approx(sd, rel=1e-9)
+    assert h1["non_inferiority"]["to resolve"] == "margin 0.3"
+    assert h1["non_inferiority"]["seeds needed"] == pairs_needed(sd, 0.3, 0.05) > 4
+    assert h1["non_inferiority"]["pilot pairs"] == 4
+
+
+def test_pilot_that_is_not_a_folder_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        plan.main(["--pilot", str(tmp_path / "nope"), "model=pico"])
+    assert info.value.code == 2 and "--pilot=" in capsys.readouterr().err

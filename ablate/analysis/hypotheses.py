@@ -63,7 +63,7 @@ DECISIONS = ("supported", "not supported", "insufficient evidence")
 SUPPORTED, NOT_SUPPORTED, INSUFFICIENT = DECISIONS
 VERDICT_COLUMNS = (
     "hypothesis", "part", "scope", "cell", "metric", "test", "margin", "n_pairs", "diff", "ci_low",
-    "ci_high", "d_z", "rho", "p", "p_adj", "mde", "at_chance", "decision", "note",
+    "ci_high", "d_z", "rho", "p", "p_adj", "sd_diff", "mde", "at_chance", "decision", "note",
 )
 # An arm whose primary metric is within this many metric units (points) of chance, or whose CI
 # reaches chance, did not learn: its cell group cannot support a claim either way.
@@ -331,7 +331,7 @@ def _cell_rows(hypothesis: Hypothesis, pairing: Pairing, part: str, efficiency: 
         row = _row(hypothesis, part, group["label"].iloc[0], metric, test, margin, result.n, result.diff,
                    result.ci_low, result.ci_high, result.d_z, math.nan, result.p)
         sd = float(np.std(t - c, ddof=1)) if result.n > 1 else math.nan
-        row["mde"] = stats.mde(sd, result.n, hypothesis.alpha)
+        row["sd_diff"], row["mde"] = sd, stats.mde(sd, result.n, hypothesis.alpha)
         if result.n > 1 and (t - c).nunique() == 1:
             row["note"] = "every pair shows the same difference: decided by where it lies, not by a t-test"
         at_chance = _arms_at_chance(hypothesis, group)
@@ -368,9 +368,14 @@ def _arms_at_chance(hypothesis: Hypothesis, group: pd.DataFrame) -> str:
     return f"not clearly above chance: {'; '.join(stuck)}; an arm that did not learn decides nothing"
 
 
+def power_target(margin: float, diff: float) -> tuple[float, str]:
+    """The effect a design must be able to see: the margin when the test has one, else the observed effect."""
+    return (margin, "the margin") if margin > 0 else (abs(diff), "the observed effect")
+
+
 def _power_note(hypothesis: Hypothesis, margin: float, diff: float, sd: float, mde: float) -> str:
     """For a cell that may come out not supported: say when the design could not see the effect it looked for."""
-    target, what = (margin, "the margin") if margin > 0 else (abs(diff), "the observed effect")
+    target, what = power_target(margin, diff)
     if not (math.isfinite(mde) and math.isfinite(target)) or mde <= target:
         return ""
     needed = stats.pairs_needed(sd, target, hypothesis.alpha)
@@ -421,7 +426,7 @@ def _row(hypothesis: Hypothesis, part: str, cell: str, metric: str, test: str, m
     return {
         "hypothesis": hypothesis.id, "part": part, "scope": hypothesis.scope.describe(), "cell": cell,
         "metric": metric, "test": test, "margin": margin, "n_pairs": n, "diff": diff, "ci_low": ci_low,
-        "ci_high": ci_high, "d_z": d_z, "rho": rho, "p": p, "p_adj": math.nan, "mde": math.nan, "at_chance": False,
+        "ci_high": ci_high, "d_z": d_z, "rho": rho, "p": p, "p_adj": math.nan, "sd_diff": math.nan, "mde": math.nan, "at_chance": False,
         "decision": INSUFFICIENT, "note": "",
     }
 

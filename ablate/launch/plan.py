@@ -80,9 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tflops", type=float, default=100.0,
                         help="sustained training TFLOP/s per GPU for the GPU-hours estimate (default 100)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument("--pilot", type=Path, metavar="DIR",
+                        help="a pilot sweep folder (or a results root): its seed-to-seed sd gives, per hypothesis "
+                             "and cell group, the paired seeds needed to resolve the margin or effect at 80%% power")
     args = parser.parse_args(argv)
     if args.tflops <= 0:
         parser.error(f"--tflops={args.tflops} must be positive")
+    if args.pilot is not None and not args.pilot.is_dir():
+        parser.error(f"--pilot={args.pilot} is not a folder; give a sweep folder (results/sweeps/NAME) or a results root")
     try:
         jobs = expand(args.overrides)
         cache: dict = {}
@@ -92,11 +97,13 @@ def main(argv: list[str] | None = None) -> int:
             exc = exc.__cause__  # the task's own message, not Hydra's "Error in call to target ..."
         print(f"ablate plan: {(str(exc).splitlines() or [type(exc).__name__])[0]}", file=sys.stderr)
         return 1
+    seeds = pilot_rows(args.pilot) if args.pilot is not None else None
     known = [r["train_PFLOP"] for r in rows if r["train_PFLOP"] is not None]
     total_pflop = sum(known)
     gpu_hours = total_pflop * 1e15 / (args.tflops * 1e12) / 3600
     if args.json:
-        print(json.dumps({"cells": rows, "total_PFLOP": total_pflop, "gpu_hours": gpu_hours}, indent=2))
+        print(json.dumps({"cells": rows, "total_PFLOP": total_pflop, "gpu_hours": gpu_hours}
+                         | ({"seeds_needed": seeds} if seeds is not None else {}), indent=2))
         return 0
     print(tabulate(rows, headers="keys", floatfmt=".4g", missingval="?"))
     by_status: dict[str, int] = {}
@@ -106,7 +113,32 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(rows)} cells ({', '.join(f'{n} {s}' for s, n in sorted(by_status.items()))}); "
           f"training cost {total_pflop:.4g} PFLOP = {gpu_hours:.3g} GPU-hours at {args.tflops:g} TFLOP/s"
           + (f"; {unknown} cells without data on this machine are not counted" if unknown else ""))
+    if seeds is not None:
+        print(f"\nSeeds needed at 80% power, from the pilot at {args.pilot} (sd of its paired differences):")
+        print(tabulate(seeds, headers="keys", floatfmt=".3g", missingval="?") if seeds
+              else "the pilot has no cell group with 2 or more paired seeds in any hypothesis' scope")
     return 0
+
+
+def pilot_rows(pilot: Path) -> list[dict[str, Any]]:
+    """Per hypothesis part and cell group of a pilot: its paired sd, the effect to resolve, and the
+    fewest paired seeds whose minimum detectable effect (one-sided paired t, 80% power) reaches it."""
+    from ablate.analysis import stats
+    from ablate.analysis.collect import collect
+    from ablate.analysis.hypotheses import evaluate, load_hypotheses, power_target
+
+    is_root = (pilot / "runs").is_dir()
+    collection = collect([] if is_root else [pilot], pilot if is_root else None)
+    out = []
+    for hypothesis in load_hypotheses():
+        rows = evaluate(hypothesis, collection).rows
+        for _, row in rows[(rows["part"] != "trend") & (rows["n_pairs"] >= 2)].iterrows():
+            target, what = power_target(row["margin"], row["diff"])
+            needed = stats.pairs_needed(row["sd_diff"], target, hypothesis.alpha)
+            out.append({"hypothesis": hypothesis.id, "part": row["part"], "cell group": row["cell"],
+                        "pilot pairs": int(row["n_pairs"]), "sd": row["sd_diff"],
+                        "to resolve": f"{what.removeprefix('the ')} {target:.3g}", "seeds needed": needed})
+    return out
 
 
 if __name__ == "__main__":
