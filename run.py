@@ -17,7 +17,7 @@ def main(cfg: DictConfig) -> dict:
 
     try:
         return run(cfg)
-    except ConfigError as exc:  # a setting outside what is allowed: one line, not a traceback
+    except ConfigError as exc:  # a single run's bad setting (a multirun records it per cell): one line
         logging.getLogger("ablate").error("config error: %s", exc)
         sys.exit(2)
 

@@ -32,10 +32,10 @@ from omegaconf import DictConfig, OmegaConf
 
 import ablate
 from ablate import records, tracking
-from ablate.config import validate
+from ablate.config import ConfigError, validate
 from ablate.models import VARIANTS, seq_len, tau
 from ablate.train import preemption
-from ablate.train.loop import Diverged, effective_lr, fit, resolve_device, seed_everything
+from ablate.train.loop import Curve, Diverged, effective_lr, fit, resolve_device, seed_everything
 
 log = logging.getLogger("ablate.job")
 
@@ -43,12 +43,13 @@ log = logging.getLogger("ablate.job")
 def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any]:
     """Run one cell; return its record (also written to results/runs/<run_id>/result.json)."""
     started = time.time()
-    validate(cfg)  # ConfigError, one line, before anything is written
+    config_error = _config_error(cfg)
     _set_threads()
     preemption.install()
     config = OmegaConf.to_container(cfg, resolve=True)
     rerun = config.pop("rerun", None)
-    config["trainer"]["lr"] = effective_lr(cfg.trainer)  # the linear-scaling rule, made explicit in the record
+    if config_error is None:  # a bad lr_base_size or batch_size would break the rule itself
+        config["trainer"]["lr"] = effective_lr(cfg.trainer)  # the linear-scaling rule, made explicit in the record
     overrides = _hydra_overrides() if overrides is None else overrides
     run_id = records.run_id(config)
     run_dir = Path(cfg.paths.results) / "runs" / run_id
@@ -57,6 +58,11 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
 
     with _locked(run_dir), _log_to(run_dir / "train.log"):
         previous = _read_previous(run_dir / "result.json")
+        if config_error is not None and previous is not None:
+            # Only a non-semantic key (device, logger, rerun...) can be bad and still name an existing
+            # cell: its record stays as it is, and this job reports the error without writing one.
+            log.error("cell %s not run: %s (its earlier record is kept)", run_id, config_error)
+            return {**_new_record(config, overrides, run_id), "error": _error(config_error)}
         if previous is not None and previous["status"] == "completed" and rerun != "all":
             log.info("cell %s already completed (%s): reused, not retrained", run_id, run_dir)
             return previous
@@ -66,6 +72,8 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
         log.info("cell %s: %s", run_id, " ".join(overrides) or "(defaults)")
         tracker, failed = None, True
         try:
+            if config_error is not None:
+                raise config_error
             tracker = tracking.start(
                 cfg.logger, run_dir=run_dir, run_id=run_id, sweep=cfg.sweep, config=config,
                 task_name=cfg.task.name, variant=cfg.model.name, ssm=cfg.model.ssm, resume=previous is None,
@@ -90,6 +98,7 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
             record["status"], record["error"] = ("pruned" if pruned else "failed"), _error(exc)
             if not pruned:
                 log.error("cell %s failed: %s: %s", run_id, type(exc).__name__, exc)
+        record["curve"] = Curve.read(run_dir).summary()
         record["cost"].update(wall_seconds=round(time.time() - started, 3), peak_memory_mb=_peak_memory_mb())
         record["env"]["finished_at"] = _now()
         records.write_json_atomic(run_dir / "result.json", record)
@@ -106,6 +115,7 @@ def _new_record(config: dict, overrides: list[str], run_id: str) -> dict[str, An
         "task": {"name": config["task"]["name"], "kind": None, "metric": None, "higher_is_better": True, "chance": None},
         "metrics": {},
         "data": {},
+        "curve": Curve().summary(),
         "cost": {"params": None, "macs": None, "macs_ssm": None, "input_size": list(config["task"]["image_size"]),
                  "seq_len": None, "tau": None, "train_throughput": None, "eval_throughput": None},
         "tuning": config.get("tuning"),
@@ -153,6 +163,21 @@ def _archive(run_dir: Path, previous: Mapping[str, Any], fresh_start: bool) -> N
     shutil.move(str(run_dir / "result.json"), history / f"result-{stamp}.json")
     if fresh_start and (run_dir / "checkpoint.pt").exists():
         shutil.move(str(run_dir / "checkpoint.pt"), history / f"checkpoint-{stamp}.pt")
+
+
+def _config_error(cfg: DictConfig) -> Optional[ConfigError]:
+    """A setting outside what is allowed. A single run raises it (one line, exit 2, nothing written);
+    inside a multirun it is returned, so that this cell is recorded as failed and the sweep goes on."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        validate(cfg)
+    except ConfigError as exc:
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            return exc
+        raise
+    return None
 
 
 def _hydra_overrides() -> list[str]:

@@ -26,6 +26,9 @@ Schema ``ablate.result/1`` (all keys always present; values may be null where st
                 {"train_images", "val_images", "corrupt_train_images" (distinct undecodable training
                 files replaced by the next file, counted since this process started)}; a record
                 written before this block existed lacks it
+    curve       {"file": "curve.json" (beside the record: {"train": [[step, mean loss since the previous
+                point, lr], ...], "eval": [[step, {metric: value}], ...]}), "points": int, "first_loss",
+                "last_loss": float | null}; absent in records written before it existed
     cost        {"params": int, "macs": int, "macs_ssm": int  (per image at the evaluated size),
                  "input_size": [H, W], "seq_len": int (tokens of the stage-3 map, ceil(H/16) x ceil(W/16)), "tau": int (6 x stage-3
                  width), "train_throughput": img/s | null, "eval_throughput": img/s | null,
@@ -86,8 +89,8 @@ def run_id(config: Mapping[str, Any]) -> str:
 
 
 def size_str(image_size: Iterable[int]) -> str:
-    h, w = image_size
-    return f"{h}x{w}"
+    """"HxW"; any other length is joined the same way, so a malformed size still names its record."""
+    return "x".join(str(side) for side in image_size)
 
 
 def factors(config: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:

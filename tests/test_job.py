@@ -1,6 +1,7 @@
 """End to end through run.py: records, failures inside a multirun, reuse of completed cells, wandb offline."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,9 @@ def test_tiny_job_writes_a_valid_record(tmp_path, tiny_args):
     (record,) = load_records(tmp_path / "results")
     assert records.validate(record) == []
     assert record["status"] == "completed" and record["error"] is None
-    assert record["task"] == {"name": "shapes", "kind": "classification", "metric": "top1", "higher_is_better": True}
+    assert record["task"] == {"name": "shapes", "kind": "classification", "metric": "top1", "higher_is_better": True,
+                              "chance": 10.0}
+    assert record["data"] == {"train_images": 80, "val_images": 40, "corrupt_train_images": 0}
     assert 0.0 <= record["metrics"]["top1"] <= 100.0 and record["metrics"]["top5"] >= record["metrics"]["top1"]
     cost = record["cost"]
     assert cost["params"] > 0 and cost["macs"] > cost["macs_ssm"] > 0
@@ -25,6 +28,11 @@ def test_tiny_job_writes_a_valid_record(tmp_path, tiny_args):
     assert record["env"]["torch"] and record["env"]["finished_at"] >= record["env"]["started_at"]
     run_dir = tmp_path / "results" / "runs" / record["run_id"]
     assert (run_dir / "checkpoint.pt").is_file() and "step 3/3" in (run_dir / "train.log").read_text()
+    curve = json.loads((run_dir / "curve.json").read_text())
+    # 3 steps with log_every=10: one point, at the last step, the mean of the 3 losses; then the evaluation
+    assert [point[0] for point in curve["train"]] == [3] and curve["eval"] == [[3, record["metrics"]]]
+    assert record["curve"] == {"file": "curve.json", "points": 1, "first_loss": curve["train"][0][1],
+                               "last_loss": curve["train"][0][1]}
 
 
 def test_failing_job_is_recorded_and_the_sweep_goes_on_then_rerun_reuses(tmp_path, tiny_args):
@@ -38,7 +46,7 @@ def test_failing_job_is_recorded_and_the_sweep_goes_on_then_rerun_reuses(tmp_pat
     assert [r["status"] for r in by_size["32x32"]] == ["completed", "completed"]
     assert [r["status"] for r in by_size["0x32"]] == ["failed", "failed"]
     error = by_size["0x32"][0]["error"]
-    assert error["type"] == "ValueError" and "task.image_size=[0, 32]" in error["message"]
+    assert error["type"] == "ConfigError" and "task.image_size=[0, 32] is not allowed" in error["message"]
     assert "Traceback" in error["traceback"]
 
     # The multirun ended with a report of the real records, failures listed, one seed -> no verdict.
@@ -93,3 +101,23 @@ def test_wandb_offline_writes_under_the_run_folder_without_network(tmp_path, tin
     run_id = (run_dir / "wandb_id").read_text().strip()
     assert offline_runs[0].name.endswith(run_id)
     assert any(p.suffix == ".wandb" for p in offline_runs[0].iterdir())
+
+
+def test_a_bad_non_semantic_setting_in_a_multirun_never_touches_the_completed_cell(tmp_path, tiny_args):
+    run_cli(tiny_args + ["sweep=first"], tmp_path)
+    (before,) = load_records(tmp_path / "results")
+    # trainer.device is not part of the run_id: the bad value names the completed cell, which must stay.
+    proc = run_cli(["-m", *tiny_args, "trainer.device=gpu", "seed=0,1", "sweep=second"], tmp_path, check=False)
+    after = {r["factors"]["seed"]: r for r in load_records(tmp_path / "results")}
+    assert after[0] == before and after[1]["status"] == "failed"
+    assert "trainer.device='gpu' is not allowed" in after[1]["error"]["message"]
+    log = proc.stdout + proc.stderr
+    assert "its earlier record is kept" in log and "Traceback" not in log
+
+
+def test_a_setting_that_breaks_the_lr_rule_fails_its_cell_in_one_line(tmp_path, tiny_args):
+    proc = run_cli(["-m", *tiny_args, "trainer.lr_base_size=0", "sweep=zero"], tmp_path, check=False)
+    (record,) = load_records(tmp_path / "results")
+    assert record["status"] == "failed" and record["error"]["type"] == "ConfigError"
+    assert "trainer.lr_base_size=0 is not allowed: a number >= 1" in record["error"]["message"]
+    assert "ZeroDivisionError" not in proc.stdout + proc.stderr

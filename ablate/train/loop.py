@@ -8,12 +8,13 @@ a paired comparison see the same batches. A non-finite loss stops the job as `di
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -24,6 +25,7 @@ from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, PolyLRSchedu
 from torch import nn
 
 from ablate.config import PRECISIONS, SCHEDULES
+from ablate.records import write_json_atomic
 from ablate.tasks.base import Task
 from ablate.train import checkpoint, preemption
 
@@ -33,6 +35,34 @@ EvalHook = Callable[[int, dict], None]  # on_eval(step, metrics); may raise to s
 
 class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+CURVE_FILE = "curve.json"
+
+
+@dataclass
+class Curve:
+    """The training curve of a cell, kept in the checkpoint (so a resumed job continues it exactly)
+    and written beside the record as curve.json: {"train": [[step, mean loss since the previous
+    point, lr], ...], "eval": [[step, {metric: value}], ...]}."""
+
+    train: list = field(default_factory=list)
+    eval: list = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """The record's `curve` block: where the curve is and how the training loss moved."""
+        losses = [point[1] for point in self.train]
+        return {"file": CURVE_FILE, "points": len(losses), "first_loss": losses[0] if losses else None,
+                "last_loss": losses[-1] if losses else None}
+
+    def write(self, run_dir: Path) -> None:
+        write_json_atomic(Path(run_dir) / CURVE_FILE, {"train": self.train, "eval": self.eval})
+
+    @classmethod
+    def read(cls, run_dir: Path) -> "Curve":
+        """The curve a run wrote (empty when it wrote none, e.g. it failed before its first step)."""
+        path = Path(run_dir) / CURVE_FILE
+        return cls(**json.loads(path.read_text())) if path.exists() else cls()
 
 
 @dataclass
@@ -116,12 +146,16 @@ def fit(
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
     ckpt_path = Path(run_dir) / "checkpoint.pt"
 
+    curve, window = Curve(), []  # window: losses since the last curve point
+
     def save(step: int) -> None:
         checkpoint.save(ckpt_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "step": step, "rng": checkpoint.rng_state(),
-            "wandb_id": getattr(tracker, "run_id", None),
+            "wandb_id": getattr(tracker, "run_id", None), "curve": {"train": curve.train, "eval": curve.eval},
+            "loss_window": list(window),
         })
+        curve.write(run_dir)
 
     state = checkpoint.load(ckpt_path, map_location=device)
     if state is None:
@@ -132,6 +166,8 @@ def fit(
             obj.load_state_dict(state[key])
         checkpoint.set_rng_state(state["rng"])
         step = resumed_from = state["step"]
+        curve = Curve(**state.get("curve", {}))  # a checkpoint from before curves existed starts an empty one
+        window = list(state.get("loss_window", []))  # so a resumed curve equals an uninterrupted one
         log.info("resumed from %s at step %d/%d", ckpt_path, step, total_steps)
 
     bar = _progress(cfg, total_steps, step)
@@ -144,7 +180,10 @@ def fit(
             with autocast():
                 loss = task.training_step(model, batch, device)
             loss_value = loss.item()
+            window.append(loss_value)
             if not math.isfinite(loss_value):
+                curve.train.append([step + 1, loss_value, optimizer.param_groups[0]["lr"]])
+                curve.write(run_dir)  # the curve up to the blow-up is the diagnosis
                 raise Diverged(f"loss={loss_value} at step {step} (epoch {epoch}); lr={optimizer.param_groups[0]['lr']:.3g}")
             scaler.scale(loss).backward()
             if cfg.grad_clip:
@@ -161,6 +200,8 @@ def fit(
                 bar.set_postfix(loss=f"{loss_value:.4f}", epoch=epoch)
             if step % cfg.log_every == 0 or step == total_steps:
                 lr = optimizer.param_groups[0]["lr"]
+                curve.train.append([step, sum(window) / len(window), lr])
+                window.clear()
                 log.info("step %d/%d epoch %d loss %.4f lr %.3g", step, total_steps, epoch, loss_value, lr)
                 if tracker is not None:
                     tracker.log({"train/loss": loss_value, "train/lr": lr, "train/epoch": epoch}, step=step)
@@ -172,19 +213,21 @@ def fit(
                 break
         epoch_done = step % steps_per_epoch == 0 and step < total_steps
         if cfg.eval_every and epoch_done and (step // steps_per_epoch) % cfg.eval_every == 0:
-            _evaluate(model, task, device, autocast, step, on_eval, tracker)
+            _evaluate(model, task, device, autocast, step, on_eval, tracker, curve)
     if bar is not None:
         bar.close()
 
     save(step)  # final weights: a later dense-task job can start its backbone from them
     tic = time.perf_counter()
-    metrics = _evaluate(model, task, device, autocast, step, on_eval, tracker)
+    metrics = _evaluate(model, task, device, autocast, step, on_eval, tracker, curve)
+    curve.write(run_dir)
     return FitResult(metrics, step, train_seconds, train_images, time.perf_counter() - tic, resumed_from)
 
 
-def _evaluate(model, task, device, autocast, step, on_eval, tracker) -> dict[str, float]:
+def _evaluate(model, task, device, autocast, step, on_eval, tracker, curve: Curve) -> dict[str, float]:
     with autocast():
         metrics = task.evaluate(model, device)
+    curve.eval.append([step, dict(metrics)])
     model.train()
     log.info("eval at step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
     if tracker is not None:
