@@ -24,9 +24,9 @@ DET_SIZES = [(256, 256), (512, 512), (768, 768), (1024, 1024)]  # L = 256, 1024,
 H3 = "id: H3\nclaim: On detection the arms are equivalent within 5 points.\nscope: {task_kind: detection}\ntest: equivalence\nmargin: 5\n"
 SECTIONS = ["# Ablation report: study", "## What was run", "## Verdicts", "## What the numbers say", "### H1:", "### H2:",
             "### H3:", "## Results per task", "### det (detection; map, higher is better)",
-            "### shapes (classification; top1, higher is better)", "## Sequence length", "Crossovers:",
+            "### shapes (classification; top1, higher is better)", "## Training curves", "## Sequence length", "Crossovers:",
             "## Tuning protocol", "## Problems", "### Failed, diverged and pruned runs", "### Missing pairs",
-            "### Unreadable, missing or incomplete records", "## Files"]
+            "### Sanity", "### Unreadable, missing or incomplete records", "## Files"]
 
 
 def _study_records() -> list[dict]:
@@ -212,3 +212,31 @@ def test_hydra_multirun_ends_with_a_report(tmp_path: Path) -> None:
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| tiny    | results/sweeps/tiny | 6      | `python app.py -m ssm=true,false seed=0,1,2` |" in text
     assert "| failed   | RuntimeError: CUDA out of memory |" in text
+
+
+def test_training_curves_and_sanity_flags(tmp_path: Path) -> None:
+    import json
+
+    # Seeds 0-2 of both arms; the SSM arm's seeds scatter 10x more, and its seed 2 never lowered its loss.
+    control, treatment = [70.0, 70.5, 71.0], [60.0, 70.0, 80.0]
+    recs = paired(control, treatment, image_size=(32, 32))
+    results = tmp_path / "results"
+    sweep = write_sweep(results, "curves", recs)
+    for record in recs:
+        stuck = record["factors"]["model.ssm"] and record["factors"]["seed"] == 2
+        train = [[10, 2.3, 1e-3], [20, 2.3 if stuck else 1.2, 1e-3], [30, 2.31 if stuck else 0.6, 1e-3]]
+        curve = {"train": train, "eval": [[15, {"top1": 30.0}], [30, {"top1": record["metrics"]["top1"]}]]}
+        run_dir = results / "runs" / record["run_id"]
+        (run_dir / "curve.json").write_text(json.dumps(curve))
+        record["curve"] = {"file": "curve.json", "points": 3, "first_loss": train[0][1], "last_loss": train[-1][1]}
+        (run_dir / "result.json").write_text(json.dumps(record))
+    path = report.write_report([sweep], tmp_path / "out", CONF_DIR)
+    text = path.read_text()
+    curves = text[text.index("## Training curves"):text.index("## Sequence length")]
+    (figure,) = [line for line in curves.splitlines() if line.startswith("![training curves")]
+    name = figure[figure.index("(") + 1:-1]
+    assert (tmp_path / "out" / name).read_bytes().startswith(b"\x89PNG") and name in text[text.index("## Files"):]
+    sanity = text[text.index("### Sanity"):text.index("### Unreadable")]
+    stuck_id = next(r["run_id"] for r in recs if r["factors"]["model.ssm"] and r["factors"]["seed"] == 2)
+    assert stuck_id in sanity and sanity.count("| 2.3 ") == 1 and "| 2.31 " in sanity
+    assert "| SSM " in sanity.split("sd > 3x")[1] and "| 10 " in sanity.split("sd > 3x")[1]

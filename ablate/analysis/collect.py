@@ -34,11 +34,12 @@ HEAD_COLUMNS = (
     "overrides",
 )
 ENV_KEYS = ("git_commit", "device", "hostname", "started_at", "finished_at")
+CURVE_KEYS = ("file", "points", "first_loss", "last_loss")  # the record's curve summary
 # Columns present even when no record has them (the analysis reads them).
 ALWAYS_COLUMNS = (
     "cost.params", "cost.macs", "cost.macs_ssm", "cost.seq_len", "cost.tau", "cost.eval_throughput",
     "cost.train_throughput", "tuning.study", "tuning.trial", "tuning.storage", "tuning.role",
-    *(f"env.{k}" for k in ENV_KEYS),
+    *(f"env.{k}" for k in ENV_KEYS), *(f"curve.{k}" for k in CURVE_KEYS),
 )
 
 
@@ -254,6 +255,8 @@ def _row(path: Path, record: Mapping[str, Any], factors: Mapping[str, Any], prob
     tuning = record.get("tuning") or {}
     row.update({f"tuning.{k}": tuning.get(k) for k in ("study", "trial", "storage", "role")})
     row.update({f"env.{k}": (record.get("env") or {}).get(k) for k in ENV_KEYS})
+    curve = record.get("curve") or {}
+    row.update({f"curve.{k}": curve.get(k) for k in CURVE_KEYS})
     if record["status"] == COMPLETED:
         lacking = [k for k in ("params", "macs", "macs_ssm", "seq_len", "tau") if cost.get(k) is None]
         if lacking:
@@ -264,7 +267,7 @@ def _row(path: Path, record: Mapping[str, Any], factors: Mapping[str, Any], prob
 def _columns(rows: list[dict], factors: list[str]) -> list[str]:
     """Fixed head, the factors, then every metrics./cost./env./tuning. column (the analysed ones always)."""
     present = {key for row in rows for key in row} | set(ALWAYS_COLUMNS)
-    grouped = sorted(k for k in present if k.startswith(("metrics.", "cost.", "tuning.", "env.")))
+    grouped = sorted(k for k in present if k.startswith(("metrics.", "cost.", "tuning.", "env.", "curve.")))
     return list(HEAD_COLUMNS) + factors + grouped
 
 

@@ -79,6 +79,34 @@ def difference_vs_length(points: pd.DataFrame, out_dir: Path) -> str:
     return _save(figure, out_dir, f"{slug(task)}_difference_vs_length.png")
 
 
+def training_curves(group: pd.DataFrame, curves: list[dict], title: str, out_dir: Path, name: str) -> str:
+    """Training loss against step for every run of one cell group (colour: arm, one line per seed),
+    and beside it the primary metric at each evaluation when the runs evaluated more than once.
+
+    `group` has one row per run with columns `arm` ("c" | "t"), `seed` and `metric`; `curves` are the
+    runs' curve.json contents in the same order.
+    """
+    evaluated = any(len(curve["eval"]) > 1 for curve in curves)
+    figure = _figure(10.0 if evaluated else 6.0)
+    loss_axes = figure.add_subplot(1, 2 if evaluated else 1, 1)
+    eval_axes = figure.add_subplot(1, 2, 2) if evaluated else None
+    labelled = set()
+    for (_, run), curve in zip(group.iterrows(), curves):
+        name_, color, marker = ARM_STYLE[run["arm"]]
+        label = None if run["arm"] in labelled else name_
+        labelled.add(run["arm"])
+        steps, losses = [p[0] for p in curve["train"]], [p[1] for p in curve["train"]]
+        loss_axes.plot(steps, losses, color=color, lw=1, alpha=0.8, label=label)
+        if eval_axes is not None:
+            points = [(step, values.get(run["metric"])) for step, values in curve["eval"]]
+            eval_axes.plot([s for s, _ in points], [v for _, v in points], color=color, marker=marker, ms=3, lw=1)
+    loss_axes.set(xlabel="optimizer step", ylabel="training loss (mean since the previous point)", title=title)
+    loss_axes.legend(loc="best", fontsize=8)
+    if eval_axes is not None:
+        eval_axes.set(xlabel="optimizer step", ylabel=f"{group['metric'].iloc[0]} (evaluation)")
+    return _save(figure, out_dir, name)
+
+
 def arm_bars(summary: pd.DataFrame, out_dir: Path) -> str:
     """Mean metric (+- sd over seeds) of both arms for every cell group of a task."""
     task, metric = summary["task"].iloc[0], summary["metric"].iloc[0]

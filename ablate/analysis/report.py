@@ -8,12 +8,14 @@ timestamp of the report itself is written (the dates shown are the runs' own).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from ablate import records
@@ -34,6 +36,7 @@ VERDICTS_CSV = "verdicts.csv"
 ABLATED = ("model.ssm", True, False)
 ARM_NAMES = {"c": "no SSM", "t": "SSM"}
 NON_COMPLETED = tuple(s for s in records.STATUSES if s != "completed")
+SEED_SD_RATIO = 3.0  # an arm whose seed-to-seed sd exceeds the other arm's by this factor is flagged
 
 
 def default_out_dir(sweep_dirs: Sequence[Path], results_root: Path | None = None) -> Path:
@@ -64,6 +67,7 @@ def write_report(
     summary = summaries.arm_summary(collection.runs, pairing)
     points = summaries.sequence_points(pairing)
     drawn = _draw(out, summary, points)
+    curves, curve_files = _curves_section(collection, out)
     _write_csvs(out, collection.runs, verdicts)
     sections = [
         f"# Ablation report: {', '.join(s.name for s in collection.sweeps) or 'all runs'}",
@@ -71,10 +75,11 @@ def write_report(
         _verdict_section(verdicts),
         _paragraphs(verdicts),
         _task_sections(summary, drawn),
+        curves,
         _sequence_section(points, drawn),
         _tuning_section(collection.runs),
         _problems_section(collection, pairing, verdicts),
-        _files_section(drawn),
+        _files_section(drawn, curve_files),
     ]
     path = out / REPORT_FILE
     path.write_text("\n\n".join(sections).rstrip() + "\n")
@@ -374,12 +379,57 @@ def _tuning_section(runs: pd.DataFrame) -> str:
         return f"{skipped} {type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
-def _problems_section(collection: Collection, pairing: Pairing, verdicts: list[Verdict]) -> str:
+def _with_arms(collection: Collection) -> pd.DataFrame:
+    """The runs with their cell group (`cell`, `label`), `arm_key` ("t" | "c" | None) and `arm` (its name)."""
     factor, treatment, control = ABLATED
     runs = with_cells(collection.runs, cell_factors(collection.factors, factor))
     is_t, is_c = at_level(runs[factor], treatment), at_level(runs[factor], control)
-    runs = runs.assign(arm=[ARM_NAMES["t"] if t else ARM_NAMES["c"] if c else format_level(v)
-                            for t, c, v in zip(is_t, is_c, runs[factor])])
+    keys = ["t" if t else "c" if c else None for t, c in zip(is_t, is_c)]
+    return runs.assign(arm_key=keys, arm=[ARM_NAMES[k] if k else format_level(v) for k, v in zip(keys, runs[factor])])
+
+
+def _curves_section(collection: Collection, out: Path) -> tuple[str, list[str]]:
+    """One training-curve figure per cell group with curves (both arms, every seed); the section, the files."""
+    runs = _with_arms(collection)
+    runs = runs[runs["arm_key"].notna() & (runs["curve.points"].fillna(0) > 0)]
+    blocks, files = ["## Training curves",
+                     "Training loss (mean over each logging window) against optimizer step, every seed of both arms; "
+                     "with several evaluations, the primary metric at each beside it."], []
+    for index, (_, group) in enumerate(runs.groupby("cell", sort=True)):
+        group = group.sort_values(["arm_key", "seed"], kind="stable").rename(columns={"arm_key": "arm", "arm": "arm_name"})
+        curves = [json.loads((Path(f).parent / name).read_text()) for f, name in zip(group["file"], group["curve.file"])]
+        label = group["label"].iloc[0]
+        name = figures.training_curves(group, curves, label, out, f"curves_{index:03d}_{figures.slug(label)[:60]}.png")
+        files.append(name)
+        blocks.append(f"![training curves: {label}]({name})")
+    if not files:
+        blocks.append("No record carries a training curve.")
+    return "\n\n".join(blocks), files
+
+
+def _sanity_tables(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Completed runs whose training loss ended non-finite or no lower than it started, and cell groups
+    whose seeds disagree wildly in one arm (sd more than SEED_SD_RATIO x the other arm's)."""
+    done = runs[(runs["status"] == "completed") & (runs["curve.points"].fillna(0) >= 2)]
+    first, last = done["curve.first_loss"].astype(float), done["curve.last_loss"].astype(float)
+    stuck = done[~np.isfinite(last) | (last >= first)]
+    loss = pd.DataFrame({"run": stuck["run_id"], "cell group": stuck["label"], "arm": stuck["arm"],
+                         "seed": stuck["seed"], "first loss": column(stuck["curve.first_loss"], ".4g"),
+                         "last loss": column(stuck["curve.last_loss"], ".4g")})
+    spread = []
+    completed = runs[(runs["status"] == "completed") & runs["arm_key"].notna() & runs["value"].notna()]
+    for _, group in completed.groupby("cell", sort=True):
+        sd = group.groupby("arm_key")["value"].agg(lambda v: float(np.std(v.astype(float), ddof=1)) if len(v) > 1 else np.nan)
+        if {"t", "c"} <= set(sd.index) and sd.notna().all():
+            for wide, other in (("t", "c"), ("c", "t")):
+                if sd[wide] > SEED_SD_RATIO * sd[other]:
+                    spread.append({"cell group": group["label"].iloc[0], "arm": ARM_NAMES[wide],
+                                   "sd over seeds": fmt(sd[wide], ".3g"), f"other arm's sd": fmt(sd[other], ".3g")})
+    return loss, pd.DataFrame(spread, columns=["cell group", "arm", "sd over seeds", "other arm's sd"])
+
+
+def _problems_section(collection: Collection, pairing: Pairing, verdicts: list[Verdict]) -> str:
+    runs = _with_arms(collection)
     bad = runs[runs["status"] != "completed"]
     blocks = ["## Problems", "### Failed, diverged and pruned runs"]
     if len(bad):
@@ -398,6 +448,12 @@ def _problems_section(collection: Collection, pairing: Pairing, verdicts: list[V
         if (h.factor, h.treatment, h.control) != ABLATED:
             blocks += [f"For {h.id} ({h.factor}: {format_level(h.treatment)} vs {format_level(h.control)}):",
                        md_table(_unpaired_table(verdict.pairing))]
+    loss, spread = _sanity_tables(runs)
+    blocks += ["### Sanity",
+               "Completed runs whose training loss ended non-finite or no lower than it started (they did not train):",
+               md_table(loss) if len(loss) else "None.",
+               f"Cell groups where one arm's seeds disagree far more than the other's (sd > {SEED_SD_RATIO:g}x):",
+               md_table(spread) if len(spread) else "None."]
     blocks += ["### Unreadable, missing or incomplete records", md_table(collection.problems)]
     if collection.notes:
         blocks += ["### Notes", "\n".join(f"- {note}" for note in collection.notes)]
@@ -411,9 +467,9 @@ def _unpaired_table(pairing: Pairing) -> pd.DataFrame:
                          "overrides to fill": frame["overrides"].map(lambda o: f"`{o}`")})
 
 
-def _files_section(drawn: dict) -> str:
+def _files_section(drawn: dict, curve_files: list[str]) -> str:
     names = [RESULTS_CSV + " (one row per run)", VERDICTS_CSV + " (one row per hypothesis part and cell group)"]
-    names += [name for task in sorted(drawn) for name in drawn[task].values()]
+    names += [name for task in sorted(drawn) for name in drawn[task].values()] + curve_files
     return "## Files\n\n" + "\n".join(f"- {name}" for name in names)
 
 
