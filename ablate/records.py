@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+from ablate import atomic
 
 SCHEMA = "ablate.result/1"
 STATUSES = ("completed", "failed", "diverged", "pruned")
@@ -123,21 +123,8 @@ def _lookup(config: Mapping[str, Any], dotted: str) -> Any:
 
 
 def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
-    """Write JSON to a temp file in the same folder, fsync, then rename: never a torn file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True, default=str)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write JSON atomically (``ablate.atomic.write``): never a torn file, never through a link."""
+    atomic.write(Path(path), json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def validate(record: Mapping[str, Any]) -> list[str]:

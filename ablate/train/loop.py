@@ -126,7 +126,7 @@ def fit(
             "wandb_id": getattr(tracker, "run_id", None),
         })
 
-    state = checkpoint.load(ckpt_path, map_location=device)
+    state = checkpoint.load_for_resume(ckpt_path, map_location=device)
     if state is None:
         step, resumed_from = 0, None
         seed_everything(seed + 1)  # after model init, so augmentation draws match across arms
