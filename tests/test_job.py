@@ -4,6 +4,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from ablate import records
 from conftest import ROOT, clean_env, load_records, run_cli
@@ -93,3 +94,94 @@ def test_wandb_offline_writes_under_the_run_folder_without_network(tmp_path, tin
     run_id = (run_dir / "wandb_id").read_text().strip()
     assert offline_runs[0].name.endswith(run_id)
     assert any(p.suffix == ".wandb" for p in offline_runs[0].iterdir())
+
+
+def _read_only_under(monkeypatch, root: Path) -> None:
+    """Every write under `root` fails with EROFS, as on a read-only mount (root ignores chmod)."""
+    import builtins
+    import errno
+    import os
+    import tempfile
+
+    def guard(path) -> None:
+        if Path(os.path.abspath(path)).is_relative_to(root):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    real_open, real_os_open, real_mkdir, real_mkstemp = builtins.open, os.open, os.mkdir, tempfile.mkstemp
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and any(c in mode for c in "wax+"):
+            guard(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def fake_os_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            guard(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(os, "open", fake_os_open)
+    monkeypatch.setattr(os, "mkdir", lambda path, *a, **k: (guard(path), real_mkdir(path, *a, **k))[1])
+    monkeypatch.setattr(tempfile, "mkstemp", lambda *a, dir=None, **k: (guard(dir), real_mkstemp(*a, dir=dir, **k))[1])
+
+
+def _compose(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    import ablate.config  # noqa: F401  (registers the config schemas)
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def _tree(root: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for p in sorted(root.rglob("*"))}
+
+
+def test_a_read_only_results_folder_serves_completed_cells_and_fails_the_rest_in_one_line(
+        tmp_path, tiny_args, monkeypatch, caplog):
+    from ablate import job
+    from ablate.train import preemption
+
+    results = tmp_path / "results"
+    paths = [f"paths.results={results}", f"paths.data={tmp_path / 'data'}"]
+    run_cli(tiny_args + ["sweep=ro"], tmp_path)
+    (done,) = load_records(results)
+    done_cfg, new_cfg = _compose(tiny_args + paths), _compose(tiny_args + paths + ["seed=1"])
+    monkeypatch.setattr(preemption, "install", lambda: None)  # no signal handlers in pytest's process
+    before = _tree(results)
+    _read_only_under(monkeypatch, results)
+
+    assert job.run(done_cfg, overrides=[]) == done  # reused, no lock or log line needed
+    failed = job.run(new_cfg, overrides=[])
+    assert failed["status"] == "failed" and failed["error"]["type"] == "OSError"
+    assert "Read-only file system" in failed["error"]["message"]
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "cannot run" in line and "give a writable paths.results" in line
+    assert _tree(results) == before  # nothing written, nothing touched
+
+
+def test_a_full_disk_fails_the_cell_naming_enospc_and_keeps_the_sweep_going(tmp_path, tiny_args, monkeypatch, caplog):
+    import errno
+    import os
+
+    from ablate import atomic, job
+    from ablate.train import preemption
+
+    results = tmp_path / "results"
+    cfg = _compose(tiny_args + [f"paths.results={results}", f"paths.data={tmp_path / 'data'}"])
+    monkeypatch.setattr(preemption, "install", lambda: None)
+    real_write = atomic.write
+
+    def full(path, content):
+        if Path(path).is_relative_to(results):
+            raise atomic.write_error(Path(path), OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+        real_write(path, content)
+
+    monkeypatch.setattr(atomic, "write", full)
+    record = job.run(cfg, overrides=[])
+    assert record["status"] == "failed" and record["error"]["type"] == "OSError"
+    assert "No space left on device (ENOSPC) writing" in record["error"]["message"]
+    assert "checkpoint.pt" in record["error"]["message"]
+    assert not list(results.glob("runs/*/result.json")) and not list(results.glob("runs/*/checkpoint.pt"))
+    assert any("its record was not written" in r.getMessage() and "ENOSPC" in r.getMessage() for r in caplog.records)
