@@ -185,3 +185,59 @@ def test_a_full_disk_fails_the_cell_naming_enospc_and_keeps_the_sweep_going(tmp_
     assert "checkpoint.pt" in record["error"]["message"]
     assert not list(results.glob("runs/*/result.json")) and not list(results.glob("runs/*/checkpoint.pt"))
     assert any("its record was not written" in r.getMessage() and "ENOSPC" in r.getMessage() for r in caplog.records)
+
+
+def test_wandb_with_a_key_but_no_server_goes_offline_at_once_and_the_cell_completes(tmp_path, tiny_args):
+    import time
+
+    from ablate import tracking
+
+    closed = "http://127.0.0.1:9"  # the discard port on loopback: nothing listens, nothing leaves the machine
+    tic = time.monotonic()
+    assert "cannot connect to http://127.0.0.1:9 (Connection refused)" in tracking.unreachable(closed)
+    assert time.monotonic() - tic < 1.0
+    args = [a for a in tiny_args if a != "logger=none"] + ["logger=wandb"]
+    env = clean_env(HOME=str(tmp_path), WANDB_API_KEY="f" * 40, WANDB_BASE_URL=closed)
+    proc = run_cli(args, tmp_path, env=env)
+    (record,) = load_records(tmp_path / "results")
+    assert record["status"] == "completed"
+    run_dir = tmp_path / "results" / "runs" / record["run_id"]
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    (line,) = [line for line in (run_dir / "train.log").read_text().splitlines() if "logging offline" in line]
+    assert "WARNING" in line and f"wandb sync {offline}" in line
+    assert "logging offline" in proc.stderr + proc.stdout
+
+
+def test_wandb_server_that_accepts_but_never_answers_falls_back_offline_after_the_init_timeout(tmp_path, monkeypatch):
+    import contextlib
+    import socket
+    import threading
+    import time
+
+    import wandb
+
+    from ablate import tracking
+
+    listener = socket.create_server(("127.0.0.1", 0))  # loopback only; accepts, never answers
+    accepted = []
+
+    def accept_forever() -> None:
+        with contextlib.suppress(OSError):  # until the listener is closed
+            while True:
+                accepted.append(listener.accept()[0])
+
+    threading.Thread(target=accept_forever, daemon=True).start()
+    for key, value in clean_env(HOME=str(tmp_path), WANDB_API_KEY="f" * 40,
+                                WANDB_BASE_URL=f"http://127.0.0.1:{listener.getsockname()[1]}").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(tracking, "INIT_TIMEOUT_S", 3.0)
+    tic = time.monotonic()
+    tracker = tracking.WandbTracker({"project": "p", "mode": None}, run_dir=tmp_path, run_id="0123456789abcdef",
+                                    sweep="s", config={"a": 1}, task_name="t", variant="pico", ssm=False, resume=True)
+    took = time.monotonic() - tic
+    tracker.log({"train/loss": 1.0}, step=1)
+    tracker.finish({"status": "completed"}, failed=False)
+    listener.close()
+    wandb.teardown()
+    assert tracker.run.settings.mode == "offline" and took < 60, took
+    assert len(list((tmp_path / "wandb").glob("offline-run-*-0123456789abcdef-0"))) == 1
