@@ -124,7 +124,8 @@ def _new_record(config: dict, overrides: list[str], run_id: str) -> dict[str, An
 
 def _unwritable(config: dict, overrides: list[str], run_id: str, error: OSError) -> dict[str, Any]:
     """A cell that cannot be written and has no completed record to reuse: one line, a failed record in memory."""
-    log.error("cell %s cannot run: %s; no completed record to reuse there (give a writable paths.results)", run_id, error)
+    log.error("cell %s cannot run: %s; no completed record to reuse there (give a writable paths.results)",
+              run_id, error)
     record = _new_record(config, overrides, run_id)
     record["error"] = _error(error)
     return record
@@ -187,8 +188,9 @@ def _write_cell_pointer(run_id: str, run_dir: Path, overrides: list[str]) -> Non
 
     if HydraConfig.initialized():
         job_dir = Path(HydraConfig.get().runtime.output_dir)
+        pointer = {"run_id": run_id, "run_dir": str(run_dir), "overrides": overrides}
         try:
-            records.write_json_atomic(job_dir / "cell.json", {"run_id": run_id, "run_dir": str(run_dir), "overrides": overrides})
+            records.write_json_atomic(job_dir / "cell.json", pointer)
         except OSError as exc:
             if not _read_only(exc):
                 raise

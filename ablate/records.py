@@ -166,7 +166,9 @@ def _type_problems(record: Mapping[str, Any]) -> list[str]:
         if key in record and not isinstance(record[key], kind):
             problems.append(f"{key}={_short(record[key])} is a {type(record[key]).__name__}, expected a "
                             f"{'list' if kind is list else 'JSON object'}")
-    numeric = [("metrics", name) for name in (record.get("metrics") or {})] if isinstance(record.get("metrics"), Mapping) else []
+    numeric = []
+    if isinstance(record.get("metrics"), Mapping):
+        numeric += [("metrics", name) for name in record["metrics"]]
     if isinstance(record.get("cost"), Mapping):
         numeric += [("cost", name) for name in NUMERIC_COST if name in record["cost"]]
     for section, name in numeric:

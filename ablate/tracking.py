@@ -41,7 +41,10 @@ def resolve_mode(configured: Optional[str]) -> str:
 
 
 def unreachable(base_url: Optional[str] = None) -> Optional[str]:
-    """Why the wandb server at ``base_url`` (default: WANDB_BASE_URL, else api.wandb.ai) cannot be reached; None if it can."""
+    """Why the wandb server cannot be reached, or None if it can.
+
+    ``base_url`` defaults to WANDB_BASE_URL, else api.wandb.ai.
+    """
     url = urlsplit(base_url or os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL)
     port = url.port or (443 if url.scheme == "https" else 80)
     try:

@@ -18,7 +18,8 @@ import pandas as pd
 from ablate import atomic, records
 from ablate.analysis import figures, summaries
 from ablate.analysis.collect import (
-    CELL_FILE, RESULT_FILE, Collection, Pairing, at_level, cell_factors, collect, format_level, pair, shown_path, with_cells,
+    CELL_FILE, RESULT_FILE, Collection, Pairing, at_level, cell_factors, collect, format_level, pair, shown_path,
+    with_cells,
 )
 from ablate.analysis.hypotheses import (
     CONF_DIR, INSUFFICIENT, VERDICT_COLUMNS, Hypothesis, Verdict, evaluate, load_hypotheses,
@@ -88,14 +89,16 @@ def _nothing_read(sweep_dirs: Sequence[Path], results_root: Path | None, collect
         return f"{head}: {len(collection.problems)} problem(s), e.g. {first['file']}: {first['problem']}"
     for folder in sweep_dirs:
         if any(folder.glob(f"runs/*/{RESULT_FILE}")):
-            return f"{head}: {shown_path(folder)} holds runs/<run_id>/{RESULT_FILE}, a results root: use --results {shown_path(folder)}"
+            where = shown_path(folder)
+            return f"{head}: {where} holds runs/<run_id>/{RESULT_FILE}, a results root: use --results {where}"
         if (folder / "sweeps").is_dir():
             return f"{head}: {shown_path(folder)} holds sweeps/: give one of {shown_path(folder / 'sweeps')}/<sweep>"
     strays = sorted(path for folder in searched for path in folder.rglob(RESULT_FILE))
     layout = (f"a sweep folder is results/sweeps/<sweep>/ (job folders with {CELL_FILE}); --results ROOT reads "
               f"ROOT/runs/<run_id>/{RESULT_FILE}")
     if strays:
-        return f"{head}: {len(strays)} {RESULT_FILE} file(s) lie outside the layout (e.g. {shown_path(strays[0])}); {layout}"
+        example = shown_path(strays[0])
+        return f"{head}: {len(strays)} {RESULT_FILE} file(s) lie outside the layout (e.g. {example}); {layout}"
     return f"{head}: it holds no records; {layout}"
 
 
