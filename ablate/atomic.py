@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Optional, Union
 
 _TMP_SUFFIX = ".tmp"
+# Read once, at import: os.umask can only be read by setting it, which would race other threads' files.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 Content = Union[bytes, str, Callable[[BinaryIO], object]]
 
 
@@ -31,7 +34,7 @@ def write(path: Path, content: Content) -> None:
     except OSError as error:
         raise write_error(path, error) from error
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # what open() would have given; mkstemp makes it 0600
+        os.fchmod(fd, 0o666 & ~_UMASK)  # what open() would have given; mkstemp makes it 0600
         with os.fdopen(fd, "wb") as handle:
             if callable(content):
                 content(handle)
@@ -82,12 +85,6 @@ def _os_error(error: BaseException) -> Optional[OSError]:
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _pid_alive(pid: int) -> bool:

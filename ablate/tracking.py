@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 from urllib.parse import urlsplit
 
+from ablate import atomic
+
 log = logging.getLogger("ablate.tracking")
 MODES = ("online", "offline", "disabled")
 DEFAULT_BASE_URL = "https://api.wandb.ai"
@@ -80,7 +82,7 @@ class WandbTracker:
             if id_file.is_file():  # keep the previous attempt's id for the record
                 id_file.rename(run_dir / f"wandb_id.{attempt}")
             self.run_id = f"{run_id}-{attempt}"
-            id_file.write_text(self.run_id)
+            atomic.write(id_file, self.run_id)
         mode = resolve_mode(logger_cfg.get("mode"))
         offline_because = unreachable() if mode == "online" else None
         init = functools.partial(
