@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import logging
 import os
@@ -53,10 +54,13 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
     overrides = _hydra_overrides() if overrides is None else overrides
     run_id = records.run_id(config)
     run_dir = Path(cfg.paths.results) / "runs" / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a new cell in a read-only (or full) results folder
+        return _unwritable(config, overrides, run_id, exc)
     _write_cell_pointer(run_id, run_dir, overrides)
 
-    with _locked(run_dir), _log_to(run_dir / "train.log"):
+    with _locked(run_dir) as read_only, _log_to(run_dir / "train.log"):
         previous = _read_previous(run_dir / "result.json")
         if config_error is not None and previous is not None:
             # Only a non-semantic key (device, logger, rerun...) can be bad and still name an existing
@@ -66,6 +70,8 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
         if previous is not None and previous["status"] == "completed" and rerun != "all":
             log.info("cell %s already completed (%s): reused, not retrained", run_id, run_dir)
             return previous
+        if read_only is not None:
+            return _unwritable(config, overrides, run_id, read_only)
         if previous is not None:
             _archive(run_dir, previous, fresh_start=rerun == "all")
         record = _new_record(config, overrides, run_id)
@@ -101,7 +107,11 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
         record["curve"] = Curve.read(run_dir).summary()
         record["cost"].update(wall_seconds=round(time.time() - started, 3), peak_memory_mb=_peak_memory_mb())
         record["env"]["finished_at"] = _now()
-        records.write_json_atomic(run_dir / "result.json", record)
+        try:
+            records.write_json_atomic(run_dir / "result.json", record)
+        except OSError as exc:  # e.g. ENOSPC: the cell is failed (the error names errno and path), the sweep goes on
+            log.error("cell %s: its record was not written: %s", run_id, exc)
+            record["status"], record["error"] = "failed", record["error"] or _error(exc)  # the first cause
         if tracker is not None:
             tracker.finish({"status": record["status"], "metrics": record["metrics"], "cost": record["cost"]}, failed)
         log.info("cell %s %s: %s", run_id, record["status"], record["metrics"] or record["error"]["message"])
@@ -121,6 +131,19 @@ def _new_record(config: dict, overrides: list[str], run_id: str) -> dict[str, An
         "tuning": config.get("tuning"),
         "env": _environment(),
     }
+
+
+def _unwritable(config: dict, overrides: list[str], run_id: str, error: OSError) -> dict[str, Any]:
+    """A cell that cannot be written and has no completed record to reuse: one line, a failed record in memory."""
+    log.error("cell %s cannot run: %s; no completed record to reuse there (give a writable paths.results)",
+              run_id, error)
+    record = _new_record(config, overrides, run_id)
+    record["error"] = _error(error)
+    return record
+
+
+def _read_only(error: OSError) -> bool:
+    return error.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _throughput(result: Any, task: Any) -> dict[str, Optional[float]]:
@@ -191,23 +214,46 @@ def _write_cell_pointer(run_id: str, run_dir: Path, overrides: list[str]) -> Non
 
     if HydraConfig.initialized():
         job_dir = Path(HydraConfig.get().runtime.output_dir)
-        records.write_json_atomic(job_dir / "cell.json", {"run_id": run_id, "run_dir": str(run_dir), "overrides": overrides})
+        pointer = {"run_id": run_id, "run_dir": str(run_dir), "overrides": overrides}
+        try:
+            records.write_json_atomic(job_dir / "cell.json", pointer)
+        except OSError as exc:
+            if not _read_only(exc):
+                raise
+            log.warning("no cell pointer for %s (the report will not list this job): %s", run_id, exc)
 
 
 @contextlib.contextmanager
-def _locked(run_dir: Path) -> Iterator[None]:
-    with open(run_dir / ".lock", "w") as handle:
+def _locked(run_dir: Path) -> Iterator[Optional[OSError]]:
+    """Hold the cell's lock; yield None, or the error that makes the folder read-only (then unlocked).
+
+    Nobody can write a read-only cell folder, so reading its completed record needs no lock.
+    """
+    try:
+        handle = open(run_dir / ".lock", "w")
+    except OSError as exc:
+        if not _read_only(exc):
+            raise
+        yield exc
+        return
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             log.info("cell %s is running in another job; waiting for it", run_dir.name)
             fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+        yield None
 
 
 @contextlib.contextmanager
 def _log_to(path: Path) -> Iterator[None]:
-    handler = logging.FileHandler(path)
+    try:
+        handler = logging.FileHandler(path)
+    except OSError as exc:
+        if not _read_only(exc):
+            raise
+        yield  # a read-only cell folder: its completed record can still be reused, without a log line there
+        return
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     root = logging.getLogger("ablate")
     root.addHandler(handler)

@@ -42,10 +42,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+from ablate import atomic
 
 SCHEMA = "ablate.result/1"
 STATUSES = ("completed", "failed", "diverged", "pruned")
@@ -59,6 +59,11 @@ NON_SEMANTIC_KEYS = (
     "paths", "logger", "sweep", "rerun", "tuning",
     "trainer.device", "trainer.num_workers", "trainer.progress", "trainer.log_every",
     "trainer.checkpoint_every", "task.eval_workers", "task.data_root",
+)
+# Cost fields the analysis computes with: a number, or null where the schema allows it.
+NUMERIC_COST = (
+    "params", "macs", "macs_ssm", "seq_len", "tau", "train_throughput", "eval_throughput", "peak_memory_mb",
+    "wall_seconds", "steps", "resumed_from_step",
 )
 # Factors every record carries, whether or not they were swept.
 STANDARD_FACTORS = ("model.name", "model.ssm", "model.scan", "task", "task.image_size", "seed")
@@ -132,21 +137,8 @@ def _lookup(config: Mapping[str, Any], dotted: str) -> Any:
 
 
 def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
-    """Write JSON to a temp file in the same folder, fsync, then rename: never a torn file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True, default=str)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write JSON atomically (``ablate.atomic.write``): never a torn file, never through a link."""
+    atomic.write(Path(path), json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def validate(record: Mapping[str, Any]) -> list[str]:
@@ -162,11 +154,42 @@ def validate(record: Mapping[str, Any]) -> list[str]:
     for key in STANDARD_FACTORS:
         if key not in (record.get("factors") or {}):
             problems.append(f"factors lacks {key}")
-    if record.get("status") == "completed":
-        metric = (record.get("task") or {}).get("metric")
-        if metric not in (record.get("metrics") or {}):
+    problems += _type_problems(record)
+    task = record.get("task")
+    if record.get("status") == "completed" and isinstance(record.get("metrics"), Mapping) and isinstance(task, Mapping):
+        metric = task.get("metric")
+        if metric not in record["metrics"]:
             problems.append(f"completed record lacks its primary metric {metric!r}")
     return problems
+
+
+def _type_problems(record: Mapping[str, Any]) -> list[str]:
+    """Fields of the wrong type, each named (``metrics.top1='high' is a str, expected a number``).
+
+    The analysis does arithmetic on metrics and costs: one string there would otherwise abort every
+    report that reads the record, far from the file that caused it.
+    """
+    problems = []
+    for key, kind in (("config", Mapping), ("factors", Mapping), ("task", Mapping), ("metrics", Mapping),
+                      ("cost", Mapping), ("overrides", list)):
+        if key in record and not isinstance(record[key], kind):
+            problems.append(f"{key}={_short(record[key])} is a {type(record[key]).__name__}, expected a "
+                            f"{'list' if kind is list else 'JSON object'}")
+    numeric = []
+    if isinstance(record.get("metrics"), Mapping):
+        numeric += [("metrics", name) for name in record["metrics"]]
+    if isinstance(record.get("cost"), Mapping):
+        numeric += [("cost", name) for name in NUMERIC_COST if name in record["cost"]]
+    for section, name in numeric:
+        value = record[section][name]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            problems.append(f"{section}.{name}={_short(value)} is a {type(value).__name__}, expected a number")
+    return problems
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def read(path: Path) -> dict[str, Any]:

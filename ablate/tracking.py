@@ -2,16 +2,29 @@
 
 The run id is kept in <run_dir>/wandb_id so that a requeued or resumed job continues the same wandb
 run instead of starting a new one; a fresh attempt at a completed cell (+rerun=all) gets a new id.
+
+An online run whose server cannot be reached (a compute node without network, a firewall) goes
+offline instead of failing the cell: a TCP connect to the server (REACH_TIMEOUT_S) decides at once,
+and wandb's own init timeout (INIT_TIMEOUT_S, 90 s by default) catches a server that accepts but
+does not answer. One warning line gives the ``wandb sync`` command that uploads the run later.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any, Mapping, Optional
+from urllib.parse import urlsplit
+
+from ablate import atomic
 
 log = logging.getLogger("ablate.tracking")
 MODES = ("online", "offline", "disabled")
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+REACH_TIMEOUT_S = 5.0
+INIT_TIMEOUT_S = 15.0
 
 
 def _has_api_key() -> bool:
@@ -27,6 +40,20 @@ def resolve_mode(configured: Optional[str]) -> str:
     if mode not in MODES:
         raise ValueError(f"logger.mode={mode!r} (or WANDB_MODE) is not known; choose from: {', '.join(MODES)}")
     return mode
+
+
+def unreachable(base_url: Optional[str] = None) -> Optional[str]:
+    """Why the wandb server cannot be reached, or None if it can.
+
+    ``base_url`` defaults to WANDB_BASE_URL, else api.wandb.ai.
+    """
+    url = urlsplit(base_url or os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=REACH_TIMEOUT_S).close()
+    except OSError as error:
+        return f"cannot connect to {url.scheme}://{url.hostname}:{port} ({error.strerror or type(error).__name__})"
+    return None
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -55,15 +82,28 @@ class WandbTracker:
             if id_file.is_file():  # keep the previous attempt's id for the record
                 id_file.rename(run_dir / f"wandb_id.{attempt}")
             self.run_id = f"{run_id}-{attempt}"
-            id_file.write_text(self.run_id)
+            atomic.write(id_file, self.run_id)
         mode = resolve_mode(logger_cfg.get("mode"))
-        self.run = wandb.init(
+        offline_because = unreachable() if mode == "online" else None
+        init = functools.partial(
+            wandb.init,
             project=logger_cfg["project"], entity=logger_cfg.get("entity"), group=sweep, job_type=task_name,
             name=f"{task_name}-{variant}-{'ssm' if ssm else 'nossm'}-{run_id[:8]}",
             tags=["ssm-on" if ssm else "ssm-off", task_name, variant], config=flatten(config),
-            dir=str(run_dir), id=self.run_id, resume="allow", mode=mode, reinit="finish_previous",
-            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+            dir=str(run_dir), id=self.run_id, resume="allow", reinit="finish_previous",
+            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, init_timeout=INIT_TIMEOUT_S),
         )
+        try:
+            self.run = init(mode="offline" if offline_because else mode)
+        except wandb.errors.CommError as error:  # reachable, but no answer within INIT_TIMEOUT_S
+            if mode != "online":
+                raise
+            offline_because = str(error).strip().splitlines()[0]
+            wandb.teardown()  # the failed online run still holds its id in wandb's service process
+            self.run = init(mode="offline")
+        if offline_because:
+            log.warning("wandb: %s; logging offline instead, upload later with: wandb sync %s",
+                        offline_because, self.run.settings.sync_dir)
 
     def log(self, values: Mapping[str, Any], step: int) -> None:
         self.run.log(dict(values), step=step)

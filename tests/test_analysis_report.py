@@ -240,3 +240,56 @@ def test_training_curves_and_sanity_flags(tmp_path: Path) -> None:
     stuck_id = next(r["run_id"] for r in recs if r["factors"]["model.ssm"] and r["factors"]["seed"] == 2)
     assert stuck_id in sanity and sanity.count("| 2.3 ") == 1 and "| 2.31 " in sanity
     assert "| SSM " in sanity.split("sd > 3x")[1] and "| 10 " in sanity.split("sd > 3x")[1]
+
+
+def test_a_record_with_a_bad_typed_field_is_a_named_problem_and_the_report_goes_on(tmp_path: Path) -> None:
+    recs = paired([80.0, 81.0, 82.0], [80.1, 81.0, 81.9])
+    word, text_cost = make_record(seed=5), make_record(seed=6)
+    word["metrics"]["top1"] = "high"
+    text_cost["cost"]["macs"] = "lots"
+    sweep = write_sweep(tmp_path / "results", "typed", recs + [word, text_cost])
+    text = report.write_report([sweep], tmp_path / "out").read_text()
+    problems = text.split("### Unreadable, missing or incomplete records")[1]
+    for record, field in ((word, "metrics.top1='high' is a str, expected a number"),
+                          (text_cost, "cost.macs='lots' is a str, expected a number")):
+        row = next(line for line in problems.splitlines() if record["run_id"] in line)
+        assert f"runs/{record['run_id']}/result.json" in row and field in row and "unreadable record" in row
+    assert "- Records read: 6" in text
+
+
+def test_zero_records_read_is_a_one_line_error_saying_where_to_look(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    def error_of(*argv: str) -> str:
+        assert report.main([*argv, "--out", str(tmp_path / "out")]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("ablate report: no record read from ")
+        return err
+
+    (tmp_path / "empty").mkdir()
+    assert "it holds no records; a sweep folder is results/sweeps/<sweep>/" in error_of(str(tmp_path / "empty"))
+    results = tmp_path / "results"
+    write_sweep(results, "s", paired([80.0], [80.5]))
+    assert f"a results root: use --results {results}" in error_of(str(results))
+    (tmp_path / "parent" / "sweeps" / "s").mkdir(parents=True)
+    assert f"holds sweeps/: give one of {tmp_path / 'parent' / 'sweeps'}/<sweep>" in error_of(str(tmp_path / "parent"))
+    stray = tmp_path / "copied" / "a" / "result.json"
+    stray.parent.mkdir(parents=True)
+    stray.write_text("{}")
+    err = error_of("--results", str(tmp_path / "copied"))
+    assert f"1 result.json file(s) lie outside the layout (e.g. {stray})" in err
+    assert "--results ROOT reads ROOT/runs/<run_id>/result.json" in err
+    assert not (tmp_path / "out" / "report.md").exists()
+
+
+def test_report_artefacts_replace_planted_links_never_write_through_them(study: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    targets = {}
+    for name in ("report.md", "results.csv", "verdicts.csv", "shapes_bars.png"):
+        targets[name] = tmp_path / f"victim-{name}"
+        targets[name].write_text("precious\n")
+        (out / name).symlink_to(targets[name])
+    report.write_report([study["sweep"]], out, study["hypotheses"], results_root=study["results"])
+    for name, target in targets.items():
+        assert target.read_text() == "precious\n", name
+        assert not (out / name).is_symlink() and (out / name).stat().st_size > 0, name
+    assert (out / "report.md").read_bytes() == study["report"].read_bytes()

@@ -3,6 +3,8 @@
 Writers and signal targets are forked children of the test process: they start at once (no
 second torch import) and their signal handlers stay out of pytest's process.
 """
+import errno
+import io
 import multiprocessing
 import os
 import pickle
@@ -109,6 +111,55 @@ def test_a_checkpoint_holding_a_pickled_object_is_refused(tmp_path):
     with pytest.raises(pickle.UnpicklingError, match=f"refusing to load checkpoint {tmp_path / 'c.pt'}"):
         checkpoint.load(tmp_path / "c.pt")
     assert not marker.exists()
+    with pytest.raises(checkpoint.UnsafeCheckpoint):
+        checkpoint.load(tmp_path / "c.pt")
+
+
+def test_an_unsafe_checkpoint_is_moved_aside_never_loaded(tmp_path, caplog):
+    marker = tmp_path / "code-ran"
+    torch.save({"step": 1, "evil": _Payload(marker)}, tmp_path / "checkpoint.pt")
+    assert checkpoint.load_for_resume(tmp_path / "checkpoint.pt") is None
+    assert not marker.exists() and not (tmp_path / "checkpoint.pt").exists()
+    (kept,) = (tmp_path / "history").iterdir()
+    assert kept.name.startswith("checkpoint-unusable-") and "NOT loaded" in caplog.text
+
+
+def _damage(path: Path, how: str) -> None:
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    else:
+        path.write_bytes(b"not a checkpoint at all\n" * 10)
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "garbage"])
+def test_a_damaged_checkpoint_is_named_as_such_and_moved_to_history(tmp_path, how, caplog):
+    path = tmp_path / "checkpoint.pt"
+    checkpoint.save(path, {"step": 3, "payload": torch.zeros(10_000)})
+    _damage(path, how)
+    with pytest.raises(checkpoint.UnusableCheckpoint, match="torn, empty or not a checkpoint") as raised:
+        checkpoint.load(path)
+    assert not isinstance(raised.value, pickle.UnpicklingError)  # not mistaken for an unsafe one
+    assert checkpoint.load_for_resume(path) is None
+    assert not path.exists() and len(list((tmp_path / "history").glob("checkpoint-unusable-*.pt"))) == 1
+    assert "the cell restarts from step 0" in caplog.text
+
+
+class _FullDisk(io.FileIO):
+    def write(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_names_enospc_and_the_path_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    checkpoint.save(path, {"step": 1})
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode: _FullDisk(fd, mode))
+    with pytest.raises(OSError, match=f"No space left on device \\(ENOSPC\\) writing {path}") as raised:
+        checkpoint.save(path, {"step": 2, "payload": torch.zeros(1000)})  # torch hides it as 'unexpected pos'
+    assert raised.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert checkpoint.load(path)["step"] == 1 and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 
 def _loop(marker: Path, step_s: float, displaced=None) -> None:

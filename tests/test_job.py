@@ -5,8 +5,10 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from ablate import records
+from ablate.config import compose
 from conftest import ROOT, clean_env, load_records, run_cli
 
 
@@ -121,3 +123,141 @@ def test_a_setting_that_breaks_the_lr_rule_fails_its_cell_in_one_line(tmp_path, 
     assert record["status"] == "failed" and record["error"]["type"] == "ConfigError"
     assert "trainer.lr_base_size=0 is not allowed: a number >= 1" in record["error"]["message"]
     assert "ZeroDivisionError" not in proc.stdout + proc.stderr
+
+
+def _read_only_under(monkeypatch, root: Path) -> None:
+    """Every write under `root` fails with EROFS, as on a read-only mount (root ignores chmod)."""
+    import builtins
+    import errno
+    import os
+    import tempfile
+
+    def guard(path) -> None:
+        if Path(os.path.abspath(path)).is_relative_to(root):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    real_open, real_os_open, real_mkdir, real_mkstemp = builtins.open, os.open, os.mkdir, tempfile.mkstemp
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and any(c in mode for c in "wax+"):
+            guard(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def fake_os_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            guard(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(os, "open", fake_os_open)
+    monkeypatch.setattr(os, "mkdir", lambda path, *a, **k: (guard(path), real_mkdir(path, *a, **k))[1])
+    monkeypatch.setattr(tempfile, "mkstemp", lambda *a, dir=None, **k: (guard(dir), real_mkstemp(*a, dir=dir, **k))[1])
+
+
+def _tree(root: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for p in sorted(root.rglob("*"))}
+
+
+def test_a_read_only_results_folder_serves_completed_cells_and_fails_the_rest_in_one_line(
+        tmp_path, tiny_args, monkeypatch, caplog):
+    from ablate import job
+    from ablate.train import preemption
+
+    results = tmp_path / "results"
+    paths = [f"paths.results={results}", f"paths.data={tmp_path / 'data'}"]
+    run_cli(tiny_args + ["sweep=ro"], tmp_path)
+    (done,) = load_records(results)
+    done_cfg, new_cfg = compose(tiny_args + paths), compose(tiny_args + paths + ["seed=1"])
+    monkeypatch.setattr(preemption, "install", lambda: None)  # no signal handlers in pytest's process
+    before = _tree(results)
+    _read_only_under(monkeypatch, results)
+
+    assert job.run(done_cfg, overrides=[]) == done  # reused, no lock or log line needed
+    failed = job.run(new_cfg, overrides=[])
+    assert failed["status"] == "failed" and failed["error"]["type"] == "OSError"
+    assert "Read-only file system" in failed["error"]["message"]
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "cannot run" in line and "give a writable paths.results" in line
+    assert _tree(results) == before  # nothing written, nothing touched
+
+
+def test_a_full_disk_fails_the_cell_naming_enospc_and_keeps_the_sweep_going(tmp_path, tiny_args, monkeypatch, caplog):
+    import errno
+    import os
+
+    from ablate import atomic, job
+    from ablate.train import preemption
+
+    results = tmp_path / "results"
+    cfg = compose(tiny_args + [f"paths.results={results}", f"paths.data={tmp_path / 'data'}"])
+    monkeypatch.setattr(preemption, "install", lambda: None)
+    real_write = atomic.write
+
+    def full(path, content):
+        if Path(path).is_relative_to(results):
+            raise atomic.write_error(Path(path), OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+        real_write(path, content)
+
+    monkeypatch.setattr(atomic, "write", full)
+    record = job.run(cfg, overrides=[])
+    assert record["status"] == "failed" and record["error"]["type"] == "OSError"
+    assert "No space left on device (ENOSPC) writing" in record["error"]["message"]
+    assert "checkpoint.pt" in record["error"]["message"]
+    assert not list(results.glob("runs/*/result.json")) and not list(results.glob("runs/*/checkpoint.pt"))
+    assert any("its record was not written" in r.getMessage() and "ENOSPC" in r.getMessage() for r in caplog.records)
+
+
+def test_wandb_with_a_key_but_no_server_goes_offline_at_once_and_the_cell_completes(tmp_path, tiny_args):
+    import time
+
+    from ablate import tracking
+
+    closed = "http://127.0.0.1:9"  # the discard port on loopback: nothing listens, nothing leaves the machine
+    tic = time.monotonic()
+    assert "cannot connect to http://127.0.0.1:9 (Connection refused)" in tracking.unreachable(closed)
+    assert time.monotonic() - tic < 1.0
+    args = [a for a in tiny_args if a != "logger=none"] + ["logger=wandb"]
+    env = clean_env(HOME=str(tmp_path), WANDB_API_KEY="f" * 40, WANDB_BASE_URL=closed)
+    proc = run_cli(args, tmp_path, env=env)
+    (record,) = load_records(tmp_path / "results")
+    assert record["status"] == "completed"
+    run_dir = tmp_path / "results" / "runs" / record["run_id"]
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    (line,) = [line for line in (run_dir / "train.log").read_text().splitlines() if "logging offline" in line]
+    assert "WARNING" in line and f"wandb sync {offline}" in line
+    assert "logging offline" in proc.stderr + proc.stdout
+
+
+def test_wandb_server_that_accepts_but_never_answers_falls_back_offline_after_the_init_timeout(tmp_path, monkeypatch):
+    import contextlib
+    import socket
+    import threading
+    import time
+
+    import wandb
+
+    from ablate import tracking
+
+    listener = socket.create_server(("127.0.0.1", 0))  # loopback only; accepts, never answers
+    accepted = []
+
+    def accept_forever() -> None:
+        with contextlib.suppress(OSError):  # until the listener is closed
+            while True:
+                accepted.append(listener.accept()[0])
+
+    threading.Thread(target=accept_forever, daemon=True).start()
+    for key, value in clean_env(HOME=str(tmp_path), WANDB_API_KEY="f" * 40,
+                                WANDB_BASE_URL=f"http://127.0.0.1:{listener.getsockname()[1]}").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(tracking, "INIT_TIMEOUT_S", 3.0)
+    tic = time.monotonic()
+    tracker = tracking.WandbTracker({"project": "p", "mode": None}, run_dir=tmp_path, run_id="0123456789abcdef",
+                                    sweep="s", config={"a": 1}, task_name="t", variant="pico", ssm=False, resume=True)
+    took = time.monotonic() - tic
+    tracker.log({"train/loss": 1.0}, step=1)
+    tracker.finish({"status": "completed"}, failed=False)
+    listener.close()
+    wandb.teardown()
+    assert tracker.run.settings.mode == "offline" and took < 60, took
+    assert len(list((tmp_path / "wandb").glob("offline-run-*-0123456789abcdef-0"))) == 1

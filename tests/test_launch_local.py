@@ -86,6 +86,33 @@ def test_job_output_goes_to_its_folder(tmp_path):
     assert "stderr of ok" not in (boom_dir / STDERR_FILE).read_text()
 
 
+class _Planted:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))  # what unpickling this would run
+
+
+def test_pickles_pass_through_a_private_temp_folder_not_the_job_folder(tmp_path, monkeypatch):
+    import pickle
+    import tempfile
+
+    private_root = tmp_path / "tmp"
+    private_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private_root))
+    planted = tmp_path / "sweep" / "0" / ".launcher"
+    planted.mkdir(parents=True)
+    for name in ("return.pkl", "job.pkl"):  # where earlier versions read them from
+        (planted / name).write_bytes(pickle.dumps(_Planted(tmp_path / f"code-ran-{name}")))
+    (ret,) = launch(tmp_path, ["hydra.launcher.gpus=[]"], [["name=ok"]])
+    assert ret.status == JobStatus.COMPLETED and ret.return_value == {"name": "ok"}
+    assert not list(tmp_path.glob("code-ran-*"))
+    payload, result = (Path(arg) for arg in marker(tmp_path, "ok")["argv"][1:])
+    assert payload.parent == result.parent and payload.parent.parent.parent == private_root
+    assert list(private_root.iterdir()) == []  # removed when the sweep ended
+
+
 def test_cpu_mode_runs_max_parallel_jobs_sharing_the_cores(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU visible, whatever this machine has
     jobs = [["name=a", "peer=b"], ["name=b", "peer=a"], ["name=c"]]

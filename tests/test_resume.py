@@ -242,3 +242,25 @@ def test_concurrent_jobs_of_one_cell_train_once_and_leave_a_valid_record(tmp_pat
     assert not (run_dir / "history").exists()  # nothing was archived: no second attempt
     assert [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")] == []  # no torn temp files
     assert [r["run_id"] for r in load_records(results)] == [run_id]
+
+
+def test_a_torn_checkpoint_is_set_aside_and_its_cell_completes(tmp_path, tiny_args):
+    # Three cells, each left with a damaged checkpoint and no record: every retry used to fail on it.
+    from test_checkpoint import _damage
+
+    results = tmp_path / "results"
+    args = ["-m"] + tiny_args + ["model.ssm=false", "seed=0,1,2", "sweep=torn"] + NO_REPORT
+    run_cli(args, tmp_path)
+    runs = _runs(results)
+    for (_, seed), how in zip(sorted(runs), ("truncated", "empty", "garbage")):
+        run_dir = runs[(False, seed)]
+        (run_dir / "result.json").unlink()
+        _damage(run_dir / "checkpoint.pt", how)
+
+    run_cli(args, tmp_path)
+    for run_dir in _runs(results).values():
+        record = records.read(run_dir / "result.json")
+        assert record["status"] == "completed" and record["cost"]["resumed_from_step"] is None
+        assert len(list((run_dir / "history").glob("checkpoint-unusable-*.pt"))) == 1
+        assert checkpoint.load(run_dir / "checkpoint.pt")["step"] == 3  # a fresh, good one
+        assert "moved to" in (run_dir / "train.log").read_text()

@@ -13,6 +13,8 @@ import pandas as pd
 from matplotlib import ticker
 from matplotlib.figure import Figure
 
+from ablate import atomic
+
 ARM_STYLE = {"c": ("no SSM (control)", "tab:blue", "o"), "t": ("SSM (treatment)", "tab:orange", "s")}
 PNG_METADATA = {"Software": None}  # no matplotlib version in the file: same records, same bytes
 
@@ -38,7 +40,7 @@ def _plain_log_axis(axes: Any) -> None:
 
 
 def _save(figure: Figure, out_dir: Path, name: str) -> str:
-    figure.savefig(out_dir / name, dpi=100, metadata=PNG_METADATA)
+    atomic.write(out_dir / name, lambda handle: figure.savefig(handle, format="png", dpi=100, metadata=PNG_METADATA))
     return name
 
 

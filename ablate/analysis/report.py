@@ -18,10 +18,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from ablate import records
+from ablate import atomic, records
 from ablate.analysis import figures, summaries
 from ablate.analysis.collect import (
-    Collection, Pairing, at_level, cell_factors, collect, format_level, pair, shown_path, with_cells,
+    CELL_FILE, RESULT_FILE, Collection, Pairing, at_level, cell_factors, collect, format_level, pair, shown_path,
+    with_cells,
 )
 from ablate.analysis.hypotheses import (
     CHANCE_MARGIN, CONF_DIR, INSUFFICIENT, VERDICT_COLUMNS, Hypothesis, Verdict, evaluate, load_hypotheses, mismatches,
@@ -56,6 +57,8 @@ def write_report(
     sweep_dirs = [Path(d) for d in sweep_dirs]
     hypotheses = load_hypotheses(hypotheses_dir)
     collection = collect(sweep_dirs, results_root, extra_factors=_hypothesis_factors(hypotheses))
+    if collection.runs.empty:
+        raise ValueError(_nothing_read(sweep_dirs, results_root, collection))
     out = Path(out_dir) if out_dir is not None else default_out_dir(sweep_dirs, results_root)
     out.mkdir(parents=True, exist_ok=True)
     verdicts = [evaluate(h, collection) for h in hypotheses]
@@ -82,8 +85,33 @@ def write_report(
         _files_section(drawn, curve_files),
     ]
     path = out / REPORT_FILE
-    path.write_text("\n\n".join(sections).rstrip() + "\n")
+    atomic.write(path, "\n\n".join(sections).rstrip() + "\n")
     return path
+
+
+def _nothing_read(sweep_dirs: Sequence[Path], results_root: Path | None, collection: Collection) -> str:
+    """Why no record was read, and which folder or flag would read them: the line the report fails with.
+
+    A report of zero records looks like a report; it hides a wrong path or a layout the reader skips.
+    """
+    searched = [*sweep_dirs, *([Path(results_root)] if results_root is not None else [])]
+    head = f"no record read from {', '.join(shown_path(p) for p in searched)}"
+    if len(collection.problems):
+        first = collection.problems.iloc[0]
+        return f"{head}: {len(collection.problems)} problem(s), e.g. {first['file']}: {first['problem']}"
+    for folder in sweep_dirs:
+        if any(folder.glob(f"runs/*/{RESULT_FILE}")):
+            where = shown_path(folder)
+            return f"{head}: {where} holds runs/<run_id>/{RESULT_FILE}, a results root: use --results {where}"
+        if (folder / "sweeps").is_dir():
+            return f"{head}: {shown_path(folder)} holds sweeps/: give one of {shown_path(folder / 'sweeps')}/<sweep>"
+    strays = sorted(path for folder in searched for path in folder.rglob(RESULT_FILE))
+    layout = (f"a sweep folder is results/sweeps/<sweep>/ (job folders with {CELL_FILE}); --results ROOT reads "
+              f"ROOT/runs/<run_id>/{RESULT_FILE}")
+    if strays:
+        example = shown_path(strays[0])
+        return f"{head}: {len(strays)} {RESULT_FILE} file(s) lie outside the layout (e.g. {example}); {layout}"
+    return f"{head}: it holds no records; {layout}"
 
 
 def _hypothesis_factors(hypotheses: Iterable[Hypothesis]) -> list[str]:
@@ -157,10 +185,10 @@ def _draw(out: Path, summary: pd.DataFrame, points: pd.DataFrame) -> dict[str, d
 
 
 def _write_csvs(out: Path, runs: pd.DataFrame, verdicts: list[Verdict]) -> None:
-    runs.assign(overrides=[" ".join(o) for o in runs["overrides"]]).to_csv(out / RESULTS_CSV, index=False)
+    atomic.write(out / RESULTS_CSV, runs.assign(overrides=[" ".join(o) for o in runs["overrides"]]).to_csv(index=False))
     rows = [v.rows for v in verdicts if not v.rows.empty]
     frame = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=list(VERDICT_COLUMNS))
-    frame.to_csv(out / VERDICTS_CSV, index=False)
+    atomic.write(out / VERDICTS_CSV, frame.to_csv(index=False))
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -424,7 +452,7 @@ def _sanity_tables(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
             for wide, other in (("t", "c"), ("c", "t")):
                 if sd[wide] > SEED_SD_RATIO * sd[other]:
                     spread.append({"cell group": group["label"].iloc[0], "arm": ARM_NAMES[wide],
-                                   "sd over seeds": fmt(sd[wide], ".3g"), f"other arm's sd": fmt(sd[other], ".3g")})
+                                   "sd over seeds": fmt(sd[wide], ".3g"), "other arm's sd": fmt(sd[other], ".3g")})
     return loss, pd.DataFrame(spread, columns=["cell group", "arm", "sd over seeds", "other arm's sd"])
 
 

@@ -7,62 +7,102 @@ that holds any other pickled object is refused instead of executed. The loop sto
     {"model": state_dict, "optimizer": ..., "scheduler": ..., "scaler": ..., "step": int,
      "epoch": int, "rng": rng_state(), "wandb_run_id": str | None, ...}
 
-``save`` never leaves a torn file: it writes a temp file in the same folder, fsyncs it and renames
-it over the old one (``os.replace`` is atomic on POSIX), so a job killed at any point -- SIGKILL,
-node loss, Slurm's time limit -- leaves either the previous checkpoint or the new one.
+``save`` never leaves a torn file (``ablate.atomic.write``: temp file, fsync, rename), so a job
+killed at any point -- SIGKILL, node loss, Slurm's time limit -- leaves either the previous
+checkpoint or the new one; a full disk fails the save with one ``OSError`` naming ENOSPC and the
+path, the previous checkpoint intact. A checkpoint damaged anyway (copied half, truncated by hand)
+is moved to ``history/`` by ``load_for_resume`` and the cell restarts instead of failing forever.
 """
 from __future__ import annotations
 
-import os
+import datetime as dt
+import logging
 import pickle
 import random
-import tempfile
+import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-_TMP_SUFFIX = ".tmp"
+from ablate import atomic
+
+log = logging.getLogger("ablate.train")
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_orphans(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=_TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    atomic.write(Path(path), lambda handle: torch.save(state, handle))
+
+
+class UnusableCheckpoint(ValueError):
+    """A checkpoint file that cannot be resumed from: torn, empty, or not a torch.save archive."""
+
+
+class UnsafeCheckpoint(UnusableCheckpoint, pickle.UnpicklingError):
+    """A checkpoint refused by ``weights_only=True``: it holds pickled objects, which could run code."""
 
 
 def load(path: Path, map_location: Any = "cpu") -> dict[str, Any] | None:
     """Load a checkpoint written by ``save``; None when there is none at ``path``.
 
-    Raises ``pickle.UnpicklingError`` naming the file when it holds anything but tensors and plain
-    containers (``weights_only=True``): a checkpoint is data, never code.
+    Raises ``UnsafeCheckpoint`` (a ``pickle.UnpicklingError``) naming the file when it holds anything
+    but tensors and plain containers (``weights_only=True``): a checkpoint is data, never code; and
+    ``UnusableCheckpoint`` when the file is torn, empty or not a checkpoint at all.
     """
     path = Path(path)
     if not path.exists():
         return None
+    # torch.save always writes a zip archive; a torn or empty file lacks the archive's end record.
+    if not zipfile.is_zipfile(path):
+        raise UnusableCheckpoint(
+            f"checkpoint {path} is not a complete torch.save archive ({path.stat().st_size} bytes): torn, empty "
+            "or not a checkpoint"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        raise pickle.UnpicklingError(
+        raise UnsafeCheckpoint(
             f"refusing to load checkpoint {path}: it holds objects other than tensors and plain "
             f"containers, and checkpoints load with weights_only=True ({_first_line(error)})"
         ) from error
+    except (RuntimeError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:  # a damaged member
+        raise UnusableCheckpoint(f"checkpoint {path} cannot be read: {_first_line(error)}") from error
     if not isinstance(state, dict):
-        raise ValueError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
+        raise UnusableCheckpoint(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     return state
+
+
+def load_for_resume(path: Path, map_location: Any = "cpu") -> dict[str, Any] | None:
+    """``load``, except that an unusable checkpoint is moved to ``history/`` beside it and None returned.
+
+    A torn checkpoint would otherwise fail every retry of its cell until deleted by hand; the file is
+    kept (the user may want it), and the cell restarts from scratch. An unsafe one is never loaded.
+    """
+    path = Path(path)
+    try:
+        return load(path, map_location)
+    except UnusableCheckpoint as error:
+        kept = _set_aside(path)
+        if isinstance(error, UnsafeCheckpoint):
+            log.error("%s; NOT loaded (it could run code): moved to %s, the cell restarts from step 0", error, kept)
+        else:
+            log.warning("%s: moved to %s, the cell restarts from step 0", error, kept)
+        return None
+
+
+def _set_aside(path: Path) -> Path:
+    history = path.parent / "history"
+    history.mkdir(exist_ok=True)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H-%M-%S")
+    target, n = history / f"{path.stem}-unusable-{stamp}{path.suffix}", 1
+    while target.exists():
+        n += 1
+        target = history / f"{path.stem}-unusable-{stamp}-{n}{path.suffix}"
+    shutil.move(str(path), target)
+    return target
 
 
 def rng_state() -> dict[str, Any]:
@@ -100,40 +140,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
         numpy_state["has_gauss"], numpy_state["cached_gaussian"],
     ))
-
-
-def _tmp_prefix(path: Path) -> str:
-    return f".{path.name}.{os.getpid()}."
-
-
-def _remove_orphans(path: Path) -> None:
-    """Delete temp files that a killed writer of ``path`` left behind (its pid is gone).
-
-    A live writer's temp file is left alone: its pid is in the name and still running.
-    """
-    for tmp in path.parent.glob(f".{path.name}.*{_TMP_SUFFIX}"):
-        pid_text = tmp.name[len(path.name) + 2:].split(".", 1)[0]
-        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
-            tmp.unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _fsync_dir(folder: Path) -> None:
-    # The rename is durable only once the directory entry itself reaches the disk.
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _first_line(error: BaseException) -> str:

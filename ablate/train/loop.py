@@ -157,7 +157,7 @@ def fit(
         })
         curve.write(run_dir)
 
-    state = checkpoint.load(ckpt_path, map_location=device)
+    state = checkpoint.load_for_resume(ckpt_path, map_location=device)
     if state is None:
         step, resumed_from = 0, None
         seed_everything(seed + 1)  # after model init, so augmentation draws match across arms

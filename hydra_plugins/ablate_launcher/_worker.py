@@ -9,7 +9,6 @@ it died. (Hydra's plugin scan skips this module: its name starts with an undersc
 """
 from __future__ import annotations
 
-import os
 import pickle
 import sys
 import traceback
@@ -19,6 +18,8 @@ from typing import List
 import cloudpickle
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
+
+from ablate import atomic
 
 
 def main(argv: List[str]) -> None:
@@ -45,12 +46,7 @@ def _write_return(ret: JobReturn, result: Path) -> None:
         ret.status = JobStatus.FAILED
         ret.return_value = RuntimeError(f"the job's outcome could not be pickled back to the launcher: {error!r}")
         body = cloudpickle.dumps(ret)
-    tmp = result.with_name(result.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(body)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, result)
+    atomic.write(result, body)
 
 
 if __name__ == "__main__":

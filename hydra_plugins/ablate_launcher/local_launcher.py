@@ -10,6 +10,10 @@ A job that raises, exits or dies by a signal does not stop the others: every job
 Hydra as a ``JobReturn``, FAILED with the error (or with how the process died) for the bad ones.
 Each job's stdout and stderr go to ``stdout.log`` / ``stderr.log`` in its Hydra job folder.
 
+What a job process unpickles (its payload) and what the launcher unpickles back (its outcome) are
+pickles, which run code when loaded: they live in a private temp folder (mode 0700, outside the
+results folder, so nobody else can plant one there) that is removed when the sweep ends.
+
     python run.py -m hydra/launcher=local model.ssm=true,false            # all visible GPUs, 1 per job
     python run.py -m hydra/launcher=local hydra.launcher.gpus=[0,1,2,3] hydra.launcher.gpus_per_job=2
     python run.py -m hydra/launcher=local hydra.launcher.max_parallel=2   # CPU-only machine
@@ -23,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -45,8 +50,9 @@ log = logging.getLogger(__name__)
 # Files the launcher keeps in each job folder.
 STDOUT_FILE = "stdout.log"
 STDERR_FILE = "stderr.log"
-PAYLOAD_FILE = ".launcher/job.pkl"
-RESULT_FILE = ".launcher/return.pkl"
+# Files of each job in the launcher's private temp folder (<tmp>/<job idx>/).
+PAYLOAD_FILE = "job.pkl"
+RESULT_FILE = "return.pkl"
 _POLL_S = 0.1
 _TERMINATE_GRACE_S = 20
 
@@ -73,7 +79,8 @@ class _Job:
     idx: int
     overrides: List[str]
     config: DictConfig
-    folder: Path
+    folder: Path  # the Hydra job folder: logs
+    private: Path  # in the launcher's 0700 temp folder: payload and outcome pickles
 
 
 class GpuPoolLauncher(Launcher):
@@ -101,10 +108,14 @@ class GpuPoolLauncher(Launcher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         mode = f"GPU slots {slots}" if gpus else f"{len(slots)} CPU job(s) at once"
         log.info(f"Launching {len(job_overrides)} jobs locally: {mode}, {threads} thread(s) per job")
-        jobs = [self._prepare(initial_job_idx + n, overrides) for n, overrides in enumerate(job_overrides)]
-        return _run_pool(jobs, slots, threads)
+        private = Path(tempfile.mkdtemp(prefix="ablate-launcher-"))  # mode 0700
+        try:
+            jobs = [self._prepare(initial_job_idx + n, overrides, private) for n, overrides in enumerate(job_overrides)]
+            return _run_pool(jobs, slots, threads)
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
 
-    def _prepare(self, idx: int, overrides: Sequence[str]) -> _Job:
+    def _prepare(self, idx: int, overrides: Sequence[str], private: Path) -> _Job:
         """Compose the job's config, fix its folder, and write what the job process unpickles."""
         assert self.hydra_context is not None and self.config is not None
         config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
@@ -117,12 +128,13 @@ class GpuPoolLauncher(Launcher):
         with read_write(config.hydra.sweep):
             config.hydra.sweep.dir = str(folder.parent)
             config.hydra.sweep.subdir = folder.name
-        (folder / RESULT_FILE).unlink(missing_ok=True)  # a stale result from an earlier launch
-        (folder / PAYLOAD_FILE).parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        job_private = private / str(idx)
+        job_private.mkdir()
         body = cloudpickle.dumps((self.hydra_context, self.task_function, config, Singleton.get_state()))
-        with open(folder / PAYLOAD_FILE, "wb") as handle:
+        with open(job_private / PAYLOAD_FILE, "wb") as handle:
             pickle.dump((list(sys.path), body), handle)
-        return _Job(idx, list(overrides), config, folder)
+        return _Job(idx, list(overrides), config, folder, job_private)
 
 
 def visible_gpus() -> List[str]:
@@ -207,7 +219,7 @@ def _start(job: _Job, slot: Optional[str], threads: int) -> subprocess.Popen:
     where = f"GPU(s) {slot}" if slot is not None else "CPU"
     log.info(f"\t#{job.idx} : {' '.join(filter_overrides(job.overrides))} ({where})")
     command = [sys.executable, "-m", "hydra_plugins.ablate_launcher._worker",
-               str(job.folder / PAYLOAD_FILE), str(job.folder / RESULT_FILE)]
+               str(job.private / PAYLOAD_FILE), str(job.private / RESULT_FILE)]
     with open(job.folder / STDOUT_FILE, "ab") as out, open(job.folder / STDERR_FILE, "ab") as err:
         return subprocess.Popen(command, env=_child_env(slot, threads), stdout=out, stderr=err,
                                 stdin=subprocess.DEVNULL)
@@ -238,7 +250,7 @@ def _run_pool(jobs: List[_Job], slots: List[Optional[str]], threads: int) -> Lis
 
 def _collect(job: _Job, returncode: int) -> JobReturn:
     """The JobReturn the job process wrote, or a FAILED one saying how the process ended."""
-    result = job.folder / RESULT_FILE
+    result = job.private / RESULT_FILE
     if result.exists():
         try:
             with open(result, "rb") as handle:

@@ -38,6 +38,7 @@ def task(cfg: DictConfig) -> dict:
         "running_at_start": len(list(running.iterdir())),
         "slurm_job": _slurm_job(),
         "cwd": os.getcwd(),
+        "argv": sys.argv,
     })
     print(f"stdout of {cfg.name}", flush=True)
     print(f"stderr of {cfg.name}", file=sys.stderr, flush=True)
