@@ -140,6 +140,20 @@ def test_command_line_multirun_finds_the_plugin(tmp_path):
     assert (tmp_path / "sweep" / "1" / STDOUT_FILE).read_text().strip() == "stdout of y"
 
 
+@pytest.mark.parametrize("setting, message", [
+    ("hydra.launcher.max_parallel=0", "hydra.launcher.max_parallel=0: must be null or an integer >= 1"),
+    ("hydra.launcher.gpus_per_job=0", "hydra.launcher.gpus_per_job=0: must be an integer >= 1"),
+])
+def test_a_bad_launcher_setting_is_one_line_without_traceback(tmp_path, setting, message):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(
+        [sys.executable, "launch_app.py", "-m", "hydra/launcher=local", "name=x,y", setting,
+         f"out={tmp_path / 'm'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=APP_DIR, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stdout + done.stderr
+
+
 def test_slots_cut_the_gpus_into_groups():
     assert plan_slots(["0", "1", "2", "3"], 2, None) == ["0,1", "2,3"]
     assert plan_slots(["0", "1", "2", "3"], 1, 3) == ["0", "1", "2"]

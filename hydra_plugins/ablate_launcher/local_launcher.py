@@ -39,6 +39,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
+from hydra.errors import CompactHydraException
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -163,19 +164,23 @@ def visible_gpus() -> List[str]:
     return [str(i) for i in range(count)]
 
 
+class LaunchSettingError(CompactHydraException, ValueError):
+    """A launcher setting outside what is allowed; Hydra prints a CompactHydraException as its message alone."""
+
+
 def plan_slots(gpus: Sequence[str], gpus_per_job: int, max_parallel: Optional[int]) -> List[Optional[str]]:
     """The CUDA_VISIBLE_DEVICES value of each parallel slot; None for a CPU slot."""
     if not isinstance(gpus_per_job, int) or gpus_per_job < 1:
-        raise ValueError(f"hydra.launcher.gpus_per_job={gpus_per_job!r}: must be an integer >= 1")
+        raise LaunchSettingError(f"hydra.launcher.gpus_per_job={gpus_per_job!r}: must be an integer >= 1")
     if max_parallel is not None and (not isinstance(max_parallel, int) or max_parallel < 1):
-        raise ValueError(f"hydra.launcher.max_parallel={max_parallel!r}: must be null or an integer >= 1")
+        raise LaunchSettingError(f"hydra.launcher.max_parallel={max_parallel!r}: must be null or an integer >= 1")
     if len(set(gpus)) != len(gpus):
-        raise ValueError(f"hydra.launcher.gpus={list(gpus)}: lists a GPU twice; each id may appear once")
+        raise LaunchSettingError(f"hydra.launcher.gpus={list(gpus)}: lists a GPU twice; each id may appear once")
     if not gpus:
         return [None] * (max_parallel or 1)
     count = len(gpus) // gpus_per_job
     if count == 0:
-        raise ValueError(
+        raise LaunchSettingError(
             f"hydra.launcher.gpus_per_job={gpus_per_job}: more than the {len(gpus)} GPU(s) {list(gpus)}; "
             f"allowed: 1..{len(gpus)}"
         )
