@@ -10,7 +10,8 @@ from optuna.trial import TrialState
 
 from ablate.tune import study as st
 from ablate.tune.errors import TuneConfigError
-from ablate.tune.storage import open_storage, redact, resolve_storage_url
+from ablate.secrets import redact
+from ablate.tune.storage import open_storage, resolve_storage_url
 
 SPACE = {"x": FloatDistribution(-5.0, 5.0)}
 TPE = {"_target_": "optuna.samplers.TPESampler", "seed": 0}

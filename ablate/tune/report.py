@@ -21,8 +21,9 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
+from ablate.secrets import redact
 from ablate.tune import study as st
-from ablate.tune.storage import load_study, redact
+from ablate.tune.storage import load_study
 
 EDGE_FRACTION = 0.05
 
