@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Optional
+
+from ablate import secrets
 
 log = logging.getLogger("ablate.tracking")
 MODES = ("online", "offline", "disabled")
@@ -62,7 +65,9 @@ class WandbTracker:
             name=f"{task_name}-{variant}-{'ssm' if ssm else 'nossm'}-{run_id[:8]}",
             tags=["ssm-on" if ssm else "ssm-off", task_name, variant], config=flatten(config),
             dir=str(run_dir), id=self.run_id, resume="allow", mode=mode, reinit="finish_previous",
-            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+            # wandb's metadata holds sys.argv verbatim: leave it out when the command line has a password.
+            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True,
+                                    x_disable_meta=secrets.redact_tree(sys.argv) != sys.argv),
         )
 
     def log(self, values: Mapping[str, Any], step: int) -> None:
