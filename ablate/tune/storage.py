@@ -47,7 +47,7 @@ def resolve_storage_url(url: str | None, sweep_dir: Path) -> str:
     if url.startswith(FILE):
         url = FILE + str(Path(url[len(FILE):]).resolve())
     if url.startswith((ENV, FILE)):
-        _check_url(dereference(url), url)
+        _check_url(dereference(url, key="hydra.sweeper.storage"), url)
         return url
     _check_url(url, url)
     if url.startswith(JOURNAL):
@@ -57,14 +57,17 @@ def resolve_storage_url(url: str | None, sweep_dir: Path) -> str:
     return url
 
 
-def dereference(url: str) -> str:
-    """The URL behind an env:NAME or file:PATH reference; any other URL unchanged."""
+def dereference(url: str, key: str = "tuning.storage") -> str:
+    """The URL behind an env:NAME or file:PATH reference; any other URL unchanged.
+
+    `key` is the setting named in errors: the sweeper's, or the job's override.
+    """
     if url.startswith(ENV):
         name = url[len(ENV):]
         value = os.environ.get(name, "").strip()
         if not value:
             raise TuneConfigError(
-                f"tuning storage {url}: environment variable {name or '(no name)'} is not set; "
+                f"{key}={url}: environment variable {name or '(no name)'} is not set; "
                 f"export {name or 'NAME'}=<database URL> where the sweep and its jobs run"
             )
         return value
@@ -74,11 +77,11 @@ def dereference(url: str) -> str:
             value = path.read_text().strip()
         except OSError as exc:
             raise TuneConfigError(
-                f"tuning storage {url}: cannot read {path} ({exc.strerror}); expected a file "
+                f"{key}={url}: cannot read {path} ({exc.strerror}); expected a file "
                 "holding the database URL"
             ) from None
         if not value:
-            raise TuneConfigError(f"tuning storage {url}: {path} is empty; expected a database URL")
+            raise TuneConfigError(f"{key}={url}: {path} is empty; expected a database URL")
         return value
     return url
 
