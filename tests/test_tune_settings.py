@@ -24,6 +24,11 @@ BAD_SETTINGS = [
     (["hydra.sweeper.storage=notaurl"], "hydra.sweeper.storage='notaurl': expected sqlite:///PATH"),
     (["hydra.sweeper.storage=postgresql://u:pw@127.0.0.1:1/db"],
      "tuning storage postgresql://u:***@127.0.0.1:1/db: the database driver is not installed"),
+    (["hydra.sweeper.storage=sqlite:////proc/x/optuna.db"],
+     "tuning storage sqlite:////proc/x/optuna.db: cannot open it (FileNotFoundError: "),
+    (["hydra.sweeper.storage=sqlite:////tmp"],
+     "tuning storage sqlite:////tmp: cannot open it (OperationalError: (sqlite3.OperationalError) "
+     "unable to open database file)"),
     (["hydra.sweeper.storage=env:ABLATE_TEST_UNSET_URL"],
      "hydra.sweeper.storage=env:ABLATE_TEST_UNSET_URL: environment variable ABLATE_TEST_UNSET_URL is not set"),
     (["hydra.sweeper.storage=file:/nonexistent/url"],

@@ -107,7 +107,25 @@ def _check_url(url: str, given: str) -> None:
 
 def open_storage(url: str) -> BaseStorage:
     """An Optuna storage for a resolved URL or reference (see `resolve_storage_url`)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     url = dereference(url)
+    try:
+        return _open(url)
+    except ImportError as exc:  # optuna's message names no driver; SQLAlchemy's cause does
+        cause = exc.__cause__ or exc
+        raise TuneConfigError(
+            f"tuning storage {redact(url)}: the database driver is not installed "
+            f"({redact(str(cause))}); install the module it names"
+        ) from None
+    except (OSError, SQLAlchemyError) as exc:  # unwritable path, unreachable server, bad login
+        reason = redact(" ".join(str(exc).split("(Background on this error")[0].split()))
+        raise TuneConfigError(
+            f"tuning storage {redact(url)}: cannot open it ({type(exc).__name__}: {reason})"
+        ) from None
+
+
+def _open(url: str) -> BaseStorage:
     if url.startswith(JOURNAL):
         path = Path(url[len(JOURNAL):])
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,14 +133,7 @@ def open_storage(url: str) -> BaseStorage:
     if url.startswith(SQLITE):
         Path(url[len(SQLITE):]).parent.mkdir(parents=True, exist_ok=True)
         return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}})
-    try:
-        return RDBStorage(url)
-    except ImportError as exc:  # optuna's message names no driver; SQLAlchemy's cause does
-        cause = exc.__cause__ or exc
-        raise TuneConfigError(
-            f"tuning storage {redact(url)}: the database driver is not installed "
-            f"({redact(str(cause))}); install the module it names"
-        ) from None
+    return RDBStorage(url)
 
 
 def load_study(url: str, name: str) -> optuna.Study:
