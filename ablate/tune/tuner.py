@@ -1,8 +1,9 @@
 """Fair tuning: one study per arm, equal budgets, then a final comparison with each arm's best.
 
 The loop, per batch of `n_jobs` jobs:
-    ask   trials round-robin over the arms that still have budget (so an interrupted search leaves
-          the arms at nearly the same count), each trial tagged with this sweep's dir;
+    ask   trials in lock step: each slot goes to the arm with the least budget used, so an
+          interrupted search leaves the arms at most one trial apart; each trial is tagged
+          with this sweep's dir;
     run   one Hydra job per distinct proposal through the configured launcher (any launcher:
           local, GPU pool, Slurm), with `+tuning.study/trial/storage/role=tune` overrides;
     tell  each trial its outcome (ablate.tune.outcome); a failed job is a FAIL trial, never a
@@ -112,8 +113,8 @@ class FairTuner:
         self._next_job = 0
         if redact(storage_url) != storage_url:
             log.warning("hydra.sweeper.storage holds a password: every job gets it as an override "
-                        "(ablate writes it redacted, Hydra's .hydra/ files do not); pass "
-                        "hydra.sweeper.storage=env:NAME or file:PATH instead")
+                        "(ablate's files hold it redacted, the launcher's output and pickled jobs "
+                        "do not); pass hydra.sweeper.storage=env:NAME or file:PATH instead")
 
     def run(self, launch: Launch) -> list[Sequence[JobReturn]]:
         arms = self.open_studies()
