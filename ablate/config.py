@@ -9,6 +9,7 @@ allowed.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -20,9 +21,34 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
+# A file name may have at most this many bytes (Linux NAME_MAX); longer job folders fail to open.
+MAX_DIRNAME_BYTES = 255
+DIRNAME_HASH_CHARS = 12
+
+
+def short_dirname(name: str) -> str:
+    """`name` with every '/'-separated part of more than 255 bytes cut, plus a hash of the part.
+
+    Deterministic, so a resumed sweep finds the same job folders; short names are unchanged.
+    """
+    return "/".join(_short_part(part) for part in name.split("/"))
+
+
+def _short_part(part: str) -> str:
+    raw = part.encode()
+    if len(raw) <= MAX_DIRNAME_BYTES:
+        return part
+    digest = hashlib.sha256(raw).hexdigest()[:DIRNAME_HASH_CHARS]
+    head = raw[: MAX_DIRNAME_BYTES - DIRNAME_HASH_CHARS - 1].decode(errors="ignore")  # whole characters
+    return f"{head}-{digest}"
+
+
 if not OmegaConf.has_resolver("cwd"):
     # Absolute launch directory, resolved where the config is resolved (launcher and job alike).
     OmegaConf.register_new_resolver("cwd", os.getcwd)
+if not OmegaConf.has_resolver("short_dirname"):
+    # hydra.sweep.subdir: job folders named by their overrides, cut to a legal length.
+    OmegaConf.register_new_resolver("short_dirname", short_dirname)
 
 
 SCHEDULES = ("cosine", "multistep", "poly")

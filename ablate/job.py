@@ -32,7 +32,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import ablate
-from ablate import records, tracking
+from ablate import records, secrets, tracking
 from ablate.config import ConfigError, validate
 from ablate.models import VARIANTS, seq_len, tau
 from ablate.train import preemption
@@ -51,8 +51,11 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
     rerun = config.pop("rerun", None)
     if config_error is None:  # a bad lr_base_size or batch_size would break the rule itself
         config["trainer"]["lr"] = effective_lr(cfg.trainer)  # the linear-scaling rule, made explicit in the record
-    overrides = _hydra_overrides() if overrides is None else overrides
+    # Everything this job writes (cell.json, logs, record, wandb) holds only redacted text; cfg keeps
+    # the real values for the code that needs them (e.g. the tuning storage URL).
+    overrides = secrets.redact_tree(_hydra_overrides() if overrides is None else overrides)
     run_id = records.run_id(config)
+    config = secrets.redact_tree(config)
     run_dir = Path(cfg.paths.results) / "runs" / run_id
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -103,7 +106,7 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
             pruned = type(exc).__name__ == "TrialPruned"
             record["status"], record["error"] = ("pruned" if pruned else "failed"), _error(exc)
             if not pruned:
-                log.error("cell %s failed: %s: %s", run_id, type(exc).__name__, exc)
+                log.error("cell %s failed: %s: %s", run_id, type(exc).__name__, record["error"]["message"])
         record["curve"] = Curve.read(run_dir).summary()
         record["cost"].update(wall_seconds=round(time.time() - started, 3), peak_memory_mb=_peak_memory_mb())
         record["env"]["finished_at"] = _now()
@@ -167,7 +170,8 @@ def _error(exc: BaseException) -> dict[str, str]:
     if isinstance(exc, InstantiationException) and exc.__cause__ is not None:
         exc = exc.__cause__  # report the task's own error, not Hydra's wrapper around it
     tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).splitlines()[-30:]
-    return {"type": type(exc).__name__, "message": str(exc).splitlines()[0] if str(exc) else "", "traceback": "\n".join(tail)}
+    message = str(exc).splitlines()[0] if str(exc) else ""
+    return {"type": type(exc).__name__, "message": secrets.redact(message), "traceback": secrets.redact("\n".join(tail))}
 
 
 def _read_previous(path: Path) -> Optional[dict]:

@@ -14,11 +14,12 @@ import functools
 import logging
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Optional
 from urllib.parse import urlsplit
 
-from ablate import atomic
+from ablate import atomic, secrets
 
 log = logging.getLogger("ablate.tracking")
 MODES = ("online", "offline", "disabled")
@@ -91,7 +92,9 @@ class WandbTracker:
             name=f"{task_name}-{variant}-{'ssm' if ssm else 'nossm'}-{run_id[:8]}",
             tags=["ssm-on" if ssm else "ssm-off", task_name, variant], config=flatten(config),
             dir=str(run_dir), id=self.run_id, resume="allow", reinit="finish_previous",
-            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, init_timeout=INIT_TIMEOUT_S),
+            # wandb's metadata holds sys.argv verbatim: leave it out when the command line has a password.
+            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, init_timeout=INIT_TIMEOUT_S,
+                                    x_disable_meta=secrets.redact_tree(sys.argv) != sys.argv),
         )
         try:
             self.run = init(mode="offline" if offline_because else mode)

@@ -79,6 +79,10 @@ def test_unknown_or_foreign_studies_are_errors(tmp_path: Path) -> None:
     optuna.create_study(storage=open_storage(url), study_name="plain")
     with pytest.raises(ValueError, match="not created by the optuna_fair sweeper"):
         tuning_section(url, ["plain"])
+    masked = f"journal://{tmp_path}/j.log?password=***"  # a raw URL's form in the records
+    with pytest.raises(TuneConfigError, match="the records hold this URL redacted; pass the storage as"):
+        tuning_section(masked, ["plain"])
+    assert not list(tmp_path.glob("j.log*"))  # nothing created at the masked path
 
 
 def test_edge_is_measured_in_log_space_for_log_params() -> None:

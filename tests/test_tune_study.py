@@ -10,7 +10,8 @@ from optuna.trial import TrialState
 
 from ablate.tune import study as st
 from ablate.tune.errors import TuneConfigError
-from ablate.tune.storage import open_storage, redact, resolve_storage_url
+from ablate.secrets import redact
+from ablate.tune.storage import dereference, open_storage, resolve_storage_url
 
 SPACE = {"x": FloatDistribution(-5.0, 5.0)}
 TPE = {"_target_": "optuna.samplers.TPESampler", "seed": 0}
@@ -36,6 +37,26 @@ def test_storage_urls_resolve_to_absolute_paths(tmp_path: Path, monkeypatch) -> 
     assert redact(pg) == "postgresql://me:***@db:5432/optuna"
     with pytest.raises(TuneConfigError, match=r"hydra.sweeper.storage='optuna.db': expected"):
         resolve_storage_url("optuna.db", Path("x"))
+
+
+def test_storage_references_reach_jobs_as_references_and_open_the_url_behind_them(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path}/ref/optuna.db"
+    monkeypatch.setenv("ABLATE_TEST_URL", url)
+    (tmp_path / "url.txt").write_text(url + "\n")
+    assert resolve_storage_url("env:ABLATE_TEST_URL", Path("x")) == "env:ABLATE_TEST_URL"
+    assert resolve_storage_url("file:url.txt", Path("x")) == f"file:{tmp_path}/url.txt"
+    assert dereference(f"file:{tmp_path}/url.txt") == dereference("env:ABLATE_TEST_URL") == url
+    new_study("env:ABLATE_TEST_URL")
+    assert optuna.load_study(study_name="s", storage=open_storage(f"file:{tmp_path}/url.txt"))
+    monkeypatch.setenv("ABLATE_TEST_URL", "ftp://x")  # the URL behind a reference is checked too
+    with pytest.raises(TuneConfigError, match="hydra.sweeper.storage='env:ABLATE_TEST_URL': unknown"):
+        resolve_storage_url("env:ABLATE_TEST_URL", Path("x"))
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(TuneConfigError, match=r"tuning.storage=file:empty.txt: empty.txt is empty"):
+        dereference("file:empty.txt")
 
 
 @pytest.mark.parametrize("scheme", ["sqlite:///", "journal://"])

@@ -153,3 +153,18 @@ def test_a_bad_search_space_stops_with_one_clear_line(tmp_path: Path) -> None:
     proc = run_app(tmp_path / "bad", "x=tag(log, interval(0, 1))", expect_rc=1)
     assert "x=tag(log, interval(0, 1)): a log interval needs bounds > 0" in proc.stderr
     assert not (tmp_path / "bad" / "0").exists()
+
+
+def test_arms_advance_in_lock_step_so_a_killed_sweep_leaves_them_one_trial_apart(tmp_path: Path) -> None:
+    sweep = tmp_path / "lockstep"
+    names = ["lockstep[model.ssm=true]", "lockstep[model.ssm=false]"]
+    args = ("model.ssm=true,false", "hydra.sweeper.per_arm=model.ssm", "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.n_jobs=1", "die_at_job=3", f"die_marker={tmp_path / 'died'}")
+
+    def complete() -> list[int]:
+        return [len([t for t in load(sweep, n).trials if t.state == TrialState.COMPLETE]) for n in names]
+
+    run_app(sweep, *args, expect_rc=3)  # killed in job 3, after three trials
+    assert complete() == [2, 1]  # alternating arms; before the fix: [3, 0]
+    run_app(sweep, *args)
+    assert complete() == [3, 3]

@@ -3,7 +3,7 @@
 The sweeper hands each trial job its handle as config overrides (`tuning` is excluded from the
 run_id hash, see ablate/records.py):
 
-    +tuning.study=<study name> +tuning.trial=<trial number> +tuning.storage=<url> +tuning.role=tune
+    +tuning.study=<study name> +tuning.trial=<trial number> +tuning.storage=<url, env:NAME or file:PATH> +tuning.role=tune
 
 The runner builds `on_eval` for `ablate.train.fit` from it:
 

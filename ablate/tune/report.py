@@ -21,14 +21,23 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
+from ablate.secrets import MASK, redact
 from ablate.tune import study as st
-from ablate.tune.storage import load_study, redact
+from ablate.tune.errors import TuneConfigError
+from ablate.tune.storage import load_study
 
 EDGE_FRACTION = 0.05
 
 
 def tuning_section(storage_url: str, study_names: list[str]) -> str:
     """Markdown for the report: one table for the space, one row per arm, then warnings."""
+    if MASK in storage_url:
+        # The records hold a raw URL's redacted form; opening it would fail, or create an empty
+        # SQLite/journal file at the masked path.
+        raise TuneConfigError(
+            f"tuning.storage={storage_url}: the records hold this URL redacted; pass the storage "
+            "as hydra.sweeper.storage=env:NAME or file:PATH so that the report can open it"
+        )
     studies = [load_study(storage_url, name) for name in study_names]
     spaces = {s.study_name: _space(s) for s in studies}
     # No heading: the report that embeds this section writes its own.

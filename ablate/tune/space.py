@@ -187,10 +187,16 @@ def _arms(override: Override) -> tuple[Arm, ...]:
             "(a,b or choice(...) or range(...)), not an interval"
         )
     values = override.sweep_iterator(transformer=_choice_value)
-    return tuple(
+    arms = tuple(
         Arm(f"{_name(override)}={_label(value, literal)}", (f"{key}={literal}",))
         for value, literal in zip(values, override.sweep_string_iterator())
     )
+    labels = [arm.label for arm in arms]
+    if len(set(labels)) != len(labels):
+        # Two arms with one label would share one study (and one budget).
+        raise TuneConfigError(f"{override.input_line}: a per-arm level is listed twice; "
+                              "expected distinct levels")
+    return arms
 
 
 def _label(value: Any, literal: str) -> str:

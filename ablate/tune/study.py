@@ -18,6 +18,7 @@ import json
 from typing import Any, Mapping
 
 import optuna
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from optuna.distributions import BaseDistribution, distribution_to_json, json_to_distribution
 from optuna.pruners import BasePruner, NopPruner
@@ -46,26 +47,31 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def build_sampler(cfg: Mapping[str, Any] | None) -> BaseSampler:
-    sampler = instantiate(dict(cfg)) if cfg else None
-    if not isinstance(sampler, BaseSampler):
-        raise TuneConfigError(
-            f"hydra.sweeper.sampler={dict(cfg or {})}: expected a node whose _target_ is an "
-            "optuna sampler, e.g. optuna.samplers.TPESampler"
-        )
-    return sampler
+    return _build("sampler", cfg or {}, BaseSampler, "optuna.samplers.TPESampler")
 
 
 def build_pruner(cfg: Mapping[str, Any] | None) -> BasePruner:
     """The configured pruner; `None` means no pruning (NopPruner)."""
     if not cfg:
         return NopPruner()
-    pruner = instantiate(dict(cfg))
-    if not isinstance(pruner, BasePruner):
+    return _build("pruner", cfg, BasePruner, "optuna.pruners.MedianPruner")
+
+
+def _build(key: str, cfg: Mapping[str, Any], kind: type, example: str) -> Any:
+    """Instantiate hydra.sweeper.<key>; a bad target or argument is one TuneConfigError line."""
+    try:
+        built = instantiate(dict(cfg)) if cfg else None
+    except InstantiationException as exc:
+        # Hydra's message names the target but not the setting; the cause says what was wrong.
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        reason = " ".join(str(cause).split())
+        raise TuneConfigError(f"hydra.sweeper.{key}={dict(cfg)}: {reason}") from None
+    if not isinstance(built, kind):
         raise TuneConfigError(
-            f"hydra.sweeper.pruner={dict(cfg)}: expected a node whose _target_ is an optuna "
-            "pruner, e.g. optuna.pruners.MedianPruner"
+            f"hydra.sweeper.{key}={dict(cfg)}: expected a node whose _target_ is an optuna "
+            f"{key}, e.g. {example}"
         )
-    return pruner
+    return built
 
 
 def open_study(

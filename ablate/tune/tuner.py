@@ -1,8 +1,9 @@
 """Fair tuning: one study per arm, equal budgets, then a final comparison with each arm's best.
 
 The loop, per batch of `n_jobs` jobs:
-    ask   trials round-robin over the arms that still have budget (so an interrupted search leaves
-          the arms at nearly the same count), each trial tagged with this sweep's dir;
+    ask   trials in lock step: each slot goes to the arm with the least budget used, so an
+          interrupted search leaves the arms at most one trial apart; each trial is tagged
+          with this sweep's dir;
     run   one Hydra job per distinct proposal through the configured launcher (any launcher:
           local, GPU pool, Slurm), with `+tuning.study/trial/storage/role=tune` overrides;
     tell  each trial its outcome (ablate.tune.outcome); a failed job is a FAIL trial, never a
@@ -37,7 +38,8 @@ from ablate.tune.errors import TuneConfigError
 from ablate.tune.outcome import Outcome, outcome_of
 from ablate.tune.report import describe
 from ablate.tune.space import Arm, SweepPlan
-from ablate.tune.storage import open_storage, redact
+from ablate.secrets import redact
+from ablate.tune.storage import open_storage
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,11 @@ class TuneSettings:
         if not all(isinstance(s, int) and not isinstance(s, bool) for s in self.final_seeds):
             raise TuneConfigError(
                 f"hydra.sweeper.final_seeds={list(self.final_seeds)}: expected a list of integers"
+            )
+        if len(set(self.final_seeds)) != len(self.final_seeds):
+            raise TuneConfigError(
+                f"hydra.sweeper.final_seeds={list(self.final_seeds)}: a seed is listed twice; "
+                "expected distinct seeds (one final run per seed and arm)"
             )
 
 
@@ -104,6 +111,10 @@ class FairTuner:
         self.sweep_dir = Path(sweep_dir).resolve()
         self.storage = open_storage(storage_url)
         self._next_job = 0
+        if redact(storage_url) != storage_url:
+            log.warning("hydra.sweeper.storage holds a password: every job gets it as an override "
+                        "(ablate's files hold it redacted, the launcher's output and pickled jobs "
+                        "do not); pass hydra.sweeper.storage=env:NAME or file:PATH instead")
 
     def run(self, launch: Launch) -> list[Sequence[JobReturn]]:
         arms = self.open_studies()
@@ -142,15 +153,17 @@ class FairTuner:
     # --- tuning -------------------------------------------------------------------------------
 
     def _ask_batch(self, arms: list[ArmStudy]) -> list[tuple[ArmStudy, optuna.Trial]]:
-        left = [self.settings.n_trials - st.used_budget(a.study) for a in arms]
+        # Lock step: each slot goes to the arm that has used the least budget (the first such arm
+        # on a tie), across batches too, so a sweep stopped at any point leaves the arms at most
+        # one trial apart (with n_jobs=1 the arms simply alternate).
+        used = [st.used_budget(a.study) for a in arms]
         batch: list[tuple[ArmStudy, optuna.Trial]] = []
-        while len(batch) < self.settings.n_jobs and any(n > 0 for n in left):
-            for i, arm in enumerate(arms):
-                if left[i] > 0 and len(batch) < self.settings.n_jobs:
-                    trial = arm.study.ask(self.plan.distributions())
-                    trial.set_user_attr(st.SWEEP_DIR, str(self.sweep_dir))
-                    batch.append((arm, trial))
-                    left[i] -= 1
+        while len(batch) < self.settings.n_jobs and min(used) < self.settings.n_trials:
+            i = used.index(min(used))
+            trial = arms[i].study.ask(self.plan.distributions())
+            trial.set_user_attr(st.SWEEP_DIR, str(self.sweep_dir))
+            batch.append((arms[i], trial))
+            used[i] += 1
         return batch
 
     def _run_trials(

@@ -39,7 +39,7 @@ class OptunaFairSweeperConf:
     direction: str = "maximize"  # or minimize
     n_trials: int = 20  # total budget per arm; a resumed study runs only the remainder
     n_jobs: int = 1  # jobs per launcher batch
-    storage: Optional[str] = None  # None: sqlite:///<sweep dir>/optuna.db
+    storage: Optional[str] = None  # None: sqlite:///<sweep dir>/optuna.db; env:NAME / file:PATH keep a password out
     study_name: Optional[str] = None  # None: the sweep dir's name
     sampler: Any = None
     pruner: Any = None

@@ -54,6 +54,7 @@ class OptunaFairSweeper(Sweeper):
     def sweep(self, arguments: List[str]) -> List[Sequence[JobReturn]]:
         # Imported here: Hydra imports every hydra_plugins module at start-up of any app, and
         # optuna is only needed when this sweeper actually runs.
+        from ablate.secrets import redact
         from ablate.tune.space import parse_plan
         from ablate.tune.storage import resolve_storage_url
         from ablate.tune.tuner import FairTuner, TuneSettings
@@ -66,7 +67,8 @@ class OptunaFairSweeper(Sweeper):
         plan = parse_plan(self.params, arguments, self.per_arm, parser)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        # What Hydra's own sweepers save, minus any password (e.g. a raw hydra.sweeper.storage URL).
+        (sweep_dir / "multirun.yaml").write_text(redact(OmegaConf.to_yaml(self.config)))
         tuner = FairTuner(plan, settings, resolve_storage_url(self.storage, sweep_dir),
                           self.study_name or sweep_dir.resolve().name, sweep_dir)
         return tuner.run(self._launch)
