@@ -65,9 +65,9 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
 
     with _locked(run_dir) as read_only, _log_to(run_dir / "train.log"):
         previous = _read_previous(run_dir / "result.json")
-        if config_error is not None and previous is not None:
-            # Only a non-semantic key (device, logger, rerun...) can be bad and still name an existing
-            # cell: its record stays as it is, and this job reports the error without writing one.
+        if config_error is not None and previous is not None and previous["status"] != "failed":
+            # Only a non-semantic key (device, logger, rerun...) can be bad and still name a cell that
+            # has a result: that record stays as it is, and this job reports the error without writing one.
             log.error("cell %s not run: %s (its earlier record is kept)", run_id, config_error)
             return {**_new_record(config, overrides, run_id), "error": _error(config_error)}
         if previous is not None and previous["status"] == "completed" and rerun != "all":
