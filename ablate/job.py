@@ -36,7 +36,7 @@ from ablate import records, secrets, tracking
 from ablate.config import ConfigError, validate
 from ablate.models import VARIANTS, seq_len, tau
 from ablate.train import preemption
-from ablate.train.loop import Curve, Diverged, effective_lr, fit, resolve_device, seed_everything
+from ablate.train.loop import CURVE_FILE, Curve, Diverged, effective_lr, fit, resolve_device, seed_everything
 
 log = logging.getLogger("ablate.job")
 
@@ -183,11 +183,13 @@ def _read_previous(path: Path) -> Optional[dict]:
 
 
 def _archive(run_dir: Path, previous: Mapping[str, Any], fresh_start: bool) -> None:
-    """Keep the earlier attempt's record (and, for +rerun=all, its checkpoint) under history/."""
+    """Keep the earlier attempt's record and curve (and, for +rerun=all, its checkpoint) under history/."""
     history = run_dir / "history"
     history.mkdir(exist_ok=True)
     stamp = (previous.get("env", {}).get("finished_at") or _now()).replace(":", "-")
     shutil.move(str(run_dir / "result.json"), history / f"result-{stamp}.json")
+    if (run_dir / CURVE_FILE).exists():  # the attempt's curve goes with its record (a resume rewrites it)
+        shutil.move(str(run_dir / CURVE_FILE), history / f"curve-{stamp}.json")
     if fresh_start and (run_dir / "checkpoint.pt").exists():
         shutil.move(str(run_dir / "checkpoint.pt"), history / f"checkpoint-{stamp}.pt")
 
