@@ -106,7 +106,7 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
             pruned = type(exc).__name__ == "TrialPruned"
             record["status"], record["error"] = ("pruned" if pruned else "failed"), _error(exc)
             if not pruned:
-                log.error("cell %s failed: %s: %s", run_id, type(exc).__name__, record["error"]["message"])
+                log.error("cell %s failed: %s: %s", run_id, record["error"]["type"], record["error"]["message"])
         record["curve"] = Curve.read(run_dir).summary()
         record["cost"].update(wall_seconds=round(time.time() - started, 3), peak_memory_mb=_peak_memory_mb())
         record["env"]["finished_at"] = _now()
@@ -117,7 +117,10 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
             record["status"], record["error"] = "failed", record["error"] or _error(exc)  # the first cause
         if tracker is not None:
             tracker.finish({"status": record["status"], "metrics": record["metrics"], "cost": record["cost"]}, failed)
-        log.info("cell %s %s: %s", run_id, record["status"], record["metrics"] or record["error"]["message"])
+        if record["status"] == "completed":
+            log.info("cell %s completed: %s", run_id, record["metrics"])
+        elif record["status"] != "failed":  # diverged or pruned: their only line (a failure was logged above)
+            log.info("cell %s %s: %s", run_id, record["status"], record["error"]["message"])
         return record
 
 
