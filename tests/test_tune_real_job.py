@@ -19,7 +19,7 @@ RUN = Path(__file__).resolve().parent.parent / "run.py"
 def test_a_real_trial_reports_its_metric_and_is_told_the_records_value(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(RUN), "-m", "hydra/sweeper=optuna_fair", "sweep=tune",
-         "task=shapes", "task.train_size=64", "task.val_size=32", "model=pico", "trainer=cpu",
+         "task=shapes", "task.train_size=60", "task.val_size=30", "model=pico", "trainer=cpu",
          "logger=none", "trainer.max_steps=2", "trainer.lr_base=tag(log, interval(1e-4, 1e-2))",
          "hydra.sweeper.n_trials=1",
          # Until the runner passes metric=task.info.metric to reporter_from_config:
