@@ -295,8 +295,8 @@ SCAN_BACKENDS = ('auto', 'cpp', 'torch', 'cuda')
 _BACKEND_ENV = 'ABLATE_SCAN_BACKEND'
 _SOURCE = Path(__file__).with_name('csrc') / 'selective_scan.cpp'
 # -march=native is safe because the build is cached per CPU (its flags are in the name below);
-# -fopenmp for `omp simd` (vectorised exp over the N states); no -ffast-math.
-_CFLAGS = ['-O3', '-march=native', '-fopenmp']
+# no -ffast-math: the kernel vectorises explicitly. Threads come from torch (at::parallel_for).
+_CFLAGS = ['-O3', '-march=native']
 log = logging.getLogger(__name__)
 _LOGGED: set[tuple[str, str]] = set()
 
@@ -327,7 +327,7 @@ def _build_extension() -> Any:
         # the name changes with the source, flags and CPU, so worktrees and nodes never share a stale build
         tag = hashlib.sha1(_SOURCE.read_bytes() + ' '.join(_CFLAGS).encode() + _cpu_flags().encode()).hexdigest()
         cpp_extension.load(name=f'ablate_scan_{tag[:12]}', sources=[str(_SOURCE)], extra_cflags=_CFLAGS,
-                           extra_ldflags=['-fopenmp'], is_python_module=False, verbose=False)
+                           is_python_module=False, verbose=False)
     finally:
         cpp_log.setLevel(level)
     return torch.ops.ablate_scan_cpp

@@ -21,106 +21,127 @@ namespace {
 
 constexpr int64_t kChunk = 64;  // steps recomputed per backward chunk: 64 x N floats stay in L1
 
-// exp(x) to ~1 ulp (Cephes expf): range reduction by ln 2 and a degree-7 polynomial. Plain float
-// code, so `omp simd` loops vectorise it; libm's expf would stay scalar without -ffast-math.
-#pragma omp declare simd
-static inline float fast_exp(float x) {
-  x = x < -87.3f ? -87.3f : x;
-  x = x > 88.3f ? 88.3f : x;
-  float fx = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+// The N states of a step are processed W at a time as one value of type V: V = Vec16 (GCC vector
+// extension: one AVX-512 register, two AVX2 ones) when N is a multiple of 16, else V = float.
+// Written out explicitly because gcc's auto-vectoriser leaves these short loops scalar.
+typedef float Vec16 __attribute__((vector_size(64)));
+typedef int32_t Int16 __attribute__((vector_size(64)));
+
+template <typename V> struct Lanes;
+template <> struct Lanes<float> {
+  static constexpr int64_t W = 1;
+  using I = int32_t;
+  static float sum(float v) { return v; }
+  static int32_t to_int(float v) { return static_cast<int32_t>(v); }
+};
+template <> struct Lanes<Vec16> {
+  static constexpr int64_t W = 16;
+  using I = Int16;
+  static float sum(Vec16 v) {
+    float s = 0.f;
+    for (int i = 0; i < 16; ++i) s += v[i];
+    return s;
+  }
+  static Int16 to_int(Vec16 v) { return __builtin_convertvector(v, Int16); }
+};
+
+template <typename V> static inline V load(const float* p) { V v; std::memcpy(&v, p, sizeof(V)); return v; }
+template <typename V> static inline void store(float* p, V v) { std::memcpy(p, &v, sizeof(V)); }
+template <typename V> static inline V splat(float x) { return V{} + x; }
+
+// exp(x) to ~1 ulp (Cephes expf): round x/ln2 to nearest with the 1.5*2^23 trick, reduce by ln 2 in
+// two parts, degree-7 polynomial, scale by 2^n through the exponent bits. Valid for any V.
+template <typename V> static inline V fast_exp(V x) {
+  using I = typename Lanes<V>::I;
+  const V lo = splat<V>(-87.3f), hi = splat<V>(88.3f);
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const V fx = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;
   x = x - fx * 0.693359375f + fx * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
+  V p = splat<V>(1.9875691500e-4f);
   p = p * x + 1.3981999507e-3f;
   p = p * x + 8.3334519073e-3f;
   p = p * x + 4.1665795894e-2f;
   p = p * x + 1.6666665459e-1f;
   p = p * x + 5.0000001201e-1f;
   p = p * x * x + x + 1.0f;
-  int32_t bits = (static_cast<int32_t>(fx) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
+  const I bits = (Lanes<V>::to_int(fx) + 127) << 23;
+  V scale;
+  std::memcpy(&scale, &bits, sizeof(V));
   return p * scale;
 }
 
-// One row: NS > 0 fixes N at compile time (states in registers), NS == 0 takes n_state.
-template <int NS>
-void forward_row(const float* u, const float* dl, const float* A, const float* Bm, const float* Cm,
-                 float* y, float* last, int64_t L, int64_t n_state, float* h) {
-  const int64_t N = NS > 0 ? NS : n_state;
-  for (int64_t n = 0; n < N; ++n) h[n] = 0.f;
+// One (batch, group, channel) row. h: N floats of scratch for the states.
+template <typename V>
+void forward_row(const float* __restrict__ u, const float* __restrict__ dl, const float* __restrict__ A,
+                 const float* __restrict__ Bm, const float* __restrict__ Cm, float* __restrict__ y,
+                 float* __restrict__ last, int64_t L, int64_t N, float* __restrict__ h) {
+  constexpr int64_t W = Lanes<V>::W;
+  std::fill(h, h + N, 0.f);
   for (int64_t t = 0; t < L; ++t) {
     const float dt = dl[t], x = dt * u[t];
-    const float* b = Bm + t * N;
-    const float* c = Cm + t * N;
-    float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t n = 0; n < N; ++n) {
-      h[n] = fast_exp(dt * A[n]) * h[n] + x * b[n];
-      acc += c[n] * h[n];
+    V acc = splat<V>(0.f);
+    for (int64_t k = 0; k < N; k += W) {
+      const V hk = fast_exp(load<V>(A + k) * dt) * load<V>(h + k) + load<V>(Bm + t * N + k) * x;
+      store(h + k, hk);
+      acc += load<V>(Cm + t * N + k) * hk;
     }
-    y[t] = acc;
+    y[t] = Lanes<V>::sum(acc);
   }
-  for (int64_t n = 0; n < N; ++n) last[n] = h[n];
+  std::memcpy(last, h, N * sizeof(float));
 }
 
-template <int NS>
-void backward_row(const float* u, const float* dl, const float* A, const float* Bm, const float* Cm,
-                  const float* gy, const float* glast, float* du, float* ddl, float* dA, float* dB, float* dC,
-                  int64_t L, int64_t n_state, float* work) {
-  const int64_t N = NS > 0 ? NS : n_state;
+template <typename V>
+void backward_row(const float* __restrict__ u, const float* __restrict__ dl, const float* __restrict__ A,
+                  const float* __restrict__ Bm, const float* __restrict__ Cm, const float* __restrict__ gy,
+                  const float* __restrict__ glast, float* __restrict__ du, float* __restrict__ ddl,
+                  float* __restrict__ dA, float* __restrict__ dB, float* __restrict__ dC, int64_t L, int64_t N,
+                  float* __restrict__ work) {
+  constexpr int64_t W = Lanes<V>::W;
   const int64_t n_chunks = (L + kChunk - 1) / kChunk;
-  float* bound = work;                    // (n_chunks, N): state before each chunk
-  float* a = bound + n_chunks * N;        // (kChunk, N): exp(delta_t A) within the chunk
-  float* hs = a + kChunk * N;             // (kChunk, N): states within the chunk
-  float* carry = hs + kChunk * N;         // (N): a_{t+1} dL/dh_{t+1}
-  float* h = carry + N;                   // (N)
-  for (int64_t n = 0; n < N; ++n) h[n] = 0.f;
+  float* __restrict__ bound = work;              // (n_chunks, N): state before each chunk
+  float* __restrict__ a = bound + n_chunks * N;  // (kChunk, N): exp(delta_t A) within the chunk
+  float* __restrict__ hs = a + kChunk * N;       // (kChunk, N): states within the chunk
+  float* __restrict__ carry = hs + kChunk * N;   // (N): a_{t+1} dL/dh_{t+1}
+  float* __restrict__ h = carry + N;             // (N)
+  std::fill(h, h + N, 0.f);
   for (int64_t t = 0; t < L; ++t) {  // pass 1: states at chunk boundaries only
     if (t % kChunk == 0) std::memcpy(bound + (t / kChunk) * N, h, N * sizeof(float));
     const float dt = dl[t], x = dt * u[t];
-    const float* b = Bm + t * N;
-#pragma omp simd
-    for (int64_t n = 0; n < N; ++n) h[n] = fast_exp(dt * A[n]) * h[n] + x * b[n];
+    for (int64_t k = 0; k < N; k += W)
+      store(h + k, fast_exp(load<V>(A + k) * dt) * load<V>(h + k) + load<V>(Bm + t * N + k) * x);
   }
-  for (int64_t n = 0; n < N; ++n) carry[n] = glast[n];
+  std::memcpy(carry, glast, N * sizeof(float));
   for (int64_t c = n_chunks - 1; c >= 0; --c) {  // pass 2: recompute a chunk, then walk it back
     const int64_t t0 = c * kChunk, t1 = std::min(L, t0 + kChunk);
-    const float* prev = bound + c * N;
     for (int64_t t = t0; t < t1; ++t) {
       const float dt = dl[t], x = dt * u[t];
-      const float* b = Bm + t * N;
-      float* at = a + (t - t0) * N;
-      float* ht = hs + (t - t0) * N;
-#pragma omp simd
-      for (int64_t n = 0; n < N; ++n) {
-        at[n] = fast_exp(dt * A[n]);
-        ht[n] = at[n] * prev[n] + x * b[n];
+      const float* prev = t > t0 ? hs + (t - t0 - 1) * N : bound + c * N;
+      for (int64_t k = 0; k < N; k += W) {
+        const V ak = fast_exp(load<V>(A + k) * dt);
+        store(a + (t - t0) * N + k, ak);
+        store(hs + (t - t0) * N + k, ak * load<V>(prev + k) + load<V>(Bm + t * N + k) * x);
       }
-      prev = ht;
     }
     for (int64_t t = t1 - 1; t >= t0; --t) {
       const float dt = dl[t], ut = u[t], gyt = gy[t];
-      const float* b = Bm + t * N;
-      const float* cc = Cm + t * N;
       const float* at = a + (t - t0) * N;
       const float* ht = hs + (t - t0) * N;
       const float* hp = t > t0 ? ht - N : bound + c * N;  // h_{t-1}
-      float* db = dB + t * N;
-      float* dc = dC + t * N;
-      float gb = 0.f, ga = 0.f;
-#pragma omp simd reduction(+ : gb, ga)
-      for (int64_t n = 0; n < N; ++n) {
-        const float gn = carry[n] + cc[n] * gyt;  // g_t = a_{t+1} g_{t+1} + C_t gy_t
-        dc[n] += gyt * ht[n];
-        db[n] += gn * dt * ut;
-        gb += gn * b[n];
-        const float gA = gn * at[n] * hp[n];  // grad of (delta_t A_n)
-        dA[n] += gA * dt;
-        ga += gA * A[n];
-        carry[n] = at[n] * gn;
+      V gb = splat<V>(0.f), ga = splat<V>(0.f);
+      for (int64_t k = 0; k < N; k += W) {
+        const V ak = load<V>(at + k), Ak = load<V>(A + k), bk = load<V>(Bm + t * N + k);
+        const V gn = load<V>(carry + k) + load<V>(Cm + t * N + k) * gyt;  // g_t = a_{t+1} g_{t+1} + C_t gy_t
+        store(dC + t * N + k, load<V>(dC + t * N + k) + load<V>(ht + k) * gyt);
+        store(dB + t * N + k, load<V>(dB + t * N + k) + gn * (dt * ut));
+        gb += gn * bk;
+        const V gA = gn * ak * load<V>(hp + k);  // grad of (delta_t A_n)
+        store(dA + k, load<V>(dA + k) + gA * dt);
+        ga += gA * Ak;
+        store(carry + k, ak * gn);
       }
-      du[t] = gb * dt;
-      ddl[t] = gb * ut + ga;
+      du[t] = Lanes<V>::sum(gb) * dt;
+      ddl[t] = Lanes<V>::sum(gb) * ut + Lanes<V>::sum(ga);
     }
   }
 }
@@ -144,7 +165,7 @@ std::tuple<at::Tensor, at::Tensor> scan_fwd(const at::Tensor& u, const at::Tenso
     std::vector<float> h(N);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t bg = r / H, gh = (bg % G) * H + r % H;
-      auto* f = N == 16 ? forward_row<16> : forward_row<0>;
+      auto* f = N % 16 == 0 ? forward_row<Vec16> : forward_row<float>;
       f(pu + r * L, pd + r * L, pA + gh * N, pB + bg * L * N, pC + bg * L * N, py + r * L, pl + r * N, L, N,
         h.data());
     }
@@ -179,7 +200,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> scan_bwd(
       const int64_t h0 = s * H / splits, h1 = (s + 1) * H / splits;
       for (int64_t hh = h0; hh < h1; ++hh) {
         const int64_t r = bg * H + hh, gh = g * H + hh;
-        auto* f = N == 16 ? backward_row<16> : backward_row<0>;
+        auto* f = N % 16 == 0 ? backward_row<Vec16> : backward_row<float>;
         f(pu + r * L, pd + r * L, pA + gh * N, pB + bg * L * N, pC + bg * L * N, pgy + r * L, pgl + r * N,
           pdu + r * L, pdd + r * L, pdA + r * N, pdB + task * L * N, pdC + task * L * N, L, N, work.data());
       }
