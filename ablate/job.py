@@ -33,7 +33,6 @@ from omegaconf import DictConfig, OmegaConf
 import ablate
 from ablate import records, tracking
 from ablate.models import VARIANTS, seq_len, tau
-from ablate.models.ssm import scan_backend
 from ablate.train import preemption
 from ablate.train.loop import Diverged, effective_lr, fit, resolve_device, seed_everything
 
@@ -228,7 +227,7 @@ def _environment() -> dict[str, Any]:
         "timm": timm.__version__, "python": platform.python_version(),
         "device": torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
         "hostname": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        "scan_backend": scan_backend(),
+        "scan_backend": ablate.models.ssm.scan_backend(),
         "started_at": _now(), "finished_at": None,
     }
 

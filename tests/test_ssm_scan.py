@@ -273,6 +273,17 @@ def test_record_scans_counts_each_call():
     assert inner[0].macs == 9 * 2 * 7 * 4 * 16 + 2 * 4 * 7
 
 
+def test_record_scans_without_computing():
+    inputs = {k: v.detach() if v is not None else None for k, v in make_inputs(batch=2, dim=4, length=7).items()}
+    inputs['u'] = inputs['u'].bfloat16()
+    with record_scans(compute=False) as calls:
+        out, last = selective_scan(**inputs, return_last_state=True)
+    assert len(calls) == 1 and calls[0].macs == 9 * 2 * 7 * 4 * 16 + 2 * 2 * 4 * 7
+    assert out.shape == (2, 4, 7) and out.dtype == torch.bfloat16 and not out.any()
+    assert last.shape == (2, 4, 16) and last.dtype == torch.float32
+    assert selective_scan(**inputs).any()  # computed again outside the block
+
+
 # --------------------------------------------------------------------------- SelectiveSSM2d
 def test_mixer_init_follows_mamba():
     torch.manual_seed(0)

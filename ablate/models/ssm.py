@@ -69,17 +69,26 @@ class ScanCall:
 
 
 _RECORDERS: list[list[ScanCall]] = []
+_SKIPPING: list[bool] = []  # one entry per active record_scans(compute=False)
 
 
 @contextlib.contextmanager
-def record_scans() -> Iterator[list[ScanCall]]:
-    """Collect a `ScanCall` for every `selective_scan` run inside the block (nesting is fine)."""
+def record_scans(compute: bool = True) -> Iterator[list[ScanCall]]:
+    """Collect a `ScanCall` for every `selective_scan` run inside the block (nesting is fine).
+
+    compute=False: the scans inside return zeros of the right shape and dtype without running,
+    for MAC counting, which needs shapes only (their MACs come from the formula).
+    """
     calls: list[ScanCall] = []
     _RECORDERS.append(calls)
+    if not compute:
+        _SKIPPING.append(True)
     try:
         yield calls
     finally:
         _RECORDERS.remove(calls)
+        if not compute:
+            _SKIPPING.pop()
 
 
 # --------------------------------------------------------------------------- chunked linear scan
@@ -290,6 +299,20 @@ def _scan_grad(ctx, gy, glast):
 _scan.register_autograd(_scan_grad, setup_context=_scan_setup)
 
 
+@torch.library.custom_op('ablate::skipped_selective_scan', mutates_args=())
+def _skipped_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                  D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None) -> torch.Tensor:
+    """Zeros shaped like u, standing in for a scan under record_scans(compute=False). It takes all
+    the scan's inputs so that a jit trace keeps the ops producing them (fvcore counts x_proj and
+    dt_proj; an unused output would be pruned from the graph)."""
+    return torch.zeros_like(u)
+
+
+@_skipped_scan.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias):
+    return torch.empty_like(u)
+
+
 # --------------------------------------------------------------------------- backends
 SCAN_BACKENDS = ('auto', 'cpp', 'torch', 'cuda')
 _BACKEND_ENV = 'ABLATE_SCAN_BACKEND'
@@ -414,6 +437,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                          f'D={dim} and each other')
     for calls in _RECORDERS:
         calls.append(ScanCall(batch, dim, length, int(A.shape[1]), D is not None, z is not None))
+    if _SKIPPING:
+        out = _skipped_scan(u, delta, A, B, C, D, z, delta_bias)
+        return (out, u.new_zeros(batch, dim, A.shape[1], dtype=torch.float32)) if return_last_state else out
     if scan_backend(u.device) == 'mamba_ssm':  # also validates $ABLATE_SCAN_BACKEND
         return _cuda_kernel()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
