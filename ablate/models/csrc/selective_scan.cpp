@@ -25,6 +25,8 @@ constexpr int64_t kChunk = 64;  // steps recomputed per backward chunk: 64 x N f
 // extension: one AVX-512 register, two AVX2 ones) when N is a multiple of 16, else V = float.
 // Written out explicitly because gcc's auto-vectoriser leaves these short loops scalar.
 typedef float Vec16 __attribute__((vector_size(64)));
+typedef float Vec8 __attribute__((vector_size(32)));
+typedef float Vec4 __attribute__((vector_size(16)));
 typedef int32_t Int16 __attribute__((vector_size(64)));
 
 template <typename V> struct Lanes;
@@ -37,10 +39,16 @@ template <> struct Lanes<float> {
 template <> struct Lanes<Vec16> {
   static constexpr int64_t W = 16;
   using I = Int16;
-  static float sum(Vec16 v) {
-    float s = 0.f;
-    for (int i = 0; i < 16; ++i) s += v[i];
-    return s;
+  static float sum(Vec16 v) {  // pairwise halves: 4 dependent adds instead of 15
+    Vec8 a, b;
+    std::memcpy(&a, &v, 32);
+    std::memcpy(&b, reinterpret_cast<const char*>(&v) + 32, 32);
+    a += b;
+    Vec4 c, d;
+    std::memcpy(&c, &a, 16);
+    std::memcpy(&d, reinterpret_cast<const char*>(&a) + 16, 16);
+    c += d;
+    return (c[0] + c[2]) + (c[1] + c[3]);
   }
   static Int16 to_int(Vec16 v) { return __builtin_convertvector(v, Int16); }
 };
@@ -140,8 +148,9 @@ void backward_row(const float* __restrict__ u, const float* __restrict__ dl, con
         ga += gA * Ak;
         store(carry + k, ak * gn);
       }
-      du[t] = Lanes<V>::sum(gb) * dt;
-      ddl[t] = Lanes<V>::sum(gb) * ut + Lanes<V>::sum(ga);
+      const float sgb = Lanes<V>::sum(gb);
+      du[t] = sgb * dt;
+      ddl[t] = sgb * ut + Lanes<V>::sum(ga);
     }
   }
 }
