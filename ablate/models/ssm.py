@@ -318,8 +318,9 @@ SCAN_BACKENDS = ('auto', 'cpp', 'torch', 'cuda')
 _BACKEND_ENV = 'ABLATE_SCAN_BACKEND'
 _SOURCE = Path(__file__).with_name('csrc') / 'selective_scan.cpp'
 # -march=native is safe because the build is cached per CPU (its flags are in the name below);
-# no -ffast-math: the kernel vectorises explicitly. Threads come from torch (at::parallel_for).
-_CFLAGS = ['-O3', '-march=native']
+# no -ffast-math: the kernel vectorises explicitly. -fopenmp: at::parallel_for is an inline
+# `omp parallel` in torch's headers, serial without it (torch's own OpenMP runtime, thread count).
+_CFLAGS = ['-O3', '-march=native', '-fopenmp']
 log = logging.getLogger(__name__)
 _LOGGED: set[tuple[str, str]] = set()
 
@@ -350,7 +351,7 @@ def _build_extension() -> Any:
         # the name changes with the source, flags and CPU, so worktrees and nodes never share a stale build
         tag = hashlib.sha1(_SOURCE.read_bytes() + ' '.join(_CFLAGS).encode() + _cpu_flags().encode()).hexdigest()
         cpp_extension.load(name=f'ablate_scan_{tag[:12]}', sources=[str(_SOURCE)], extra_cflags=_CFLAGS,
-                           is_python_module=False, verbose=False)
+                           extra_ldflags=['-fopenmp'], is_python_module=False, verbose=False)
     finally:
         cpp_log.setLevel(level)
     return torch.ops.ablate_scan_cpp
