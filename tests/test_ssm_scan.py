@@ -97,7 +97,7 @@ def check_against_reference(inputs, delta_softplus=True, last=True):
 
 
 @pytest.mark.parametrize('length', [1, 2, 7, 33, 101])
-@pytest.mark.parametrize('d_state', [1, 16])
+@pytest.mark.parametrize('d_state', [1, 16, 32])  # 1: one lane at a time; 16, 32: one or two vectors
 def test_values_and_grads_match_reference(length, d_state, backend):
     check_against_reference(make_inputs(length=length, d_state=d_state))
 
