@@ -28,3 +28,4 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_scan.py
+	$(PY) bench/bench_arms.py

@@ -308,6 +308,7 @@ def _environment() -> dict[str, Any]:
         "timm": timm.__version__, "python": platform.python_version(),
         "device": torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
         "hostname": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "scan_backend": ablate.models.ssm.scan_backend(),
         "started_at": _now(), "finished_at": None,
     }
 

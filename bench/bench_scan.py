@@ -1,10 +1,12 @@
-"""Time ablate's selective scan against a careful sequential PyTorch loop, in the same run.
+"""Time ablate's selective scan backends against a careful sequential PyTorch loop, in one run.
 
     python bench/bench_scan.py            # calibration size: B=8, D=192, L=3136 (56x56), N=16
     python bench/bench_scan.py --quick    # B=2, D=32, L=196, N=16: a few seconds
 
-Prints forward and forward+backward seconds (best of --repeats, after one warm-up) for both and
-the ratio reference/ours (> 1: ours is faster), and checks that both agree. The reference
+Prints one table: forward and forward+backward seconds (best of --repeats, after one warm-up) of
+the compiled kernel ('cpp'), the chunked torch scan ('torch') and the reference loop, each with
+its speed-up over the reference (> 1: faster), then the compiled kernel on 1 thread vs all
+threads; and checks that all agree. The reference
 materialises exp(delta A) and delta B u once as (B, D, L, N) and steps through them with unbind,
 so its backward stacks the per-step grads once instead of allocating a full-size grad per step.
 """
@@ -18,6 +20,8 @@ import os
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 import time  # noqa: E402
+
+from tabulate import tabulate  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -85,23 +89,36 @@ def main(argv: list[str] | None = None) -> int:
     print(f'B={args.batch} D={args.dim} L={args.length} N={args.d_state}, {torch.get_num_threads()} threads, '
           f'best of {args.repeats}')
 
-    with torch.no_grad():
-        err = (ours(*xs) - reference_loop(*xs)).abs().max().item()
-    print(f'max |ours - reference| = {err:.2e}')
+    def timed(fn, backend: str | None = None) -> tuple[float, float]:
+        if backend is not None:
+            os.environ['ABLATE_SCAN_BACKEND'] = backend
 
-    results = {}
-    for name, fn in (('reference loop', reference_loop), ('ours', ours)):
-        def forward(fn=fn):
+        def forward():
             with torch.no_grad():
                 fn(*xs)
 
-        def forward_backward(fn=fn):
+        def forward_backward():
             torch.autograd.grad((fn(*xs) * w).sum(), xs)
 
-        results[name] = (best_time(forward, args.repeats), best_time(forward_backward, args.repeats))
-        print(f'{name:>15}: forward {results[name][0]:.3f} s   forward+backward {results[name][1]:.3f} s')
-    (rf, rb), (of, ob) = results['reference loop'], results['ours']
-    print(f'{"speed-up":>15}: forward x{rf / of:.2f}   forward+backward x{rb / ob:.2f}  (reference / ours)')
+        return best_time(forward, args.repeats), best_time(forward_backward, args.repeats)
+
+    with torch.no_grad():
+        want = reference_loop(*xs)
+        for backend in ('cpp', 'torch'):
+            os.environ['ABLATE_SCAN_BACKEND'] = backend
+            print(f'max |{backend} - reference| = {(ours(*xs) - want).abs().max().item():.2e}')
+    results = {'reference loop': timed(reference_loop)}
+    for backend in ('cpp', 'torch'):
+        results[backend] = timed(ours, backend)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    results['cpp, 1 thread'] = timed(ours, 'cpp')
+    torch.set_num_threads(threads)
+    rf, rb = results['reference loop']
+    rows = [(name, f, rf / f, b, rb / b) for name, (f, b) in results.items()]
+    print(tabulate(rows, headers=('scan', 'forward s', 'x ref', 'fwd+bwd s', 'x ref'), floatfmt='.3f'))
+    (cf, cb), (sf, sb) = results['cpp'], results['cpp, 1 thread']
+    print(f'cpp, {threads} threads vs 1: forward x{sf / cf:.2f}   forward+backward x{sb / cb:.2f}')
     return 0
 
 

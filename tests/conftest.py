@@ -15,9 +15,16 @@ TINY = ["model=pico", "task=shapes", "trainer=cpu", "logger=none", "trainer.max_
         "task.train_size=80", "task.val_size=40", "trainer.warmup_epochs=0"]
 
 
+# torch's cache of compiled extensions (the CPU selective scan): a job run with another HOME keeps
+# using it instead of compiling the kernel again (~45 s)
+_EXTENSIONS_DIR = os.environ.get("TORCH_EXTENSIONS_DIR") or str(
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "torch_extensions")
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "SLURM_", "HYDRA_"))}
-    env.update(PYTHONUNBUFFERED="1", ABLATE_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", **extra)
+    env.update(PYTHONUNBUFFERED="1", ABLATE_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE",
+               TORCH_EXTENSIONS_DIR=_EXTENSIONS_DIR, **extra)
     return env
 
 

@@ -1,4 +1,9 @@
-"""The selective scan against a plain sequential reference, and the 2-D SSM mixer's wiring."""
+"""The selective scan against a plain sequential reference, and the 2-D SSM mixer's wiring.
+
+Value and gradient tests run once per CPU backend: the compiled kernel ('cpp') and the chunked
+PyTorch scan ('torch'), forced through $ABLATE_SCAN_BACKEND.
+"""
+import logging
 import math
 
 import pytest
@@ -7,6 +12,13 @@ import torch.nn.functional as F
 
 from ablate.models import ssm as ssm_mod
 from ablate.models.ssm import SelectiveSSM2d, record_scans, scan_backend, selective_scan
+
+
+@pytest.fixture(params=['cpp', 'torch'])
+def backend(request, monkeypatch):
+    monkeypatch.setenv('ABLATE_SCAN_BACKEND', request.param)
+    assert scan_backend() == request.param
+    return request.param
 
 
 def reference_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -85,8 +97,8 @@ def check_against_reference(inputs, delta_softplus=True, last=True):
 
 
 @pytest.mark.parametrize('length', [1, 2, 7, 33, 101])
-@pytest.mark.parametrize('d_state', [1, 16])
-def test_values_and_grads_match_reference(length, d_state):
+@pytest.mark.parametrize('d_state', [1, 16, 32])  # 1: one lane at a time; 16, 32: one or two vectors
+def test_values_and_grads_match_reference(length, d_state, backend):
     check_against_reference(make_inputs(length=length, d_state=d_state))
 
 
@@ -96,7 +108,7 @@ def test_values_and_grads_match_reference(length, d_state):
     (False, True, False, True),
     (False, False, True, True),
 ])
-def test_optional_inputs(with_d, with_z, with_bias, softplus):
+def test_optional_inputs(with_d, with_z, with_bias, softplus, backend):
     inputs = make_inputs(length=13, with_d=with_d, with_z=with_z, with_bias=with_bias)
     if not softplus:  # delta must stay positive to be a step size
         inputs['delta'] = (inputs['delta'].detach().abs() + 0.01).requires_grad_(True)
@@ -104,17 +116,17 @@ def test_optional_inputs(with_d, with_z, with_bias, softplus):
 
 
 @pytest.mark.parametrize('groups', [1, 2, 4])
-def test_grouped_b_and_c(groups):
+def test_grouped_b_and_c(groups, backend):
     check_against_reference(make_inputs(dim=8, length=19, groups=groups))
 
 
-def test_b_and_c_with_different_groupings():
+def test_b_and_c_with_different_groupings(backend):
     inputs = make_inputs(dim=8, length=9, groups=4)
     inputs['B'] = torch.randn(2, 16, 9, requires_grad=True)  # shared by all channels
     check_against_reference(inputs)
 
 
-def test_grad_without_last_state():
+def test_grad_without_last_state(backend):
     inputs = make_inputs(length=11)
     out = selective_scan(**inputs, delta_softplus=True)
     ref = reference_scan(**inputs, delta_softplus=True)
@@ -127,6 +139,7 @@ def test_grad_without_last_state():
 
 @pytest.mark.parametrize('budget', [40, 700])
 def test_blocking_gives_the_same_result(monkeypatch, budget):
+    monkeypatch.setenv('ABLATE_SCAN_BACKEND', 'torch')  # blocks are the chunked torch scan's
     # a tiny work budget splits batch and channels into many blocks, even below one channel
     inputs = make_inputs(batch=3, dim=6, length=23, groups=2)
     expected = selective_scan(**inputs, delta_softplus=True)
@@ -140,14 +153,14 @@ def test_blocking_gives_the_same_result(monkeypatch, budget):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
-def test_long_sequence_with_strong_decay_is_finite_and_exact():
+def test_long_sequence_with_strong_decay_is_finite_and_exact(backend):
     # cumulative decays within a chunk underflow far below fp32's range: no inf/nan, no drift
     inputs = make_inputs(batch=1, dim=3, length=1500, d_state=4, with_z=False)
     inputs['delta'] = (torch.rand(1, 3, 1500) * 6).requires_grad_(True)  # softplus ~ up to 6 per step
     check_against_reference(inputs)
 
 
-def test_low_precision_input_runs_in_fp32():
+def test_low_precision_input_runs_in_fp32(backend):
     inputs = make_inputs(length=9, with_z=False)
     half = {k: (v.detach().bfloat16() if k in ('u', 'delta', 'B', 'C') else v.detach())
             for k, v in inputs.items() if v is not None}
@@ -158,14 +171,29 @@ def test_low_precision_input_runs_in_fp32():
     assert_rel_close(out.float(), ref, rtol=1e-2)
 
 
-def test_custom_op_registration_is_consistent():
-    T, nC, Bt, G, H, N = 3, 2, 2, 2, 3, 4
+@pytest.mark.parametrize('length,d_state', [(5, 4), (70, 16)])  # 70: two backward chunks of the kernel
+def test_custom_op_registration_is_consistent(backend, length, d_state):
+    Bt, G, H = 2, 2, 3
     g = torch.Generator().manual_seed(0)
-    args = (torch.randn(T, nC, Bt, G, H, generator=g).requires_grad_(), (torch.rand(T, nC, Bt, G, H, generator=g)
-            + 0.1).requires_grad_(), (-torch.rand(G, H, N, generator=g)).requires_grad_(),
-            torch.randn(T, nC, Bt, G, N, generator=g).requires_grad_(),
-            torch.randn(T, nC, Bt, G, N, generator=g).requires_grad_())
+    args = (torch.randn(Bt, G, H, length, generator=g).requires_grad_(),
+            (torch.rand(Bt, G, H, length, generator=g) + 0.1).requires_grad_(),
+            (-torch.rand(G, H, d_state, generator=g)).requires_grad_(),
+            torch.randn(Bt, G, d_state, length, generator=g).requires_grad_(),
+            torch.randn(Bt, G, d_state, length, generator=g).requires_grad_())
     torch.library.opcheck(ssm_mod._scan, args)
+
+
+def test_backends_agree_on_the_mixer(monkeypatch):
+    torch.manual_seed(0)
+    m = SelectiveSSM2d(24, scan='cross')
+    x = torch.randn(2, 24, 7, 9, requires_grad=True)
+    results = {}
+    for name in ('cpp', 'torch'):
+        monkeypatch.setenv('ABLATE_SCAN_BACKEND', name)
+        out = m(x)
+        results[name] = (out, *torch.autograd.grad((out * out).sum(), [x, m.A_log, m.x_proj_weight]))
+    for got, want in zip(results['cpp'], results['torch']):
+        assert_rel_close(got, want.double(), rtol=1e-5)
 
 
 @pytest.mark.parametrize('kwargs,match', [
@@ -181,12 +209,56 @@ def test_bad_input_is_rejected(kwargs, match):
 
 
 def test_backend_dispatch(monkeypatch):
-    assert scan_backend('cpu') == 'torch'
+    monkeypatch.delenv('ABLATE_SCAN_BACKEND', raising=False)
+    assert scan_backend('cpu') == scan_backend() == 'cpp'  # auto: the compiled kernel builds here
     monkeypatch.setattr(ssm_mod, '_cuda_kernel', lambda: None)
     assert scan_backend('cuda') == 'torch'  # mamba_ssm not importable
+    monkeypatch.setenv('ABLATE_SCAN_BACKEND', 'cuda')
+    with pytest.raises(RuntimeError, match='ABLATE_SCAN_BACKEND=cuda but mamba_ssm is not importable'):
+        scan_backend('cuda')
     monkeypatch.setattr(ssm_mod, '_cuda_kernel', lambda: object())
     assert scan_backend('cuda') == 'mamba_ssm'
-    assert scan_backend('cpu') == 'torch'
+    assert scan_backend('cpu') == 'cpp'
+    monkeypatch.setenv('ABLATE_SCAN_BACKEND', 'torch')
+    assert scan_backend('cuda') == scan_backend('cpu') == 'torch'
+    monkeypatch.setenv('ABLATE_SCAN_BACKEND', 'cpp')
+    with pytest.raises(RuntimeError, match='ABLATE_SCAN_BACKEND=cpp runs on CPU tensors only'):
+        scan_backend('cuda')
+
+
+def test_bad_backend_name_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv('ABLATE_SCAN_BACKEND', 'fast')
+    inputs = {k: v.detach() if v is not None else None for k, v in make_inputs().items()}
+    with pytest.raises(ValueError, match=r"^ABLATE_SCAN_BACKEND='fast' is not a scan backend; choose from: auto, "
+                                         r"cpp, torch, cuda$"):
+        selective_scan(**inputs)
+
+
+@pytest.fixture
+def no_compiler(monkeypatch):
+    def fail():
+        raise OSError('g++: not found')
+
+    monkeypatch.setattr(ssm_mod, '_build_extension', fail)
+    ssm_mod._compiled.cache_clear()
+    yield
+    monkeypatch.undo()
+    ssm_mod._compiled.cache_clear()  # the next call loads the cached build again (no recompile)
+
+
+def test_build_failure_falls_back_with_one_warning(no_compiler, monkeypatch, caplog):
+    monkeypatch.delenv('ABLATE_SCAN_BACKEND', raising=False)
+    inputs = make_inputs(length=9)
+    with caplog.at_level(logging.WARNING, logger='ablate.models.ssm'):
+        assert scan_backend() == 'torch'
+        check_against_reference(inputs)  # the torch scan runs
+        scan_backend()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and 'OSError: g++: not found' in warnings[0] and 'chunked torch scan' in warnings[0]
+    monkeypatch.setenv('ABLATE_SCAN_BACKEND', 'cpp')
+    with pytest.raises(RuntimeError, match='ABLATE_SCAN_BACKEND=cpp but the compiled selective scan cannot be '
+                                           'built: OSError: g\\+\\+: not found'):
+        scan_backend()
 
 
 def test_record_scans_counts_each_call():
@@ -199,6 +271,17 @@ def test_record_scans_counts_each_call():
     # 9*B*L*D*N + B*D*L (D skip) + B*D*L (z gate)
     assert outer[0].macs == 9 * 2 * 7 * 4 * 16 + 2 * 2 * 4 * 7
     assert inner[0].macs == 9 * 2 * 7 * 4 * 16 + 2 * 4 * 7
+
+
+def test_record_scans_without_computing():
+    inputs = {k: v.detach() if v is not None else None for k, v in make_inputs(batch=2, dim=4, length=7).items()}
+    inputs['u'] = inputs['u'].bfloat16()
+    with record_scans(compute=False) as calls:
+        out, last = selective_scan(**inputs, return_last_state=True)
+    assert len(calls) == 1 and calls[0].macs == 9 * 2 * 7 * 4 * 16 + 2 * 2 * 4 * 7
+    assert out.shape == (2, 4, 7) and out.dtype == torch.bfloat16 and not out.any()
+    assert last.shape == (2, 4, 16) and last.dtype == torch.float32
+    assert selective_scan(**inputs).any()  # computed again outside the block
 
 
 # --------------------------------------------------------------------------- SelectiveSSM2d

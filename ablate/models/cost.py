@@ -3,8 +3,10 @@
 MACs are fvcore's (one multiply-add = one MAC; convolutions, linear/matmul layers and norms,
 batch 1 with `input_size`) plus an explicit count for every selective scan, which fvcore cannot
 see: 9*B*L*D*N + B*D*L per scan direction (+ B*D*L with a z gate), VMamba's formula. The scan
-runs as one opaque autograd Function (or mamba_ssm's kernel), so fvcore counts nothing inside it;
-the scans are counted by recording every `selective_scan` call made during fvcore's trace.
+runs as one opaque custom op (or mamba_ssm's kernel), so fvcore counts nothing inside it;
+the scans are counted by recording every `selective_scan` call made during fvcore's trace, and
+are not run there (they return zeros): MACs depend on shapes only, and a dense model's scans at
+800x1280 would otherwise dominate the time of `ablate plan`.
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ def count_cost(model: nn.Module, input_size: tuple[int, int] | None = None,
     level = fvcore_log.level
     try:
         fvcore_log.setLevel(logging.ERROR)  # "unsupported operator" notices for elementwise ops
-        with torch.no_grad(), record_scans() as scans, warnings.catch_warnings():
+        with torch.no_grad(), record_scans(compute=False) as scans, warnings.catch_warnings():
             warnings.simplefilter('ignore')
             analysis = FlopCountAnalysis(model, inputs)
             analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings('none')

@@ -9,9 +9,11 @@
     h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t      (per channel d and state n)
     y_t = sum_n C_t * h_t + D * u_t;   y *= silu(z)             -> (B, D, L) in u's dtype
 
-On CUDA with `mamba_ssm` importable it calls mamba_ssm's fused kernel. Otherwise it runs the
-pure-PyTorch chunked scan below, in fp32, as a torch.library custom op with a hand-written
-backward:
+It runs in fp32 by one of three implementations (scan_backend(), $ABLATE_SCAN_BACKEND):
+mamba_ssm's fused kernel on CUDA when installed; otherwise one torch.library custom op with a
+hand-written backward whose body is the compiled CPU kernel csrc/selective_scan.cpp (JIT-built once, cached; each
+(batch, channel) row walks L once with its N states in registers, backward recomputes states from
+one stored state per 64 steps); or the pure-PyTorch chunked scan below:
 
 * The sequence is cut into nC chunks of T ~ sqrt(L) steps, stored time-major as (T, nC, ...).
   One Python loop of T steps scans all chunks at once from a zero state, a loop of nC steps hands
@@ -28,9 +30,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import logging
 import math
+import os
+import platform
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -64,17 +71,26 @@ class ScanCall:
 
 
 _RECORDERS: list[list[ScanCall]] = []
+_SKIPPING: list[bool] = []  # one entry per active record_scans(compute=False)
 
 
 @contextlib.contextmanager
-def record_scans() -> Iterator[list[ScanCall]]:
-    """Collect a `ScanCall` for every `selective_scan` run inside the block (nesting is fine)."""
+def record_scans(compute: bool = True) -> Iterator[list[ScanCall]]:
+    """Collect a `ScanCall` for every `selective_scan` run inside the block (nesting is fine).
+
+    compute=False: the scans inside return zeros of the right shape and dtype without running,
+    for MAC counting, which needs shapes only (their MACs come from the formula).
+    """
     calls: list[ScanCall] = []
     _RECORDERS.append(calls)
+    if not compute:
+        _SKIPPING.append(True)
     try:
         yield calls
     finally:
         _RECORDERS.remove(calls)
+        if not compute:
+            _SKIPPING.pop()
 
 
 # --------------------------------------------------------------------------- chunked linear scan
@@ -153,17 +169,12 @@ def _view(buf: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return buf[:math.prod(shape)].view(shape)
 
 
-# The scan is a torch.library custom op: autograd sees one node with a hand-written backward,
-# jit tracing (fvcore) records one opaque `ablate::selective_scan` node instead of thousands of
-# loop steps, and the fake (meta) kernel gives shapes without computing.
-@torch.library.custom_op('ablate::selective_scan', mutates_args=())
-def _scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor,
-          Cm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """y_t = sum_n C_t h_t with h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t, all time-major.
+def _torch_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor,
+                Cm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunked PyTorch scan, time-major: y_t = sum_n C_t h_t, h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t.
 
     u, delta: (T, nC, Bt, G, H) fp32, zero past the sequence end; A: (G, H, N);
     Bm, Cm: (T, nC, Bt, G, N). Returns y (T, nC, Bt, G, H) and the last state (Bt, G, H, N).
-    D, z, delta_bias and softplus are plain autograd ops around this.
     """
     T, nC, Bt, G, H = u.shape
     N = A.shape[-1]
@@ -181,11 +192,9 @@ def _scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tenso
     return y, last
 
 
-@torch.library.custom_op('ablate::selective_scan_backward', mutates_args=())
-def _scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
-                   gy: torch.Tensor, glast: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                   torch.Tensor, torch.Tensor]:
-    """Grads of u, delta, A, Bm, Cm given those of y and of the last state.
+def _torch_scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor,
+                         Cm: torch.Tensor, gy: torch.Tensor, glast: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Grads of u, delta, A, Bm, Cm given those of y and of the last state, time-major as _torch_scan.
 
     Recomputes the states (nothing of size steps x N is kept from forward), then runs the same
     chunked scan in reverse for g_t = dL/dh_t.
@@ -226,9 +235,50 @@ def _scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: to
     return du, ddelta, dA, dB, dC
 
 
+# --------------------------------------------------------------------------- the custom op
+# The scan is a torch.library custom op: autograd sees one node with a hand-written backward,
+# jit tracing (fvcore) records one opaque `ablate::selective_scan` node instead of thousands of
+# loop steps, and the fake (meta) kernel gives shapes without computing. Its CPU/CUDA body runs
+# the compiled kernel (csrc/selective_scan.cpp) or the chunked PyTorch scan, see scan_backend().
+@torch.library.custom_op('ablate::selective_scan', mutates_args=())
+def _scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor,
+          Cm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """u, delta: (Bt, G, H, L) fp32; A: (G, H, N); Bm, Cm: (Bt, G, N, L).
+
+    Returns y = sum_n C_t h_t (Bt, G, H, L) and the last state (Bt, G, H, N). D, z, delta_bias
+    and softplus are plain autograd ops around this.
+    """
+    if _cpu_backend(u.device) == 'cpp':
+        # the kernel reads the N states of a step as one vector: B, C time-major per group
+        # (free for SelectiveSSM2d, whose B and C are transposes of (Bt, G, L, N) tensors)
+        return _compiled()[0].fwd(u, delta, A, Bm.transpose(-1, -2).contiguous(), Cm.transpose(-1, -2).contiguous())
+    length = u.shape[-1]
+    T = _chunk_len(length)
+    y, last = _torch_scan(*(_to_time_major(t, T) for t in (u, delta)), A, *(_to_time_major(t, T) for t in (Bm, Cm)))
+    return _from_time_major(y, length).contiguous(), last
+
+
+@torch.library.custom_op('ablate::selective_scan_backward', mutates_args=())
+def _scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
+                   gy: torch.Tensor, glast: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                   torch.Tensor, torch.Tensor]:
+    """Grads of u, delta, A, Bm, Cm (layout of _scan) given those of y and of the last state."""
+    if _cpu_backend(u.device) == 'cpp':
+        du, ddelta, dA, dB, dC = _compiled()[0].bwd(u, delta, A, Bm.transpose(-1, -2).contiguous(),
+                                                    Cm.transpose(-1, -2).contiguous(), gy, glast)
+        return du, ddelta, dA, dB.transpose(-1, -2).contiguous(), dC.transpose(-1, -2).contiguous()
+    length = u.shape[-1]
+    T = _chunk_len(length)
+    grads = _torch_scan_backward(*(_to_time_major(t, T) for t in (u, delta)), A,
+                                 *(_to_time_major(t, T) for t in (Bm, Cm, gy)), glast)
+    du, ddelta, dA, dB, dC = grads
+    return (*(_from_time_major(t, length).contiguous() for t in (du, ddelta)), dA,
+            *(_from_time_major(t, length).contiguous() for t in (dB, dC)))
+
+
 @_scan.register_fake
 def _(u, delta, A, Bm, Cm):
-    T, nC, Bt, G, H = u.shape
+    Bt, G, H, L = u.shape
     return torch.empty_like(u), u.new_empty(Bt, G, H, A.shape[-1])
 
 
@@ -244,11 +294,84 @@ def _scan_setup(ctx, inputs, output) -> None:
 def _scan_grad(ctx, gy, glast):
     u = ctx.saved_tensors[0]
     gy = torch.zeros_like(u) if gy is None else gy
-    glast = u.new_zeros(u.shape[2:] + (ctx.saved_tensors[2].shape[-1],)) if glast is None else glast
+    glast = u.new_zeros(u.shape[:3] + (ctx.saved_tensors[2].shape[-1],)) if glast is None else glast
     return _scan_backward(*ctx.saved_tensors, gy.contiguous(), glast.contiguous())
 
 
 _scan.register_autograd(_scan_grad, setup_context=_scan_setup)
+
+
+@torch.library.custom_op('ablate::skipped_selective_scan', mutates_args=())
+def _skipped_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                  D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None) -> torch.Tensor:
+    """Zeros shaped like u, standing in for a scan under record_scans(compute=False). It takes all
+    the scan's inputs so that a jit trace keeps the ops producing them (fvcore counts x_proj and
+    dt_proj; an unused output would be pruned from the graph)."""
+    return torch.zeros_like(u)
+
+
+@_skipped_scan.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias):
+    return torch.empty_like(u)
+
+
+# --------------------------------------------------------------------------- backends
+SCAN_BACKENDS = ('auto', 'cpp', 'torch', 'cuda')
+_BACKEND_ENV = 'ABLATE_SCAN_BACKEND'
+_SOURCE = Path(__file__).with_name('csrc') / 'selective_scan.cpp'
+# -march=native is safe because the build is cached per CPU (its flags are in the name below);
+# no -ffast-math: the kernel vectorises explicitly. -fopenmp: at::parallel_for is an inline
+# `omp parallel` in torch's headers, serial without it (torch's own OpenMP runtime, thread count).
+_CFLAGS = ['-O3', '-march=native', '-fopenmp']
+log = logging.getLogger(__name__)
+_LOGGED: set[tuple[str, str]] = set()
+
+
+def _requested_backend() -> str:
+    value = os.environ.get(_BACKEND_ENV, 'auto')
+    if value not in SCAN_BACKENDS:
+        raise ValueError(f"{_BACKEND_ENV}={value!r} is not a scan backend; choose from: {', '.join(SCAN_BACKENDS)}")
+    return value
+
+
+def _cpu_flags() -> str:
+    try:
+        return next(line for line in Path('/proc/cpuinfo').read_text().splitlines() if line.startswith('flags'))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def _build_extension() -> Any:
+    """JIT-compile csrc/selective_scan.cpp (once; cached under torch's extensions dir,
+    $TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions) and return its op namespace."""
+    cpp_log = logging.getLogger('torch.utils.cpp_extension')
+    level = cpp_log.level
+    cpp_log.setLevel(logging.ERROR)  # "No CUDA runtime is found" on CPU-only machines: irrelevant here
+    try:
+        from torch.utils import cpp_extension
+
+        # the name changes with the source, flags and CPU, so worktrees and nodes never share a stale build
+        tag = hashlib.sha1(_SOURCE.read_bytes() + ' '.join(_CFLAGS).encode() + _cpu_flags().encode()).hexdigest()
+        cpp_extension.load(name=f'ablate_scan_{tag[:12]}', sources=[str(_SOURCE)], extra_cflags=_CFLAGS,
+                           extra_ldflags=['-fopenmp'], is_python_module=False, verbose=False)
+    finally:
+        cpp_log.setLevel(level)
+    return torch.ops.ablate_scan_cpp
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled() -> tuple[Any, str | None]:
+    """(op namespace, None) once the kernel is built, or (None, why not); tried once per process."""
+    try:
+        return _build_extension(), None
+    except Exception as exc:  # any build or load failure: a compiler, ninja or header missing
+        reason = (str(exc).strip().splitlines() or [''])[-1][:300]
+        return None, f'{type(exc).__name__}: {reason}'
+
+
+def _cpu_backend(device: torch.device) -> str:
+    """'cpp' or 'torch': the implementation of the custom op's body for tensors on `device`."""
+    return scan_backend(device) if device.type == 'cpu' else 'torch'
 
 
 @functools.lru_cache(maxsize=1)
@@ -261,9 +384,40 @@ def _cuda_kernel() -> Callable | None:
     return selective_scan_fn
 
 
-def scan_backend(device: torch.device | str) -> str:
-    """Which implementation `selective_scan` uses for tensors on `device`: 'mamba_ssm' or 'torch'."""
-    return 'mamba_ssm' if torch.device(device).type == 'cuda' and _cuda_kernel() is not None else 'torch'
+def scan_backend(device: torch.device | str = 'cpu') -> str:
+    """The implementation `selective_scan` uses for tensors on `device`: 'mamba_ssm', 'cpp' or 'torch'.
+
+    Chosen by $ABLATE_SCAN_BACKEND: `auto` (default): mamba_ssm on CUDA tensors when installed
+    (else the chunked torch scan there), the compiled kernel on CPU when it builds (else one
+    warning with the reason, then the chunked torch scan); `cpp`: the compiled kernel, an error
+    when it cannot be built or the tensors are not on the CPU; `torch`: the chunked torch scan
+    everywhere; `cuda`: mamba_ssm on CUDA tensors, an error when it is not installed (CPU
+    tensors as `auto`).
+    """
+    requested, kind = _requested_backend(), torch.device(device).type
+    if kind == 'cuda' and requested in ('auto', 'cuda'):
+        if _cuda_kernel() is None and requested == 'cuda':
+            raise RuntimeError(f'{_BACKEND_ENV}=cuda but mamba_ssm is not importable')
+        name = 'mamba_ssm' if _cuda_kernel() is not None else 'torch'
+    elif requested == 'torch':
+        name = 'torch'
+    elif kind != 'cpu':
+        if requested == 'cpp':
+            raise RuntimeError(f'{_BACKEND_ENV}=cpp runs on CPU tensors only, got tensors on {device}')
+        name = 'torch'
+    else:
+        ops, reason = _compiled()
+        if ops is None and requested == 'cpp':
+            raise RuntimeError(f'{_BACKEND_ENV}=cpp but the compiled selective scan cannot be built: {reason}')
+        if ops is None and ('failed', reason) not in _LOGGED:
+            _LOGGED.add(('failed', reason))
+            log.warning('selective scan: the compiled CPU kernel cannot be built (%s); using the chunked torch '
+                        'scan', reason)
+        name = 'cpp' if ops is not None else 'torch'
+    if (name, kind) not in _LOGGED:
+        _LOGGED.add((name, kind))
+        log.info('selective scan backend for %s tensors: %s', kind, name)
+    return name
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -286,7 +440,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                          f'D={dim} and each other')
     for calls in _RECORDERS:
         calls.append(ScanCall(batch, dim, length, int(A.shape[1]), D is not None, z is not None))
-    if scan_backend(u.device) == 'mamba_ssm':
+    if _SKIPPING:
+        out = _skipped_scan(u, delta, A, B, C, D, z, delta_bias)
+        return (out, u.new_zeros(batch, dim, A.shape[1], dtype=torch.float32)) if return_last_state else out
+    if scan_backend(u.device) == 'mamba_ssm':  # also validates $ABLATE_SCAN_BACKEND
         return _cuda_kernel()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
     dtype_in = u.dtype
@@ -301,14 +458,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         # B and C share one group structure inside the kernel; a 3-D or coarser one is expanded
         # to the finer group count (cheap: these are (batch, G, N, L), not per channel).
         G = max(groups)
-        T = _chunk_len(length)
-        y, last = _scan(
-            _to_time_major(u.unflatten(1, (G, -1)), T),
-            _to_time_major(delta.unflatten(1, (G, -1)), T),
-            A.unflatten(0, (G, -1)),
-            _to_time_major(_groups(B.float(), G), T),
-            _to_time_major(_groups(C.float(), G), T))
-        out = _from_time_major(y, length).flatten(1, 2)
+        y, last = _scan(u.unflatten(1, (G, -1)).contiguous(), delta.unflatten(1, (G, -1)).contiguous(),
+                        A.unflatten(0, (G, -1)).contiguous(), _groups(B.float(), G), _groups(C.float(), G))
+        out = y.flatten(1, 2)
         if D is not None:
             out = out + u * D.float()[:, None]
         if z is not None:
