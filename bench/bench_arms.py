@@ -16,14 +16,13 @@ import os
 # see bench_scan.py: passive OpenMP waiting, set before torch loads
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
-import time  # noqa: E402
-
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 from ablate.models import build_model, count_cost  # noqa: E402
 from ablate.models.ssm import scan_backend  # noqa: E402
+from bench_scan import best_time  # noqa: E402  (bench/ is on sys.path when a script there runs)
 
 
 def step_time(model: torch.nn.Module, batch: int, size: int, repeats: int) -> float:
@@ -39,13 +38,7 @@ def step_time(model: torch.nn.Module, batch: int, size: int, repeats: int) -> fl
         F.cross_entropy(model(x), y).backward()
         opt.step()
 
-    step()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return best_time(step, repeats)
 
 
 def main(argv: list[str] | None = None) -> int:
