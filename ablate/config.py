@@ -147,6 +147,12 @@ def _augment_policy(v: Any) -> bool:
     return True
 
 
+def _tracking() -> Any:
+    from ablate import tracking
+
+    return tracking
+
+
 def _device(v: Any) -> bool:
     return isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None
 
@@ -306,10 +312,10 @@ class EmbeddedSegmentationTaskConfig(SegmentationTaskConfig, EmbeddedSceneFields
 
 @dataclass
 class LoggerConfig:
-    kind: str = field(default="none", metadata=one_of(("wandb", "none")))
+    kind: str = field(default="none", metadata=one_of(lambda: _tracking().KINDS))
     project: str = "ablate"
     entity: Optional[str] = None
-    mode: Optional[str] = field(default=None, metadata=one_of(("online", "offline", "disabled"), optional=True))
+    mode: Optional[str] = field(default=None, metadata=one_of(lambda: _tracking().MODES, optional=True))
     # mode None -> WANDB_MODE, else offline without a key
 
 

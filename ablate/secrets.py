@@ -17,15 +17,15 @@ redacted when the job starts.
 """
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
+
+from ablate import atomic
 
 MASK = "***"
 # userinfo password: after "scheme://" and an optional user, up to the last "@" before the host
@@ -64,10 +64,7 @@ def redact_file(path: Path) -> None:
     clean = redact(text)
     if clean == text:
         return
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(clean)
-    os.replace(tmp, path)
+    atomic.write(path, clean)
 
 
 class RedactHydraFiles(Callback):

@@ -23,6 +23,7 @@ from ablate import atomic, secrets
 
 log = logging.getLogger("ablate.tracking")
 MODES = ("online", "offline", "disabled")
+KINDS = ("wandb", "none")
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 REACH_TIMEOUT_S = 5.0
 INIT_TIMEOUT_S = 15.0
@@ -122,5 +123,5 @@ def start(logger_cfg: Mapping[str, Any], **kwargs: Any) -> Optional[WandbTracker
     if kind == "none":
         return None
     if kind != "wandb":
-        raise ValueError(f"logger.kind={kind!r} is not known; choose from: wandb, none")
+        raise ValueError(f"logger.kind={kind!r} is not known; choose from: {', '.join(KINDS)}")
     return WandbTracker(logger_cfg, **kwargs)
