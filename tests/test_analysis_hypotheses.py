@@ -279,3 +279,10 @@ def test_an_under_powered_not_supported_says_how_many_seeds_would_resolve_it(tmp
 
     needed = pairs_needed(float(np.std(treatment - control, ddof=1)), 0.3, 0.05)
     assert row["note"] == f"under-powered: mde {row['mde']:.3g} > the margin 0.3 at 80% power; about {needed} paired seeds would resolve it"
+
+
+def test_too_few_seeds_of_an_arm_at_chance_say_both(tmp_path: Path) -> None:
+    (h1,) = [h for h in load_hypotheses(CONF_DIR) if h.id == "H1"]
+    rows = evaluate(h1, _collection(tmp_path, paired([10.0, 10.5], [10.0, 10.0], image_size=SHORT, chance=10.0))).rows
+    note = rows[rows["part"] == "non_inferiority"]["note"].iloc[0]
+    assert note.startswith("2 paired seed(s), fewer than min_pairs=3; not clearly above chance: model.ssm=true")

@@ -293,3 +293,13 @@ def test_report_artefacts_replace_planted_links_never_write_through_them(study: 
         assert target.read_text() == "precious\n", name
         assert not (out / name).is_symlink() and (out / name).stat().st_size > 0, name
     assert (out / "report.md").read_bytes() == study["report"].read_bytes()
+
+
+def test_arms_at_chance_are_named_on_the_first_screen(tmp_path: Path) -> None:
+    recs = paired([10.0, 10.5, 9.5], [10.0, 10.2, 9.9], image_size=(32, 32), chance=10.0)
+    path = report.write_report([write_sweep(tmp_path / "results", "chance", recs)], tmp_path / "out", CONF_DIR)
+    head = path.read_text().splitlines()[:4]
+    assert any("Warning: in 1 of 1 cell group(s) an arm is not clearly above chance" in line for line in head)
+    learned = paired([70.0, 70.5, 71.0], [70.2, 70.4, 71.1], image_size=(32, 32), chance=10.0)
+    clean = report.write_report([write_sweep(tmp_path / "r2", "ok", learned)], tmp_path / "out2", CONF_DIR)
+    assert "Warning: in" not in clean.read_text()

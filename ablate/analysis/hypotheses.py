@@ -453,7 +453,8 @@ def _decision(hypothesis: Hypothesis, row: pd.Series, trend: bool) -> tuple[str,
     if row["n_pairs"] == 0:  # a trend row says why (too few lengths with enough pairs)
         return INSUFFICIENT, note or "no complete pair (see missing pairs)"
     if not trend and row["n_pairs"] < hypothesis.min_pairs:
-        return INSUFFICIENT, f"{row['n_pairs']} paired seed(s), fewer than min_pairs={hypothesis.min_pairs}"
+        few = f"{row['n_pairs']} paired seed(s), fewer than min_pairs={hypothesis.min_pairs}"
+        return INSUFFICIENT, f"{few}; {note}" if row["at_chance"] else few  # both reasons: the arm did not learn
     if row["at_chance"]:
         return INSUFFICIENT, note
     if math.isnan(row["p_adj"]):

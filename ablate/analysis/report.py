@@ -74,6 +74,7 @@ def write_report(
     _write_csvs(out, collection.runs, verdicts)
     sections = [
         f"# Ablation report: {', '.join(s.name for s in collection.sweeps) or 'all runs'}",
+        *_did_not_learn(verdicts),
         _what_was_run(collection, results_root, hypotheses, hypotheses_dir),
         _verdict_section(verdicts),
         _paragraphs(verdicts),
@@ -112,6 +113,16 @@ def _nothing_read(sweep_dirs: Sequence[Path], results_root: Path | None, collect
         example = shown_path(strays[0])
         return f"{head}: {len(strays)} {RESULT_FILE} file(s) lie outside the layout (e.g. {example}); {layout}"
     return f"{head}: it holds no records; {layout}"
+
+
+def _did_not_learn(verdicts: list[Verdict]) -> list[str]:
+    """A first-screen warning when some cell groups compare arms that did not learn (none otherwise)."""
+    rows = pd.concat([v.rows for v in verdicts if not v.rows.empty] or [pd.DataFrame(columns=["cell", "at_chance"])])
+    stuck = sorted(set(rows.loc[rows["at_chance"].astype(bool), "cell"]))
+    if not stuck:
+        return []
+    return [f"> **Warning: in {len(stuck)} of {rows['cell'].nunique()} cell group(s) an arm is not clearly above "
+            "chance: it did not learn, and those comparisons decide nothing** (see the notes under Verdicts)."]
 
 
 def _hypothesis_factors(hypotheses: Iterable[Hypothesis]) -> list[str]:
