@@ -366,7 +366,7 @@ def _arms_at_chance(hypothesis: Hypothesis, group: pd.DataFrame) -> str:
         half = (stats.t_quantile(1 - hypothesis.alpha, n - 1) * float(values.std(ddof=1)) / math.sqrt(n)
                 if n > 1 else math.inf)  # half-width of the two-sided 1 - 2*alpha CI of the arm's mean
         above = sign * (mean - float(chance))
-        if above < CHANCE_MARGIN or above - half <= 0:
+        if above <= CHANCE_MARGIN or above - half <= 0:
             stuck.append(f"{hypothesis.factor}={_level_text(level)} (mean {mean:.3g}, chance {float(chance):.3g})")
     if not stuck:
         return ""

@@ -117,7 +117,8 @@ def _nothing_read(sweep_dirs: Sequence[Path], results_root: Path | None, collect
 
 def _did_not_learn(verdicts: list[Verdict]) -> list[str]:
     """A first-screen warning when some cell groups compare arms that did not learn (none otherwise)."""
-    rows = pd.concat([v.rows for v in verdicts if not v.rows.empty] or [pd.DataFrame(columns=["cell", "at_chance"])])
+    rows = pd.concat([v.rows for v in verdicts if not v.rows.empty] or [pd.DataFrame(columns=list(VERDICT_COLUMNS))])
+    rows = rows[rows["part"] != "trend"]  # a trend row's "cell" is a series of cell groups
     stuck = sorted(set(rows.loc[rows["at_chance"].astype(bool), "cell"]))
     if not stuck:
         return []
