@@ -198,7 +198,10 @@ def test_a_job_that_dies_does_not_stop_the_sweep_waiting_for_the_others(tmp_path
 
 # --- the real job runner (run.py) on Slurm ----------------------------------------------------
 
-RUN_CELL = ["task=shapes", "model=pico", "trainer=cpu", "logger=none", "trainer.max_steps=8",
+# Enough steps that a job is still training for a few seconds after its first checkpoint: the
+# driver polls every 0.5 s, and with the compiled scan 8 steps of pico were over before a signal came.
+RUN_STEPS = 40
+RUN_CELL = ["task=shapes", "model=pico", "trainer=cpu", "logger=none", f"trainer.max_steps={RUN_STEPS}",
             "trainer.checkpoint_every=1", "trainer.log_every=1"]
 
 
@@ -257,7 +260,7 @@ def test_real_job_preempted_on_slurm_resumes_and_matches_an_uninterrupted_run(re
     resumed = [r for r in records(tmp_path / "results") if r["cost"]["resumed_from_step"]]
     assert resumed, "no job resumed from a checkpoint"
     cell = resumed[0]
-    assert 0 < cell["cost"]["resumed_from_step"] < 8
+    assert 0 < cell["cost"]["resumed_from_step"] < RUN_STEPS
     overrides = [o for o in cell["overrides"] if not o.startswith(("paths.", "sweep="))]
     reference = tmp_path / "reference"
     # The same cell, uninterrupted, with the thread count the Slurm job had (cpus_per_task=1).
