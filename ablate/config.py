@@ -120,6 +120,12 @@ def _scan_orders() -> tuple[str, ...]:
     return tuple(SCAN_ORDERS)
 
 
+def _inits() -> tuple[str, ...]:
+    from ablate.models import INITS
+
+    return tuple(INITS)
+
+
 def _generators() -> tuple[str, ...]:
     from ablate.tasks.classification import EmbeddedClassification
 
@@ -163,6 +169,7 @@ class ModelConfig:
     ssm: bool = False  # the ablated switch: selective SSM on the c branch of every Gated CNN block
     scan: str = field(default="cross", metadata=one_of(_scan_orders))  # ignored when ssm=false
     d_state: int = field(default=16, metadata=at_least(1))
+    init: str = field(default="timm", metadata=one_of(_inits))  # timm: std 0.02; fan_in: std 1/sqrt(fan_in)
     dt_rank: Optional[int] = field(default=None, metadata=at_least(1, optional=True))  # None -> ceil(C / 16)
     drop_path_rate: Optional[float] = field(default=None, metadata=rule(
         lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)", optional=True))  # None -> the variant's value
@@ -239,6 +246,10 @@ class EmbeddedClassificationTaskConfig(ClassificationTaskConfig):
     train_size: int = field(default=1000, metadata=at_least(1))  # images in total
     val_size: int = field(default=200, metadata=at_least(1))
     data_seed: int = field(default=0, metadata=at_least(0))  # fixed across run seeds: vary init and order, not data
+    # pathfinder only (null for shapes): curves besides the two main ones (null: side / 16), and
+    # curve length in units of the image side (null: 1.0). Both keep their meaning at every size.
+    distractors: Optional[int] = field(default=None, metadata=at_least(0, optional=True))
+    curve_length: Optional[float] = field(default=None, metadata=above(0, optional=True))
 
 
 @dataclass

@@ -72,6 +72,21 @@ def test_init_is_trunc_normal_and_zero_bias():
     torch.testing.assert_close(mixer.D, torch.ones_like(mixer.D))
 
 
+def test_fan_in_init_scales_each_weight_by_its_fan_in():
+    torch.manual_seed(0)
+    m = build_model('nano', ssm=True, init='fan_in')
+    for name, mod in m.named_modules():
+        if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)) and mod.weight.numel() >= 2000:
+            fan_in = mod.weight[0].numel()  # e.g. 49 for the 7x7 depthwise conv, C for a 1x1 conv
+            # timm's trunc_normal_ cuts at +-2 absolute: > 10 sd here, so the sd is the normal's
+            assert abs(mod.weight.std().item() * fan_in ** 0.5 - 1) < 0.1, name
+    mixer = m.stages[0].blocks[0].ssm
+    torch.testing.assert_close(mixer.D, torch.ones_like(mixer.D))  # the SSM keeps Mamba's init here too
+    # the switch changes the init only: the same parameters and shapes as timm's init
+    timm_init = build_model('nano', ssm=True)
+    assert {k: v.shape for k, v in m.state_dict().items()} == {k: v.shape for k, v in timm_init.state_dict().items()}
+
+
 def test_ssm_arm_adds_only_the_mixers():
     off, on = build_model('nano'), build_model('nano', ssm=True)
     names_off = set(off.state_dict())
@@ -196,6 +211,7 @@ def test_head_and_backbone_mode():
     (dict(name='tiny', dt_rank=-2), 'model.dt_rank=-2'),
     (dict(name='tiny', num_classes=-1), 'model.num_classes=-1'),
     (dict(name='tiny', drop_path_rate=1.5), 'model.drop_path_rate=1.5'),
+    (dict(name='tiny', init='xavier'), "model.init='xavier' is not an init; choose from: timm, fan_in"),
 ])
 def test_bad_config_is_one_clear_line(kwargs, message):
     with pytest.raises(ValueError) as err:

@@ -24,7 +24,7 @@ from timm.models._features import feature_take_indices
 
 from .ssm import SCAN_ORDERS, SelectiveSSM2d
 
-__all__ = ['MambaOut', 'VARIANTS', 'build_model', 'seq_len', 'stage_grid']
+__all__ = ['INITS', 'MambaOut', 'VARIANTS', 'build_model', 'seq_len', 'stage_grid']
 
 # name -> depths, dims, drop_path (the ImageNet drop-path rate of the variant)
 VARIANTS: dict[str, dict] = {
@@ -40,6 +40,13 @@ VARIANTS: dict[str, dict] = {
 
 # Every stride-2 conv of the skeleton: the stem's two and each later stage's downsample.
 DOWNSAMPLE_CONV = dict(kernel_size=3, stride=2, padding=1)
+
+# Weight init of every Conv2d/Linear outside the SSM (biases start at 0):
+#   timm:   trunc-normal, std 0.02 whatever the fan-in (MambaOut's own init);
+#   fan_in: trunc-normal, std 1/sqrt(fan_in) (Kaiming with linear gain). At pico/nano widths (8-96
+#           channels) std 0.02 is far below 1/sqrt(fan_in), and the input dependence of the
+#           activations dies through the depth at a high peak lr (see README, "The demo").
+INITS = ('timm', 'fan_in')
 
 
 def image_hw(key: str, value: int | Sequence[int]) -> tuple[int, int]:
@@ -188,12 +195,15 @@ class MambaOut(nn.Module):
             scan: str = 'cross',
             d_state: int = 16,
             dt_rank: int | None = None,
+            init: str = 'timm',
     ):
         super().__init__()
         if len(depths) != 4 or len(dims) != 4:
             raise ValueError(f'model.depths={tuple(depths)!r}, model.dims={tuple(dims)!r}: need 4 stages each')
         if scan not in SCAN_ORDERS:
             raise ValueError(f"model.scan={scan!r} is not a scan order; choose from: {', '.join(SCAN_ORDERS)}")
+        if init not in INITS:
+            raise ValueError(f"model.init={init!r} is not an init; choose from: {', '.join(INITS)}")
         self.num_classes = num_classes
         self.dims = tuple(dims)
         self.ssm, self.scan = ssm, scan
@@ -212,12 +222,13 @@ class MambaOut(nn.Module):
         self.num_features = dims[-1]
         self.head = MlpHead(dims[-1], num_classes, drop_rate=drop_rate)
         self.head_hidden_size = self.head.num_features
+        self.init = init
         self.apply(self._init_weights)  # touches Conv2d/Linear only; SSM parameters keep Mamba's init
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
+    def _init_weights(self, m: nn.Module) -> None:
         if isinstance(m, (nn.Conv2d, nn.Linear)):
-            trunc_normal_(m.weight, std=0.02)
+            fan_in = m.weight[0].numel()  # in_features, or in_channels / groups * kh * kw
+            trunc_normal_(m.weight, std=0.02 if self.init == 'timm' else fan_in ** -0.5)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
@@ -327,7 +338,7 @@ def ablate_mambaout_base(pretrained: bool = False, **kwargs) -> MambaOut:
 
 def build_model(name: str, ssm: bool = False, num_classes: int = 1000, scan: str = 'cross',
                 d_state: int = 16, dt_rank: int | None = None, drop_path_rate: float | None = None,
-                **overrides) -> nn.Module:
+                init: str = 'timm', **overrides) -> nn.Module:
     """The MambaOut variant `name` (see VARIANTS), with the selective SSM when `ssm`.
 
     drop_path_rate None takes the variant's; num_classes=0 gives a backbone without classifier;
@@ -348,4 +359,4 @@ def build_model(name: str, ssm: bool = False, num_classes: int = 1000, scan: str
     if drop_path_rate is not None:
         overrides['drop_path_rate'] = drop_path_rate
     return _create(
-        name, num_classes=num_classes, ssm=ssm, scan=scan, d_state=d_state, dt_rank=dt_rank, **overrides)
+        name, num_classes=num_classes, ssm=ssm, scan=scan, d_state=d_state, dt_rank=dt_rank, init=init, **overrides)

@@ -190,10 +190,7 @@ class ImageFolderClassification(SplitDatasetTask):
 
     # -- model, loss, evaluation -----------------------------------------------------------------
     def build_model(self, model_cfg: Mapping[str, Any]) -> nn.Module:
-        return build_model(
-            model_cfg["name"], ssm=model_cfg["ssm"], num_classes=self.num_classes, scan=model_cfg["scan"],
-            d_state=model_cfg["d_state"], dt_rank=model_cfg["dt_rank"], drop_path_rate=model_cfg["drop_path_rate"],
-        )
+        return build_model(**model_cfg, num_classes=self.num_classes)
 
     def training_step(self, model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
         images, targets, replaced = batch
@@ -243,7 +240,8 @@ class EmbeddedClassification(ImageFolderClassification):
     GENERATORS = ("shapes", "pathfinder")
 
     def __init__(
-        self, generator: str, train_size: int = 1000, val_size: int = 200, data_seed: int = 0, **kwargs: Any
+        self, generator: str, train_size: int = 1000, val_size: int = 200, data_seed: int = 0,
+        distractors: int | None = None, curve_length: float | None = None, **kwargs: Any
     ):
         if generator not in self.GENERATORS:
             raise ValueError(f"task.generator={generator!r} is not known; choose from: {', '.join(self.GENERATORS)}")
@@ -253,9 +251,16 @@ class EmbeddedClassification(ImageFolderClassification):
             if size < self.num_classes or size % self.num_classes:
                 raise ConfigError(f"task.{key}={size} is not allowed: a positive multiple of "
                                   f"task.num_classes={self.num_classes} (the generator makes equal classes)")
+        for key, value in (("distractors", distractors), ("curve_length", curve_length)):
+            if generator != "pathfinder" and value is not None:
+                raise ConfigError(f"task.{key}={value} is not allowed with task.generator={generator}: "
+                                  f"a pathfinder hardness setting (leave it null)")
         self.generator = generator
         self.sizes = (train_size, val_size)
         self.data_seed = data_seed
+        # pathfinder hardness; None -> the generator's default (side/16 distractors, curves 1 side long)
+        self.hardness = {k: v for k, v in (("distractors", distractors), ("curve_length", curve_length))
+                         if v is not None}
 
     def prepare(self) -> None:
         from ablate.tasks import toydata
@@ -268,5 +273,6 @@ class EmbeddedClassification(ImageFolderClassification):
                 num_classes=self.num_classes,
             )
         else:
-            self.root = toydata.generate_pathfinder(self.root, self.image_size, train_size, val_size, seed=self.data_seed)
+            self.root = toydata.generate_pathfinder(
+                self.root, self.image_size, train_size, val_size, seed=self.data_seed, **self.hardness)
         super().prepare()

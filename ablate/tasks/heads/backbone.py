@@ -52,10 +52,7 @@ class StageFeatures(nn.Module):
 
 def build_backbone(model_cfg: Mapping[str, Any], backbone_ckpt: str | None = None) -> StageFeatures:
     """The headless `ablate.models` backbone of `model_cfg` (initialised from `backbone_ckpt` if given)."""
-    backbone = build_model(
-        model_cfg["name"], ssm=model_cfg["ssm"], num_classes=0, scan=model_cfg["scan"], d_state=model_cfg["d_state"],
-        dt_rank=model_cfg["dt_rank"], drop_path_rate=model_cfg["drop_path_rate"],
-    )
+    backbone = build_model(**model_cfg, num_classes=0)
     # Dense tasks read the stage outputs only: the classifier's pooled MLP head (1.3M parameters for
     # tiny) would be dead weight in parameter counts and the optimiser. Checkpoints then match
     # "classifier keys minus head.*".
