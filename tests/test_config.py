@@ -1,6 +1,8 @@
 """Config composition: every group option composes, and bad input fails before any job starts."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
@@ -102,9 +104,24 @@ def test_every_shipped_task_validates(task):
     validate(compose([f"task={task}"]))
 
 
+@pytest.mark.parametrize("experiment", ["demo", "cpu_study"])
 @pytest.mark.parametrize("task", ["shapes", "pathfinder"])
-def test_the_demo_validates(task):
-    validate(compose([f"task={task}", "+experiment=demo"]))
+def test_the_shipped_experiments_validate(task, experiment):
+    validate(compose([f"task={task}", f"+experiment={experiment}"]))
+
+
+def test_pathfinder_hardness_is_rejected_for_shapes_and_reaches_the_generator(tmp_path):
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    with pytest.raises(InstantiationException) as info:
+        instantiate(compose(["task=shapes", "task.distractors=0"]).task)
+    assert "task.distractors=0 is not allowed with task.generator=shapes" in str(info.value.__cause__)
+    task = instantiate(compose(["task=pathfinder", "task.distractors=0", "task.curve_length=0.5",
+                                "task.train_size=4", "task.val_size=2", f"paths.data={tmp_path}"]).task)
+    task.prepare()
+    meta = json.loads((task.root / "meta.json").read_text())["params"]
+    assert meta["distractors"] == 0 and meta["curve_length"] == 0.5 and meta["curve_segments"] == 6
 
 
 def test_embedded_sizes_must_split_into_equal_classes():
