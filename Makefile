@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # OpenMP threads that spin while waiting make PyTorch many times slower on shared or small CPUs.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: test demo install bench
+.PHONY: test demo study install bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,16 @@ test: $(STAMP)
 # Two legs into one named sweep (see experiments/demo.yaml); the report is rewritten after each.
 demo: $(STAMP)
 	$(PY) run.py -m +experiment=demo task=shapes
-	$(PY) run.py -m +experiment=demo task=pathfinder 'task.image_size=[64,64],[208,208]'
+	$(PY) run.py -m +experiment=demo task=pathfinder 'task.image_size=[64,64],[208,208]' \
+	  task.train_size=2000 task.val_size=400 task.distractors=0 task.curve_length=0.5
 	@echo "demo: records under results/runs/, report at reports/demo/report.md"
+
+# The published small-scale study (experiments/cpu_study.yaml, ~75 min on 2 cores): report at reports/cpu_study/.
+study: $(STAMP)
+	$(PY) run.py -m +experiment=cpu_study task=shapes
+	$(PY) run.py -m +experiment=cpu_study task=pathfinder 'task.image_size=[64,64],[128,128],[208,208]' \
+	  task.train_size=10000 trainer.epochs=1 task.distractors=0 task.curve_length=0.5
+	@echo "study: report at reports/cpu_study/report.md"
 
 bench: $(STAMP)
 	$(PY) bench/bench_scan.py

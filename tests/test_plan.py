@@ -77,15 +77,15 @@ def test_plan_of_a_known_sweep_counts_cells_cost_and_status(tmp_path, capsys):
 
 
 def test_plan_expands_the_experiments_sweeper_params(tmp_path, capsys):
-    # conf/experiment/demo.yaml sweeps model.ssm: true,false and seed: 0,1 -> 2 arms x 2 seeds = 4 cells, with
-    # no max_steps: the plan reads the (generated) data to count epochs x full batches per epoch.
+    # conf/experiment/demo.yaml sweeps model.ssm: true,false and seed: 0,1,2 -> 2 arms x 3 seeds = 6 cells,
+    # with no max_steps: the plan reads the (generated) data to count epochs x full batches per epoch.
     demo = OmegaConf.load(CONF_DIR / "experiment" / "demo.yaml")
-    assert dict(demo.hydra.sweeper.params) == {"model.ssm": "true,false", "seed": "0,1"}
+    assert dict(demo.hydra.sweeper.params) == {"model.ssm": "true,false", "seed": "0,1,2"}
     train_size = demo.task.get("train_size", OmegaConf.load(CONF_DIR / "task" / "shapes.yaml").train_size)
     steps = demo.trainer.epochs * (train_size // demo.trainer.batch_size)
     rows = _plan_json(capsys, ["+experiment=demo", "task=shapes"] + _paths(tmp_path))["cells"]
-    assert len(rows) == 4
-    assert sorted(_cell_factors(r) for r in rows) == [(False, 0), (False, 1), (True, 0), (True, 1)]
+    assert len(rows) == 6
+    assert sorted(_cell_factors(r) for r in rows) == [(False, 0), (False, 1), (False, 2), (True, 0), (True, 1), (True, 2)]
     assert {r["steps"] for r in rows} == {steps}
     assert {r["seq_len"] for r in rows} == {4}
     for row in rows:
