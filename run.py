@@ -8,6 +8,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from ablate.analysis.callback import sweep_exit_code
 from ablate.config import ConfigError  # also registers the config schemas
 
 
@@ -24,3 +25,4 @@ def main(cfg: DictConfig) -> dict:
 
 if __name__ == "__main__":
     main()
+    sys.exit(sweep_exit_code())  # a multirun with a failed cell exits 1 (a single run's failure raises)

@@ -38,10 +38,12 @@ def test_tiny_job_writes_a_valid_record(tmp_path, tiny_args):
 
 
 def test_failing_job_is_recorded_and_the_sweep_goes_on_then_rerun_reuses(tmp_path, tiny_args):
-    # A zero image side makes those two jobs raise; the other two complete and the multirun exits 0.
+    # A zero image side makes those two jobs raise; the other two complete. The sweep ends with one
+    # line counting its cells, and the multirun exits 1: not every cell completed.
     args = ["-m"] + tiny_args + ["model.ssm=true,false", "task.image_size=[32,32],[0,32]", "sweep=mixed"]
     proc = run_cli(args, tmp_path, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "ablate: sweep mixed: 2 of 4 cells completed, 2 failed" in proc.stdout
     by_size = {}
     for record in load_records(tmp_path / "results"):
         by_size.setdefault(record["factors"]["task.image_size"], []).append(record)
@@ -66,12 +68,22 @@ def test_failing_job_is_recorded_and_the_sweep_goes_on_then_rerun_reuses(tmp_pat
     # Same command again: completed cells are reused (files untouched), failed ones are retried.
     done = {r["run_id"]: (tmp_path / "results" / "runs" / r["run_id"] / "result.json").stat().st_mtime_ns
             for r in by_size["32x32"]}
-    run_cli(args, tmp_path, check=False)
+    assert run_cli(args, tmp_path, check=False).returncode == 1  # the zero-side cells fail again
     for run_id, mtime in done.items():
         assert (tmp_path / "results" / "runs" / run_id / "result.json").stat().st_mtime_ns == mtime
         assert "reused" in (tmp_path / "results" / "runs" / run_id / "train.log").read_text()
     failed_dir = tmp_path / "results" / "runs" / by_size["0x32"][0]["run_id"]
     assert len(list((failed_dir / "history").glob("result-*.json"))) == 1  # the first attempt kept
+
+
+def test_a_complete_sweep_exits_0_and_a_cell_without_a_record_counts_as_unfinished(tmp_path, tiny_args):
+    from ablate.analysis.callback import sweep_outcome
+
+    proc = run_cli(["-m", *tiny_args, "seed=0,1", "sweep=whole"], tmp_path)
+    assert proc.returncode == 0 and "ablate: sweep whole: 2 of 2 cells completed\n" in proc.stdout
+    sweep = tmp_path / "results" / "sweeps" / "whole"
+    (sweep / "9" / ".hydra").mkdir(parents=True)  # a job that died before its cell started
+    assert sweep_outcome(sweep) == ("sweep whole: 2 of 3 cells completed, 1 without a record", 1)
 
 
 def test_nonfinite_loss_is_recorded_as_diverged(tmp_path, tiny_args):

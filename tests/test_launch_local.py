@@ -41,7 +41,7 @@ def marker(tmp_path: Path, name: str, kind: str = "start") -> dict:
     return json.loads((tmp_path / "m" / f"{name}.{kind}.json").read_text())
 
 
-def test_gpu_pool_gives_each_job_its_gpus_and_survives_failing_jobs(tmp_path):
+def test_gpu_pool_gives_each_job_its_gpus_and_survives_failing_jobs(tmp_path, capfd):
     jobs = [
         ["name=first", "peer=second"],  # these two run at once: each waits for the other to start
         ["name=second", "peer=first"],
@@ -49,14 +49,20 @@ def test_gpu_pool_gives_each_job_its_gpus_and_survives_failing_jobs(tmp_path):
         ["name=exit", "action=exit"],
         ["name=kill", "action=kill"],
         ["name=last"],
+        ["name=flop", "action=failed"],
     ]
     returns = launch(tmp_path, ["hydra.launcher.gpus=[0,1,2,3]", "hydra.launcher.gpus_per_job=2"], jobs)
+    # one line per job: how its process ended, or, when it ended normally, the status its record gives
+    captured = capfd.readouterr()
+    states = dict(re.findall(r"\t#(\d+) (completed|failed|FAILED)", captured.err + captured.out))
+    assert states == {"0": "completed", "1": "completed", "2": "FAILED", "3": "FAILED", "4": "FAILED",
+                      "5": "completed", "6": "failed"}
 
     assert [r.overrides[0] for r in returns] == [job[0] for job in jobs]
     by_name = {job[0].removeprefix("name="): ret for job, ret in zip(jobs, returns)}
-    for name in ("first", "second", "last"):
+    for name in ("first", "second", "last", "flop"):
         assert by_name[name].status == JobStatus.COMPLETED
-        assert by_name[name].return_value == {"name": name}
+        assert by_name[name].return_value == {"name": name, **({"status": "failed"} if name == "flop" else {})}
     statuses = {name: ret.status for name, ret in by_name.items()}
     assert statuses["boom"] == statuses["exit"] == statuses["kill"] == JobStatus.FAILED
     assert isinstance(by_name["boom"]._return_value, ValueError)

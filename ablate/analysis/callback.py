@@ -1,4 +1,5 @@
-"""A Hydra callback that writes the report at the end of every multirun, whatever jobs failed.
+"""A Hydra callback that writes the report at the end of every multirun, whatever jobs failed, and
+closes the sweep with one line: how many of its cells completed, failed or have no record.
 
 Wired in conf/config.yaml:
 
@@ -6,6 +7,8 @@ Wired in conf/config.yaml:
       callbacks:
         report:
           _target_: ablate.analysis.callback.ReportCallback
+
+run.py exits with `sweep_exit_code()`: 1 when a cell of the sweep failed or has no record, else 0.
 """
 from __future__ import annotations
 
@@ -14,6 +17,28 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+# Cells of the last multirun's sweep that failed or left no record (None before any multirun ended).
+_UNFINISHED: int | None = None
+
+
+def sweep_exit_code() -> int:
+    """1 when the last multirun's sweep has a failed cell or a cell without a record, else 0."""
+    return 1 if _UNFINISHED else 0
+
+
+def sweep_outcome(sweep_dir: Path) -> tuple[str, int]:
+    """("sweep NAME: 3 of 4 cells completed, 1 failed", cells failed or without a record)."""
+    from ablate.analysis.collect import MISSING_RECORD, UNREADABLE, collect
+
+    collection = collect([sweep_dir])
+    statuses = collection.runs["status"].value_counts() if not collection.runs.empty else {}
+    missing = int(collection.problems["kind"].isin([MISSING_RECORD, UNREADABLE]).sum())
+    cells = len(collection.runs) + missing
+    parts = [f"{int(statuses.get(s, 0))} {s}" for s in ("failed", "diverged", "pruned") if statuses.get(s, 0)]
+    parts += [f"{missing} without a record"] if missing else []
+    line = f"sweep {sweep_dir.name}: {int(statuses.get('completed', 0))} of {cells} cells completed"
+    return line + (f", {', '.join(parts)}" if parts else ""), int(statuses.get("failed", 0)) + missing
 
 
 class ReportCallback(Callback):
@@ -24,12 +49,17 @@ class ReportCallback(Callback):
         self.hypotheses_dir = Path(hypotheses_dir) if hypotheses_dir else None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = "(unknown sweep dir)"
+        global _UNFINISHED
+        sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
             from ablate.analysis.report import write_report
 
-            sweep_dir = str(config.hydra.sweep.dir)
-            path = write_report([Path(sweep_dir)], self.out_dir, self.hypotheses_dir)
+            path = write_report([sweep_dir], self.out_dir, self.hypotheses_dir)
             print(f"ablate: report written to {path}")
         except Exception as exc:  # noqa: BLE001 - a failed report must never fail the sweep
             print(f"ablate: no report for {sweep_dir}: {type(exc).__name__}: {' '.join(str(exc).split())}")
+        try:
+            line, _UNFINISHED = sweep_outcome(sweep_dir)
+        except Exception as exc:  # noqa: BLE001 - e.g. the sweep folder was never made: every job failed to start
+            line, _UNFINISHED = f"sweep {sweep_dir.name}: cells unknown ({type(exc).__name__}: {exc})", 1
+        print(f"ablate: {line}")

@@ -264,7 +264,11 @@ def _collect(job: _Job, returncode: int) -> JobReturn:
             ret = failed_return(job.overrides, RuntimeError(f"job #{job.idx}: cannot read its outcome {result}: {error!r}"))
     else:
         ret = _died(job, returncode)
-    state = "completed" if ret.status == JobStatus.COMPLETED else f"FAILED (see {job.folder / STDERR_FILE})"
+    if ret.status == JobStatus.COMPLETED:  # the process ended normally; the cell's record says how it went
+        record = ret.return_value if isinstance(ret.return_value, dict) else {}
+        state = record.get("status", "completed")
+    else:
+        state = f"FAILED (see {job.folder / STDERR_FILE})"
     log.info(f"\t#{job.idx} {state}")
     return ret
 

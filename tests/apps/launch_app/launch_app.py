@@ -5,6 +5,8 @@ jobs were running when it started), prints one line to stdout and one to stderr,
 ``action``:
 
     ok      stay running ``hold_s`` seconds (waiting for ``peer`` first if given), then finish
+    failed  finish normally, returning a dict whose status is "failed" (as ablate's job does for a
+            cell that failed)
     raise   raise ValueError          exit   os._exit(1)          kill   SIGKILL itself
     count   count to ``steps``, one step per ``step_s`` seconds, checkpointing the counter with
             ablate.train.checkpoint after every step and honouring ablate.train.preemption: a
@@ -55,6 +57,8 @@ def _act(cfg: DictConfig, out: Path) -> dict:
         return {}
     if cfg.action == "count":
         return _count(cfg, out)
+    if cfg.action == "failed":
+        return {"status": "failed"}
     (out / "running" / cfg.name).unlink()
     if cfg.action == "raise":
         raise ValueError(f"job {cfg.name} raised on purpose")
@@ -62,7 +66,7 @@ def _act(cfg: DictConfig, out: Path) -> dict:
         os._exit(1)
     if cfg.action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
-    raise ValueError(f"action={cfg.action!r}: allowed ok, raise, exit, kill, count")
+    raise ValueError(f"action={cfg.action!r}: allowed ok, failed, raise, exit, kill, count")
 
 
 def _count(cfg: DictConfig, out: Path) -> dict:
