@@ -335,6 +335,7 @@ class PathsConfig:
     root: str = "${cwd:}"
     results: str = "${paths.root}/results"
     data: str = "${paths.root}/data"
+    reports: str = "${paths.root}/reports"  # the end-of-multirun report goes to <reports>/<sweep>/
 
 
 @dataclass

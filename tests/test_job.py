@@ -79,8 +79,9 @@ def test_failing_job_is_recorded_and_the_sweep_goes_on_then_rerun_reuses(tmp_pat
 def test_a_complete_sweep_exits_0_and_a_cell_without_a_record_counts_as_unfinished(tmp_path, tiny_args):
     from ablate.analysis.callback import sweep_outcome
 
-    proc = run_cli(["-m", *tiny_args, "seed=0,1", "sweep=whole"], tmp_path)
+    proc = run_cli(["-m", *tiny_args, "seed=0,1", "sweep=whole", f"paths.reports={tmp_path / 'elsewhere'}"], tmp_path)
     assert proc.returncode == 0 and "ablate: sweep whole: 2 of 2 cells completed\n" in proc.stdout
+    assert (tmp_path / "elsewhere" / "whole" / "report.md").exists() and not (tmp_path / "reports").exists()
     sweep = tmp_path / "results" / "sweeps" / "whole"
     (sweep / "9" / ".hydra").mkdir(parents=True)  # a job that died before its cell started
     assert sweep_outcome(sweep) == ("sweep whole: 2 of 3 cells completed, 1 without a record", 1)

@@ -54,7 +54,8 @@ class ReportCallback(Callback):
         try:
             from ablate.analysis.report import write_report
 
-            path = write_report([sweep_dir], self.out_dir, self.hypotheses_dir)
+            out_dir = self.out_dir or Path(str(config.paths.reports)) / sweep_dir.name
+            path = write_report([sweep_dir], out_dir, self.hypotheses_dir)
             print(f"ablate: report written to {path}")
         except Exception as exc:  # noqa: BLE001 - a failed report must never fail the sweep
             print(f"ablate: no report for {sweep_dir}: {type(exc).__name__}: {' '.join(str(exc).split())}")
