@@ -87,6 +87,12 @@ def test_a_complete_sweep_exits_0_and_a_cell_without_a_record_counts_as_unfinish
     assert sweep_outcome(sweep) == ("sweep whole: 2 of 3 cells completed, 1 without a record", 1)
 
 
+def test_a_single_run_that_fails_exits_1_with_its_record(tmp_path, tiny_args):
+    proc = run_cli(tiny_args + ["trainer.device=cuda:7"], tmp_path, check=False)  # no such GPU here
+    (record,) = load_records(tmp_path / "results")
+    assert proc.returncode == 1 and record["status"] == "failed", proc.stderr[-2000:]
+
+
 def test_nonfinite_loss_is_recorded_as_diverged(tmp_path, tiny_args):
     run_cli(tiny_args + ["trainer.lr=1e30", "trainer.max_steps=20", "trainer.warmup_epochs=0"], tmp_path)
     (record,) = load_records(tmp_path / "results")
