@@ -49,6 +49,20 @@ def test_demo_experiment_overrides_only_what_differs():
     assert cfg.task.hflip == 0.0  # the task's own settings survive the experiment
 
 
+def test_job_folder_names_leave_out_exactly_the_non_semantic_keys():
+    cfg = compose([], return_hydra_config=True)
+    excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys) - {"hydra/launcher", "hydra/sweeper"}
+    expected = set()
+    for key in records.NON_SEMANTIC_KEYS:
+        if key == "tuning":  # a tuning trial's own keys must name its folder; the study and storage do not
+            expected |= {"tuning.study", "tuning.storage"}
+        elif key == "paths":
+            expected |= {f"paths.{leaf}" for leaf in cfg.paths}
+        else:
+            expected.add(key)
+    assert excluded == expected
+
+
 def test_run_id_ignores_paths_logger_and_device_but_not_the_arm():
     base = OmegaConf.to_container(compose(["task=shapes", "model=pico"]), resolve=True)
     moved = OmegaConf.to_container(
