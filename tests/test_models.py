@@ -87,6 +87,19 @@ def test_fan_in_init_scales_each_weight_by_its_fan_in():
     assert {k: v.shape for k, v in m.state_dict().items()} == {k: v.shape for k, v in timm_init.state_dict().items()}
 
 
+@pytest.mark.parametrize('ssm', [False, True])
+def test_device_and_dtype_factory_kwargs_as_timm(ssm):
+    # timm's tests build every registered model with device=/dtype= (timm's own mambaout_femto takes them)
+    on_meta = timm.create_model('ablate_mambaout_femto', ssm=ssm, device='meta')
+    assert {p.device.type for p in on_meta.parameters()} == {'meta'}
+    reference = timm.create_model('ablate_mambaout_femto', ssm=ssm)
+    assert {k: v.shape for k, v in on_meta.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
+    half = timm.create_model('ablate_mambaout_pico', ssm=ssm, dtype=torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    out = half(torch.randn(2, 3, 64, 64, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 1000) and out.isfinite().all()
+
+
 def test_ssm_arm_adds_only_the_mixers():
     off, on = build_model('nano'), build_model('nano', ssm=True)
     names_off = set(off.state_dict())

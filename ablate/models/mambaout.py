@@ -81,13 +81,14 @@ def seq_len(image_size: int | Sequence[int]) -> int:
 class Stem(nn.Module):
     """Conv3x3 s2 -> LN -> GELU -> Conv3x3 s2 -> LN; (B, 3, H, W) -> (B, H/4, W/4, C)."""
 
-    def __init__(self, in_chans: int, out_chs: int):
+    def __init__(self, in_chans: int, out_chs: int, device=None, dtype=None):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_chans, out_chs // 2, **DOWNSAMPLE_CONV)
-        self.norm1 = LayerNorm(out_chs // 2)
+        dd = dict(device=device, dtype=dtype)
+        self.conv1 = nn.Conv2d(in_chans, out_chs // 2, **DOWNSAMPLE_CONV, **dd)
+        self.norm1 = LayerNorm(out_chs // 2, **dd)
         self.act = nn.GELU()
-        self.conv2 = nn.Conv2d(out_chs // 2, out_chs, **DOWNSAMPLE_CONV)
-        self.norm2 = LayerNorm(out_chs)
+        self.conv2 = nn.Conv2d(out_chs // 2, out_chs, **DOWNSAMPLE_CONV, **dd)
+        self.norm2 = LayerNorm(out_chs, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm1(self.conv1(x).permute(0, 2, 3, 1))
@@ -98,10 +99,10 @@ class Stem(nn.Module):
 class Downsample(nn.Module):
     """Conv3x3 s2 -> LN between stages; channels-last in and out."""
 
-    def __init__(self, in_chs: int, out_chs: int):
+    def __init__(self, in_chs: int, out_chs: int, device=None, dtype=None):
         super().__init__()
-        self.conv = nn.Conv2d(in_chs, out_chs, **DOWNSAMPLE_CONV)
-        self.norm = LayerNorm(out_chs)
+        self.conv = nn.Conv2d(in_chs, out_chs, **DOWNSAMPLE_CONV, device=device, dtype=dtype)
+        self.norm = LayerNorm(out_chs, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
@@ -114,16 +115,17 @@ class GatedCNNBlock(nn.Module):
     """
 
     def __init__(self, dim: int, drop_path: float = 0.0, expansion_ratio: float = 8 / 3,
-                 kernel_size: int = 7, ssm: dict | None = None):
+                 kernel_size: int = 7, ssm: dict | None = None, device=None, dtype=None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         hidden = int(expansion_ratio * dim)
-        self.norm = LayerNorm(dim)
-        self.fc1 = nn.Linear(dim, 2 * hidden)
+        self.norm = LayerNorm(dim, **dd)
+        self.fc1 = nn.Linear(dim, 2 * hidden, **dd)
         self.act = nn.GELU()
         self.split_indices = (hidden, hidden - dim, dim)  # g, i, c
-        self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
-        self.ssm = SelectiveSSM2d(dim, **ssm) if ssm is not None else None
-        self.fc2 = nn.Linear(hidden, dim)
+        self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, **dd)
+        self.ssm = SelectiveSSM2d(dim, **ssm, **dd) if ssm is not None else None
+        self.fc2 = nn.Linear(hidden, dim, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,10 +140,11 @@ class GatedCNNBlock(nn.Module):
 
 class MambaOutStage(nn.Module):
     def __init__(self, dim: int, dim_out: int, depth: int, drop_path: list[float], downsample: bool,
-                 ssm: dict | None):
+                 ssm: dict | None, device=None, dtype=None):
         super().__init__()
-        self.downsample = Downsample(dim, dim_out) if downsample else nn.Identity()
-        self.blocks = nn.Sequential(*[GatedCNNBlock(dim_out, drop_path[j], ssm=ssm) for j in range(depth)])
+        dd = dict(device=device, dtype=dtype)
+        self.downsample = Downsample(dim, dim_out, **dd) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(*[GatedCNNBlock(dim_out, drop_path[j], ssm=ssm, **dd) for j in range(depth)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.downsample(x))
@@ -153,18 +156,20 @@ class MlpHead(nn.Module):
     num_classes=0 drops the last Linear: the head returns the 4C pooled MLP features, as timm's.
     """
 
-    def __init__(self, in_features: int, num_classes: int, mlp_ratio: int = 4, drop_rate: float = 0.0):
+    def __init__(self, in_features: int, num_classes: int, mlp_ratio: int = 4, drop_rate: float = 0.0,
+                 device=None, dtype=None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         hidden = mlp_ratio * in_features
-        self.norm = LayerNorm(in_features)
+        self.norm = LayerNorm(in_features, **dd)
         self.pre_logits = nn.Sequential(OrderedDict([
-            ('fc', nn.Linear(in_features, hidden)),
+            ('fc', nn.Linear(in_features, hidden, **dd)),
             ('act', nn.GELU()),
-            ('norm', LayerNorm(hidden)),
+            ('norm', LayerNorm(hidden, **dd)),
         ]))
         self.num_features = hidden
         self.head_dropout = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(hidden, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = nn.Linear(hidden, num_classes, **dd) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_dropout(self.pre_logits(self.norm(x.mean((1, 2)))))
@@ -196,8 +201,11 @@ class MambaOut(nn.Module):
             d_state: int = 16,
             dt_rank: int | None = None,
             init: str = 'timm',
+            device=None,
+            dtype=None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)  # timm's factory kwargs, passed to every layer
         if len(depths) != 4 or len(dims) != 4:
             raise ValueError(f'model.depths={tuple(depths)!r}, model.dims={tuple(dims)!r}: need 4 stages each')
         if scan not in SCAN_ORDERS:
@@ -210,17 +218,17 @@ class MambaOut(nn.Module):
         self.output_fmt = 'NHWC'
         ssm_kwargs = dict(d_state=d_state, dt_rank=dt_rank, scan=scan) if ssm else None
 
-        self.stem = Stem(in_chans, dims[0])
+        self.stem = Stem(in_chans, dims[0], **dd)
         dp_rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
         self.stages = nn.Sequential()
         self.feature_info = []
         prev = dims[0]
         for i, (depth, dim) in enumerate(zip(depths, dims)):
-            self.stages.append(MambaOutStage(prev, dim, depth, dp_rates[i], downsample=i > 0, ssm=ssm_kwargs))
+            self.stages.append(MambaOutStage(prev, dim, depth, dp_rates[i], downsample=i > 0, ssm=ssm_kwargs, **dd))
             self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f'stages.{i}'))
             prev = dim
         self.num_features = dims[-1]
-        self.head = MlpHead(dims[-1], num_classes, drop_rate=drop_rate)
+        self.head = MlpHead(dims[-1], num_classes, drop_rate=drop_rate, **dd)
         self.head_hidden_size = self.head.num_features
         self.init = init
         self.apply(self._init_weights)  # touches Conv2d/Linear only; SSM parameters keep Mamba's init

@@ -535,8 +535,11 @@ class SelectiveSSM2d(nn.Module):
             dt_min: float = 1e-3,
             dt_max: float = 0.1,
             dt_init_floor: float = 1e-4,
+            device=None,
+            dtype=None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if scan not in SCAN_ORDERS:
             raise ValueError(f"model.scan={scan!r} is not a scan order; choose from: {', '.join(SCAN_ORDERS)}")
         if d_state < 1:
@@ -548,11 +551,11 @@ class SelectiveSSM2d(nn.Module):
         self.dt_min, self.dt_max, self.dt_init_floor = dt_min, dt_max, dt_init_floor
         K = SCAN_ORDERS[scan]
         # (out, in) per direction, like nn.Linear weights
-        self.x_proj_weight = nn.Parameter(torch.empty(K, self.dt_rank + 2 * d_state, dim))
-        self.dt_proj_weight = nn.Parameter(torch.empty(K, dim, self.dt_rank))
-        self.dt_proj_bias = nn.Parameter(torch.empty(K * dim))
-        self.A_log = nn.Parameter(torch.empty(K * dim, d_state))
-        self.D = nn.Parameter(torch.empty(K * dim))
+        self.x_proj_weight = nn.Parameter(torch.empty(K, self.dt_rank + 2 * d_state, dim, **dd))
+        self.dt_proj_weight = nn.Parameter(torch.empty(K, dim, self.dt_rank, **dd))
+        self.dt_proj_bias = nn.Parameter(torch.empty(K * dim, **dd))
+        self.A_log = nn.Parameter(torch.empty(K * dim, d_state, **dd))
+        self.D = nn.Parameter(torch.empty(K * dim, **dd))
         self.A_log._no_weight_decay = True  # Mamba's marker; MambaOut.no_weight_decay() collects it
         self.D._no_weight_decay = True
         self.reset_parameters()
