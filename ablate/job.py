@@ -65,12 +65,12 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
 
     with _locked(run_dir) as read_only, _log_to(run_dir / "train.log"):
         previous = _read_previous(run_dir / "result.json")
-        if config_error is not None and previous is not None and previous["status"] != "failed":
+        if config_error is not None and previous is not None and previous["status"] != records.Status.FAILED:
             # Only a non-semantic key (device, logger, rerun...) can be bad and still name a cell that
             # has a result: that record stays as it is, and this job reports the error without writing one.
             log.error("cell %s not run: %s (its earlier record is kept)", run_id, config_error)
             return {**_new_record(config, overrides, run_id), "error": _error(config_error)}
-        if previous is not None and previous["status"] == "completed" and rerun != "all":
+        if previous is not None and previous["status"] == records.Status.COMPLETED and rerun != "all":
             log.info("cell %s already completed (%s): reused, not retrained", run_id, run_dir)
             return previous
         if read_only is not None:
@@ -99,12 +99,12 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
             record["metrics"] = result.metrics
             record["data"] = task.data_summary()
             record["cost"].update(_throughput(result, task), steps=result.steps, resumed_from_step=result.resumed_from_step)
-            record["status"], failed = "completed", False
+            record["status"], failed = records.Status.COMPLETED, False
         except Diverged as exc:
-            record["status"], record["error"] = "diverged", _error(exc)
+            record["status"], record["error"] = records.Status.DIVERGED, _error(exc)
         except Exception as exc:  # noqa: BLE001 - a failing cell must not stop the sweep
             pruned = type(exc).__name__ == "TrialPruned"
-            record["status"], record["error"] = ("pruned" if pruned else "failed"), _error(exc)
+            record["status"], record["error"] = (records.Status.PRUNED if pruned else records.Status.FAILED), _error(exc)
             if not pruned:
                 log.error("cell %s failed: %s: %s", run_id, record["error"]["type"], record["error"]["message"])
         record["curve"] = Curve.read(run_dir).summary()
@@ -114,19 +114,19 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
             records.write_json_atomic(run_dir / "result.json", record)
         except OSError as exc:  # e.g. ENOSPC: the cell is failed (the error names errno and path), the sweep goes on
             log.error("cell %s: its record was not written: %s", run_id, exc)
-            record["status"], record["error"] = "failed", record["error"] or _error(exc)  # the first cause
+            record["status"], record["error"] = records.Status.FAILED, record["error"] or _error(exc)  # the first cause
         if tracker is not None:
             tracker.finish({"status": record["status"], "metrics": record["metrics"], "cost": record["cost"]}, failed)
-        if record["status"] == "completed":
+        if record["status"] == records.Status.COMPLETED:
             log.info("cell %s completed: %s", run_id, record["metrics"])
-        elif record["status"] != "failed":  # diverged or pruned: their only line (a failure was logged above)
+        elif record["status"] != records.Status.FAILED:  # diverged or pruned: their only line (a failure was logged above)
             log.info("cell %s %s: %s", run_id, record["status"], record["error"]["message"])
         return record
 
 
 def _new_record(config: dict, overrides: list[str], run_id: str) -> dict[str, Any]:
     return {
-        "schema": records.SCHEMA, "run_id": run_id, "sweep": config["sweep"], "status": "failed", "error": None,
+        "schema": records.SCHEMA, "run_id": run_id, "sweep": config["sweep"], "status": records.Status.FAILED, "error": None,
         "config": config, "overrides": list(overrides), "factors": records.factors(config, overrides),
         "task": {"name": config["task"]["name"], "kind": None, "metric": None, "higher_is_better": True, "chance": None},
         "metrics": {},

@@ -42,13 +42,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ablate import atomic
 
 SCHEMA = "ablate.result/1"
-STATUSES = ("completed", "failed", "diverged", "pruned")
+
+
+class Status(str, Enum):
+    """A record's `status`. A str: it compares equal to the text a record holds, and is written as it."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DIVERGED = "diverged"  # the training loss became non-finite
+    PRUNED = "pruned"  # a tuning trial stopped early
+
+    __str__ = str.__str__  # f"{Status.FAILED}" is "failed"
+
+
+STATUSES = tuple(s.value for s in Status)
 TASK_KINDS = ("classification", "detection", "segmentation")  # task.kind
 RECORD_KEYS = (
     "schema", "run_id", "sweep", "status", "error", "config", "overrides", "factors", "task",
@@ -156,7 +170,7 @@ def validate(record: Mapping[str, Any]) -> list[str]:
             problems.append(f"factors lacks {key}")
     problems += _type_problems(record)
     task = record.get("task")
-    if record.get("status") == "completed" and isinstance(record.get("metrics"), Mapping) and isinstance(task, Mapping):
+    if record.get("status") == Status.COMPLETED and isinstance(record.get("metrics"), Mapping) and isinstance(task, Mapping):
         metric = task.get("metric")
         if metric not in record["metrics"]:
             problems.append(f"completed record lacks its primary metric {metric!r}")

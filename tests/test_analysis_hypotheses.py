@@ -42,9 +42,11 @@ def _noise(n: int, scale: float, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(0, scale, n)
 
 
-def test_shipped_hypotheses_are_the_papers_two() -> None:
-    h1, h2 = load_hypotheses(CONF_DIR)
+def test_shipped_hypotheses_are_the_papers_two_and_h1_at_the_embedded_margin() -> None:
+    h1, h1e, h2 = load_hypotheses(CONF_DIR)
     assert (h1.id, h1.test, h1.favours, h1.margin, h1.efficiency) == ("H1", "non_inferiority", "control", 0.3, True)
+    assert (h1e.id, h1e.test, h1e.favours, h1e.margin, h1e.scope.task, h1e.scope.regime) == (
+        "H1-embedded", "non_inferiority", "control", 2.0, ("shapes",), "short")
     assert (h1.scope.task_kind, h1.scope.regime, h1.factor, h1.treatment, h1.control) == (
         ("classification",), "short", "model.ssm", True, False)
     assert (h2.id, h2.test, h2.favours, h2.scope.regime, h2.trend) == ("H2", "superiority", "treatment", "long", True)
@@ -56,8 +58,8 @@ def test_a_dropped_in_yaml_file_adds_h3(tmp_path: Path) -> None:
     shutil.copytree(CONF_DIR, folder)
     (folder / "h3.yaml").write_text(H3)
     loaded = load_hypotheses(folder)
-    assert [h.id for h in loaded] == ["H1", "H2", "H3"]
-    assert loaded[2].test == "equivalence" and loaded[2].scope.factors == (("trainer.epochs", (1,)),)
+    assert [h.id for h in loaded] == ["H1", "H1-embedded", "H2", "H3"]
+    assert loaded[3].test == "equivalence" and loaded[3].scope.factors == (("trainer.epochs", (1,)),)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -154,7 +156,7 @@ def test_scope_regime_and_task_kind_select_records(tmp_path: Path) -> None:
     recs = (paired([80, 81, 82], [80, 81, 82.5], image_size=SHORT)
             + paired([40, 41, 42], [43, 44, 45.5], image_size=LONG, task="det", kind="detection", metric="map"))
     collection = _collection(tmp_path, recs)
-    h1, h2 = load_hypotheses(CONF_DIR)
+    h1, _, h2 = load_hypotheses(CONF_DIR)
     assert set(evaluate(h1, collection).rows["cell"].str.extract(r"task=(\w+)")[0]) == {"shapes"}
     assert set(evaluate(h2, collection).rows.query("part == 'superiority'")["cell"].str.extract(r"task=(\w+)")[0]) == {"det"}
 

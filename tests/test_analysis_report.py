@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from test_analysis_factory import make_record, paired, write_sweep
 
 from ablate.analysis import report
-from ablate.analysis.callback import ReportCallback
+from ablate.analysis.callback import ReportCallback, sweep_exit_code
 from ablate.analysis.collect import collect, pair
 from ablate.analysis.hypotheses import CONF_DIR, DECISIONS
 from ablate.analysis.summaries import crossover_table, sequence_points
@@ -84,9 +84,11 @@ def test_verdicts_csv_has_one_row_per_hypothesis_part_and_cell(study: dict[str, 
     assert {"n_pairs", "diff", "ci_low", "ci_high", "p", "p_adj", "decision"} <= set(verdicts.columns)
     assert set(verdicts["decision"]) <= set(DECISIONS)
     parts = verdicts.groupby(["hypothesis", "part"]).size().to_dict()
-    # H1: two short shapes sizes; H2: det at L = 2304 and 4096, one det trend series; H3: four det sizes
-    assert parts == {("H1", "efficiency"): 2, ("H1", "non_inferiority"): 2, ("H2", "superiority"): 2,
-                     ("H2", "trend"): 1, ("H3", "equivalence"): 4}
+    # H1 and H1-embedded (shapes only): two short shapes sizes; H2: det at L = 2304 and 4096, one det
+    # trend series; H3: four det sizes
+    assert parts == {("H1", "efficiency"): 2, ("H1", "non_inferiority"): 2, ("H1-embedded", "efficiency"): 2,
+                     ("H1-embedded", "non_inferiority"): 2, ("H2", "superiority"): 2, ("H2", "trend"): 1,
+                     ("H3", "equivalence"): 4}
     assert set(verdicts.query("hypothesis != 'H3'")["decision"]) == {"supported"}
     text = study["report"].read_text()
     assert "| H1           | For short-sequence" in text and "| **supported**" in text
@@ -165,10 +167,13 @@ def test_callback_writes_the_report_and_never_raises(study: dict[str, Path], tmp
     callback = ReportCallback(out_dir=str(tmp_path / "out"))
     callback.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(small)}}}))
     assert (tmp_path / "out" / "report.md").exists()
-    assert capsys.readouterr().out.startswith("ablate: report written to ")
-    callback.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "gone")}}}))
     out = capsys.readouterr().out
-    assert out.startswith("ablate: no report for ") and out.count("\n") == 1
+    assert out.startswith("ablate: report written to ") and out.endswith("ablate: sweep cb: 6 of 6 cells completed\n")
+    assert sweep_exit_code() == 0
+    callback.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "gone")}}}))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("ablate: no report for ") and lines[1].startswith("ablate: sweep gone: cells unknown")
+    assert len(lines) == 2 and sweep_exit_code() == 1
 
 
 APP = """

@@ -30,15 +30,17 @@ def sweep_exit_code() -> int:
 def sweep_outcome(sweep_dir: Path) -> tuple[str, int]:
     """("sweep NAME: 3 of 4 cells completed, 1 failed", cells failed or without a record)."""
     from ablate.analysis.collect import MISSING_RECORD, UNREADABLE, collect
+    from ablate.records import Status
 
     collection = collect([sweep_dir])
     statuses = collection.runs["status"].value_counts() if not collection.runs.empty else {}
     missing = int(collection.problems["kind"].isin([MISSING_RECORD, UNREADABLE]).sum())
     cells = len(collection.runs) + missing
-    parts = [f"{int(statuses.get(s, 0))} {s}" for s in ("failed", "diverged", "pruned") if statuses.get(s, 0)]
+    parts = [f"{int(statuses.get(s, 0))} {s}" for s in (Status.FAILED, Status.DIVERGED, Status.PRUNED)
+             if statuses.get(s, 0)]
     parts += [f"{missing} without a record"] if missing else []
-    line = f"sweep {sweep_dir.name}: {int(statuses.get('completed', 0))} of {cells} cells completed"
-    return line + (f", {', '.join(parts)}" if parts else ""), int(statuses.get("failed", 0)) + missing
+    line = f"sweep {sweep_dir.name}: {int(statuses.get(Status.COMPLETED, 0))} of {cells} cells completed"
+    return line + (f", {', '.join(parts)}" if parts else ""), int(statuses.get(Status.FAILED, 0)) + missing
 
 
 class ReportCallback(Callback):

@@ -26,7 +26,7 @@ RESULT_FILE = "result.json"
 CELL_FILE = "cell.json"
 # Factors shown in every cell label, whether or not they vary (the rest are shown when they vary).
 LABEL_FACTORS = ("task", "model.name", "task.image_size")
-COMPLETED = "completed"
+COMPLETED = records.Status.COMPLETED
 PROBLEM_KINDS = UNREADABLE, MISSING_RECORD, DUPLICATE, INCOMPLETE = (
     "unreadable record", "missing record", "duplicate run_id", "incomplete record")
 HEAD_COLUMNS = (

@@ -21,7 +21,7 @@ import pandas as pd
 from ablate import atomic, records
 from ablate.analysis import figures, summaries
 from ablate.analysis.collect import (
-    CELL_FILE, RESULT_FILE, Collection, Pairing, at_level, cell_factors, collect, format_level, pair, shown_path,
+    CELL_FILE, COMPLETED, RESULT_FILE, Collection, Pairing, at_level, cell_factors, collect, format_level, pair, shown_path,
     with_cells,
 )
 from ablate.analysis.hypotheses import (
@@ -36,7 +36,7 @@ VERDICTS_CSV = "verdicts.csv"
 # The comparison behind the descriptive tables: the selective SSM on (treatment) vs off (control).
 ABLATED = ("model.ssm", True, False)
 ARM_NAMES = {"c": "no SSM", "t": "SSM"}
-NON_COMPLETED = tuple(s for s in records.STATUSES if s != "completed")
+NON_COMPLETED = tuple(s for s in records.STATUSES if s != COMPLETED)
 SEED_SD_RATIO = 3.0  # an arm whose seed-to-seed sd exceeds the other arm's by this factor is flagged
 
 
@@ -450,14 +450,14 @@ def _curves_section(collection: Collection, out: Path) -> tuple[str, list[str]]:
 def _sanity_tables(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Completed runs whose training loss ended non-finite or no lower than it started, and cell groups
     whose seeds disagree wildly in one arm (sd more than SEED_SD_RATIO x the other arm's)."""
-    done = runs[(runs["status"] == "completed") & (runs["curve.points"].fillna(0) >= 2)]
+    done = runs[(runs["status"] == COMPLETED) & (runs["curve.points"].fillna(0) >= 2)]
     first, last = done["curve.first_loss"].astype(float), done["curve.last_loss"].astype(float)
     stuck = done[~np.isfinite(last) | (last >= first)]
     loss = pd.DataFrame({"run": stuck["run_id"], "cell group": stuck["label"], "arm": stuck["arm"],
                          "seed": stuck["seed"], "first loss": column(stuck["curve.first_loss"], ".4g"),
                          "last loss": column(stuck["curve.last_loss"], ".4g")})
     spread = []
-    completed = runs[(runs["status"] == "completed") & runs["arm_key"].notna() & runs["value"].notna()]
+    completed = runs[(runs["status"] == COMPLETED) & runs["arm_key"].notna() & runs["value"].notna()]
     for _, group in completed.groupby("cell", sort=True):
         sd = group.groupby("arm_key")["value"].agg(lambda v: float(np.std(v.astype(float), ddof=1)) if len(v) > 1 else np.nan)
         if {"t", "c"} <= set(sd.index) and sd.notna().all():
@@ -470,7 +470,7 @@ def _sanity_tables(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def _problems_section(collection: Collection, pairing: Pairing, verdicts: list[Verdict]) -> str:
     runs = _with_arms(collection)
-    bad = runs[runs["status"] != "completed"]
+    bad = runs[runs["status"] != COMPLETED]
     blocks = ["## Problems", "### Failed, diverged and pruned runs"]
     if len(bad):
         counts = pd.crosstab([runs["label"], runs["arm"]], runs["status"])

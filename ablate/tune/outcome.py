@@ -19,6 +19,8 @@ import optuna
 from hydra.core.utils import JobReturn
 from optuna.trial import TrialState
 
+from ablate.records import Status
+
 MAX_REASON_CHARS = 500
 
 
@@ -27,7 +29,7 @@ class Outcome:
     state: TrialState
     value: float | None = None
     reason: str | None = None  # why a trial failed or was pruned
-    status: str = "completed"  # in the records' vocabulary: completed | failed | diverged | pruned
+    status: str = Status.COMPLETED  # in the records' vocabulary: completed | failed | diverged | pruned
     run_id: str | None = None  # the record's run_id, linking the trial to results/runs/<run_id>
     higher_is_better: bool | None = None  # from the record, to check the study's direction
 
@@ -37,7 +39,7 @@ def outcome_of(job: JobReturn) -> Outcome:
     try:
         value = job.return_value
     except optuna.TrialPruned as exc:
-        return Outcome(TrialState.PRUNED, reason=_short(f"pruned: {exc}"), status="pruned")
+        return Outcome(TrialState.PRUNED, reason=_short(f"pruned: {exc}"), status=Status.PRUNED)
     except Exception as exc:  # a failed trial must never kill the sweep
         return _fail(f"{type(exc).__name__}: {exc}")
     if isinstance(value, Mapping):
@@ -57,7 +59,7 @@ def _from_record(record: Mapping[str, Any]) -> Outcome:
     task = record.get("task") or {}
     info = {"run_id": record.get("run_id"), "higher_is_better": task.get("higher_is_better")}
     status = record.get("status")
-    if status == "completed":
+    if status == Status.COMPLETED:
         metric = task.get("metric")
         metrics = record.get("metrics") or {}
         if metric not in metrics:
@@ -66,10 +68,10 @@ def _from_record(record: Mapping[str, Any]) -> Outcome:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             return _fail(f"metric {metric!r} is {value!r}, not a number", **info)
         return _from_number(float(value), **info)
-    if status in ("diverged", "pruned"):
+    if status in (Status.DIVERGED, Status.PRUNED):
         reason = _error_text(record.get("error")) or status
         return Outcome(TrialState.PRUNED, reason=_short(reason), status=status, **info)
-    if status == "failed":
+    if status == Status.FAILED:
         return _fail(_error_text(record.get("error")) or "record status failed", **info)
     return _fail(f"record status {status!r}; expected completed, failed, diverged or pruned", **info)
 
@@ -81,7 +83,7 @@ def _error_text(error: Any) -> str | None:
 
 
 def _fail(reason: str, **record_info: Any) -> Outcome:
-    return Outcome(TrialState.FAIL, reason=_short(reason), status="failed", **record_info)
+    return Outcome(TrialState.FAIL, reason=_short(reason), status=Status.FAILED, **record_info)
 
 
 def _short(text: str) -> str:

@@ -32,7 +32,7 @@ from hydra.core.override_parser.types import QuotedString, Quote
 from hydra.core.utils import JobReturn
 from optuna.trial import FrozenTrial, TrialState
 
-from ablate.records import write_json_atomic
+from ablate.records import Status, write_json_atomic
 from ablate.tune import study as st
 from ablate.tune.errors import TuneConfigError
 from ablate.tune.outcome import Outcome, outcome_of
@@ -299,7 +299,7 @@ class FairTuner:
             params = [o for o in self.plan.param_overrides(best.params) if _key(o) != "seed"]
             for seed in self.settings.final_seeds:
                 entry = done.get(str(seed)) or {}
-                if entry.get("trial") == best.number and entry.get("status") == "completed":
+                if entry.get("trial") == best.number and entry.get("status") == Status.COMPLETED:
                     log.info("%s: final run seed=%d already done (job %s)", arm.name, seed, entry["job"])
                     continue
                 overrides = [*(o for o in self.plan.fixed if _key(o) != "seed"), *arm.arm.overrides,
@@ -352,7 +352,7 @@ def _study_summary(arm: ArmStudy) -> dict[str, Any]:
 
 def _direction_failure(outcome: Outcome) -> Outcome:
     return Outcome(TrialState.FAIL, reason="metric direction differs from the study's direction",
-                   status="failed", run_id=outcome.run_id, higher_is_better=outcome.higher_is_better)
+                   status=Status.FAILED, run_id=outcome.run_id, higher_is_better=outcome.higher_is_better)
 
 
 def _key(override: str) -> str:
