@@ -31,7 +31,7 @@ demo: $(STAMP)
 study: $(STAMP)
 	$(PY) run.py -m +experiment=cpu_study task=shapes
 	$(PY) run.py -m +experiment=cpu_study task=pathfinder 'task.image_size=[64,64],[128,128],[208,208]' \
-	  task.train_size=10000 trainer.epochs=1 task.distractors=0 task.curve_length=0.5
+	  task.train_size=4000 task.val_size=1000 trainer.epochs=1 task.distractors=0 task.curve_length=0.5
 	@echo "study: report at reports/cpu_study/report.md"
 
 bench: $(STAMP)
