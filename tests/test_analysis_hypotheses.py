@@ -194,6 +194,21 @@ def test_trend_reads_every_size_of_a_series_that_reaches_the_long_regime(tmp_pat
     assert row["rho"] > 0.9 and row["decision"] == "supported"
 
 
+def test_a_trend_through_sizes_where_an_arm_is_at_chance_decides_nothing(tmp_path: Path) -> None:
+    # The same rising advantage as above, but the control arm guesses (chance 50) at the two short sizes.
+    recs = []
+    for size in [(256, 256), (512, 512), LONG, LONGER]:
+        length = (size[0] // 16) ** 2
+        control = (50.2 if length < 1152 else 60) + _noise(3, 0.3, length)
+        recs += paired(control, control + 2 * np.log(length / 256) + _noise(3, 0.1, length + 1),
+                       image_size=size, task="pf", chance=50.0)
+    (h2,) = [h for h in load_hypotheses(CONF_DIR) if h.id == "H2"]
+    (row,) = evaluate(h2, _collection(tmp_path, recs)).rows.query("part == 'trend'").to_dict("records")
+    assert row["rho"] > 0.9 and row["at_chance"] and row["decision"] == "insufficient evidence"
+    assert row["note"].startswith("L=256: not clearly above chance: model.ssm=true (mean 50.")
+    assert "L=1024: not clearly above chance" in row["note"] and "L=2304" not in row["note"]
+
+
 def test_a_cell_with_one_arm_only_counts_with_zero_pairs(tmp_path: Path) -> None:
     recs = [make_record(value=v, ssm=False, seed=s, image_size=LONG, task="det", kind="detection", metric="map")
             for s, v in enumerate([40.0, 41.0, 42.0])]

@@ -412,6 +412,11 @@ def _trend_rows(hypothesis: Hypothesis, in_scope: Pairing, runs: pd.DataFrame, f
         row = _row(hypothesis, "trend", group["series_label"].iloc[0], _metric_name(hypothesis, group),
                    "spearman", math.nan, len(used), math.nan, math.nan, math.nan, math.nan, rho, p)
         row["note"] = _trend_note(lengths, counts, hypothesis.min_pairs)
+        # a trend through sizes where an arm did not learn reads noise around chance: it decides nothing
+        stuck = [f"L={int(length)}: {note}" for length, at in used.groupby("cost.seq_len", sort=True)
+                 if (note := _arms_at_chance(hypothesis, at))]
+        if stuck:
+            row["at_chance"], row["note"] = True, "; ".join(stuck)
         rows.append(row)
     return _decide(hypothesis, rows, trend=True)
 
