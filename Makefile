@@ -24,7 +24,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) run.py -m +experiment=demo task=shapes
 	$(PY) run.py -m +experiment=demo task=pathfinder 'task.image_size=[64,64],[208,208]' \
-	  task.train_size=2000 task.val_size=400 task.distractors=0 task.curve_length=0.5
+	  task.train_size=1000 task.val_size=200 trainer.epochs=1 task.distractors=0 task.curve_length=0.5
 	@echo "demo: records under results/runs/, report at reports/demo/report.md"
 
 # The published small-scale study (experiments/cpu_study.yaml, ~75 min on 2 cores): report at reports/cpu_study/.
