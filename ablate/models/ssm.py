@@ -241,78 +241,61 @@ def _torch_scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
 # loop steps, and the fake (meta) kernel gives shapes without computing. Its CPU/CUDA body runs
 # the compiled kernel (csrc/selective_scan.cpp) or the chunked PyTorch scan, see scan_backend().
 @torch.library.custom_op('ablate::selective_scan', mutates_args=())
-def _scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
-          D: torch.Tensor, delta_bias: torch.Tensor, softplus: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """u, delta: (Bt, G, H, L) fp32, delta before its bias and softplus; A: (G, H, N);
-    Bm, Cm: (Bt, G, N, L); D, delta_bias: (G, H) (zeros when absent).
+def _scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor,
+          Cm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """u, delta: (Bt, G, H, L) fp32; A: (G, H, N); Bm, Cm: (Bt, G, N, L).
 
-    Returns y = sum_n C_t h_t + D u_t (Bt, G, H, L) and the last state (Bt, G, H, N), with step
-    sizes softplus(delta + delta_bias) (or delta + delta_bias). The z gate is a plain autograd op
-    around this.
+    Returns y = sum_n C_t h_t (Bt, G, H, L) and the last state (Bt, G, H, N). D, z, delta_bias
+    and softplus are plain autograd ops around this.
     """
     if _cpu_backend(u.device) == 'cpp':
         # the kernel reads the N states of a step as one vector: B, C time-major per group
         # (free for SelectiveSSM2d, whose B and C are transposes of (Bt, G, L, N) tensors)
-        return _compiled()[0].fwd(u, delta, A, Bm.transpose(-1, -2).contiguous(), Cm.transpose(-1, -2).contiguous(),
-                                  D, delta_bias, softplus)
+        return _compiled()[0].fwd(u, delta, A, Bm.transpose(-1, -2).contiguous(), Cm.transpose(-1, -2).contiguous())
     length = u.shape[-1]
     T = _chunk_len(length)
-    steps = _step_sizes(delta, delta_bias, softplus)
-    y, last = _torch_scan(*(_to_time_major(t, T) for t in (u, steps)), A, *(_to_time_major(t, T) for t in (Bm, Cm)))
-    return (_from_time_major(y, length) + u * D[..., None]).contiguous(), last
-
-
-def _step_sizes(delta: torch.Tensor, delta_bias: torch.Tensor, softplus: bool) -> torch.Tensor:
-    raw = delta + delta_bias[..., None]
-    return F.softplus(raw) if softplus else raw
+    y, last = _torch_scan(*(_to_time_major(t, T) for t in (u, delta)), A, *(_to_time_major(t, T) for t in (Bm, Cm)))
+    return _from_time_major(y, length).contiguous(), last
 
 
 @torch.library.custom_op('ablate::selective_scan_backward', mutates_args=())
 def _scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
-                   D: torch.Tensor, delta_bias: torch.Tensor, softplus: bool, gy: torch.Tensor,
-                   glast: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                                 torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Grads of u, delta, A, Bm, Cm, D, delta_bias (layout of _scan) given those of y and of the last state."""
+                   gy: torch.Tensor, glast: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                   torch.Tensor, torch.Tensor]:
+    """Grads of u, delta, A, Bm, Cm (layout of _scan) given those of y and of the last state."""
     if _cpu_backend(u.device) == 'cpp':
-        du, ddelta, dA, dB, dC, dD, dbias = _compiled()[0].bwd(
-            u, delta, A, Bm.transpose(-1, -2).contiguous(), Cm.transpose(-1, -2).contiguous(), D, delta_bias,
-            softplus, gy, glast)
-        return du, ddelta, dA, dB.transpose(-1, -2).contiguous(), dC.transpose(-1, -2).contiguous(), dD, dbias
+        du, ddelta, dA, dB, dC = _compiled()[0].bwd(u, delta, A, Bm.transpose(-1, -2).contiguous(),
+                                                    Cm.transpose(-1, -2).contiguous(), gy, glast)
+        return du, ddelta, dA, dB.transpose(-1, -2).contiguous(), dC.transpose(-1, -2).contiguous()
     length = u.shape[-1]
     T = _chunk_len(length)
-    raw = delta + delta_bias[..., None]
-    steps = F.softplus(raw) if softplus else raw
-    grads = _torch_scan_backward(*(_to_time_major(t, T) for t in (u, steps)), A,
+    grads = _torch_scan_backward(*(_to_time_major(t, T) for t in (u, delta)), A,
                                  *(_to_time_major(t, T) for t in (Bm, Cm, gy)), glast)
-    du, dsteps, dA, dB, dC = grads
-    du, dsteps, dB, dC = (_from_time_major(t, length) for t in (du, dsteps, dB, dC))
-    draw = dsteps * torch.sigmoid(raw) if softplus else dsteps  # softplus' derivative
-    return ((du + gy * D[..., None]).contiguous(), draw.contiguous(), dA, dB.contiguous(), dC.contiguous(),
-            (gy * u).sum((0, 3)), draw.sum((0, 3)))
+    du, ddelta, dA, dB, dC = grads
+    return (*(_from_time_major(t, length).contiguous() for t in (du, ddelta)), dA,
+            *(_from_time_major(t, length).contiguous() for t in (dB, dC)))
 
 
 @_scan.register_fake
-def _(u, delta, A, Bm, Cm, D, delta_bias, softplus):
+def _(u, delta, A, Bm, Cm):
     Bt, G, H, L = u.shape
     return torch.empty_like(u), u.new_empty(Bt, G, H, A.shape[-1])
 
 
 @_scan_backward.register_fake
-def _(u, delta, A, Bm, Cm, D, delta_bias, softplus, gy, glast):
-    return tuple(torch.empty_like(t) for t in (u, delta, A, Bm, Cm, D, delta_bias))
+def _(u, delta, A, Bm, Cm, gy, glast):
+    return tuple(torch.empty_like(t) for t in (u, delta, A, Bm, Cm))
 
 
 def _scan_setup(ctx, inputs, output) -> None:
-    *tensors, ctx.softplus = inputs
-    ctx.save_for_backward(*tensors)
+    ctx.save_for_backward(*inputs)
 
 
 def _scan_grad(ctx, gy, glast):
-    u, delta, A, Bm, Cm, D, delta_bias = ctx.saved_tensors
+    u = ctx.saved_tensors[0]
     gy = torch.zeros_like(u) if gy is None else gy
-    glast = u.new_zeros(u.shape[:3] + (A.shape[-1],)) if glast is None else glast
-    return (*_scan_backward(u, delta, A, Bm, Cm, D, delta_bias, ctx.softplus, gy.contiguous(), glast.contiguous()),
-            None)
+    glast = u.new_zeros(u.shape[:3] + (ctx.saved_tensors[2].shape[-1],)) if glast is None else glast
+    return _scan_backward(*ctx.saved_tensors, gy.contiguous(), glast.contiguous())
 
 
 _scan.register_autograd(_scan_grad, setup_context=_scan_setup)
@@ -468,14 +451,18 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                    if torch.amp.is_autocast_available(u.device.type) else contextlib.nullcontext())
     with no_autocast:  # the scan runs in fp32 like selective_scan_ref
         u, delta, A = u.float(), delta.float(), A.float()
+        if delta_bias is not None:
+            delta = delta + delta_bias.float()[:, None]
+        if delta_softplus:
+            delta = F.softplus(delta)
         # B and C share one group structure inside the kernel; a 3-D or coarser one is expanded
         # to the finer group count (cheap: these are (batch, G, N, L), not per channel).
         G = max(groups)
-        per_group = [(u.new_zeros(dim) if v is None else v.float()).view(G, -1).contiguous() for v in (D, delta_bias)]
         y, last = _scan(u.unflatten(1, (G, -1)).contiguous(), delta.unflatten(1, (G, -1)).contiguous(),
-                        A.unflatten(0, (G, -1)).contiguous(), _groups(B.float(), G), _groups(C.float(), G),
-                        *per_group, bool(delta_softplus))
+                        A.unflatten(0, (G, -1)).contiguous(), _groups(B.float(), G), _groups(C.float(), G))
         out = y.flatten(1, 2)
+        if D is not None:
+            out = out + u * D.float()[:, None]
         if z is not None:
             out = out * F.silu(z.float())
     out = out.to(dtype_in)

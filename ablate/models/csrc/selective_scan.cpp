@@ -2,12 +2,9 @@
 //
 // Layout (all fp32, contiguous; the Python wrapper casts and transposes):
 //   u, delta: (Bt, G, H, L)   A: (G, H, N)   Bm, Cm: (Bt, G, L, N)  -- time-major per group, so the
-//   N states of one step are one contiguous vector.   D, delta_bias: (G, H)
+//   N states of one step are one contiguous vector.
 //   y: (Bt, G, H, L)   last: (Bt, G, H, N)
-//   dt_t = softplus(delta_t + delta_bias) (or without softplus)
-//   h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t;  y_t = sum_n C_t h_t + D u_t
-// The bias, softplus and D skip are fused: a step size is one scalar per (row, t), recomputed in
-// backward, so no (Bt, G, H, L) tensor is made for them.
+//   h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t;  y_t = sum_n C_t h_t
 // Each (batch, group, channel) row walks L once with its N states in registers; nothing of size
 // L x N is materialised. Backward recomputes the states chunk by chunk from stored chunk-boundary
 // states (kChunk steps of N floats in an L1-sized buffer) and runs the reverse recurrence.
@@ -16,7 +13,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -83,44 +79,31 @@ template <typename V> static inline V fast_exp(V x) {
   return p * scale;
 }
 
-// torch's softplus (beta 1, threshold 20): x above the threshold is returned as is.
-constexpr float kSoftplusThreshold = 20.f;
-static inline float step_size(float raw, bool softplus) {
-  return softplus && raw <= kSoftplusThreshold ? std::log1p(std::exp(raw)) : raw;
-}
-
-// Per-row scalars of the fused parts.
-struct RowParams {
-  float D, bias;
-  bool softplus;
-};
-
 // One (batch, group, channel) row. h: N floats of scratch for the states.
 template <typename V>
 void forward_row(const float* __restrict__ u, const float* __restrict__ dl, const float* __restrict__ A,
-                 const float* __restrict__ Bm, const float* __restrict__ Cm, RowParams p, float* __restrict__ y,
+                 const float* __restrict__ Bm, const float* __restrict__ Cm, float* __restrict__ y,
                  float* __restrict__ last, int64_t L, int64_t N, float* __restrict__ h) {
   constexpr int64_t W = Lanes<V>::W;
   std::fill(h, h + N, 0.f);
   for (int64_t t = 0; t < L; ++t) {
-    const float dt = step_size(dl[t] + p.bias, p.softplus), x = dt * u[t];
+    const float dt = dl[t], x = dt * u[t];
     V acc = splat<V>(0.f);
     for (int64_t k = 0; k < N; k += W) {
       const V hk = fast_exp(load<V>(A + k) * dt) * load<V>(h + k) + load<V>(Bm + t * N + k) * x;
       store(h + k, hk);
       acc += load<V>(Cm + t * N + k) * hk;
     }
-    y[t] = Lanes<V>::sum(acc) + p.D * u[t];
+    y[t] = Lanes<V>::sum(acc);
   }
   std::memcpy(last, h, N * sizeof(float));
 }
 
 template <typename V>
 void backward_row(const float* __restrict__ u, const float* __restrict__ dl, const float* __restrict__ A,
-                  const float* __restrict__ Bm, const float* __restrict__ Cm, RowParams p,
-                  const float* __restrict__ gy, const float* __restrict__ glast, float* __restrict__ du,
-                  float* __restrict__ ddl, float* __restrict__ dA, float* __restrict__ dB, float* __restrict__ dC,
-                  float* __restrict__ dD, float* __restrict__ dbias, int64_t L, int64_t N,
+                  const float* __restrict__ Bm, const float* __restrict__ Cm, const float* __restrict__ gy,
+                  const float* __restrict__ glast, float* __restrict__ du, float* __restrict__ ddl,
+                  float* __restrict__ dA, float* __restrict__ dB, float* __restrict__ dC, int64_t L, int64_t N,
                   float* __restrict__ work) {
   constexpr int64_t W = Lanes<V>::W;
   const int64_t n_chunks = (L + kChunk - 1) / kChunk;
@@ -129,21 +112,18 @@ void backward_row(const float* __restrict__ u, const float* __restrict__ dl, con
   float* __restrict__ hs = a + kChunk * N;       // (kChunk, N): states within the chunk
   float* __restrict__ carry = hs + kChunk * N;   // (N): a_{t+1} dL/dh_{t+1}
   float* __restrict__ h = carry + N;             // (N)
-  float* __restrict__ dts = h + N;               // (L): the step sizes, computed once
-  for (int64_t t = 0; t < L; ++t) dts[t] = step_size(dl[t] + p.bias, p.softplus);
   std::fill(h, h + N, 0.f);
   for (int64_t t = 0; t < L; ++t) {  // pass 1: states at chunk boundaries only
     if (t % kChunk == 0) std::memcpy(bound + (t / kChunk) * N, h, N * sizeof(float));
-    const float dt = dts[t], x = dt * u[t];
+    const float dt = dl[t], x = dt * u[t];
     for (int64_t k = 0; k < N; k += W)
       store(h + k, fast_exp(load<V>(A + k) * dt) * load<V>(h + k) + load<V>(Bm + t * N + k) * x);
   }
   std::memcpy(carry, glast, N * sizeof(float));
-  float gD = 0.f, gbias = 0.f;
   for (int64_t c = n_chunks - 1; c >= 0; --c) {  // pass 2: recompute a chunk, then walk it back
     const int64_t t0 = c * kChunk, t1 = std::min(L, t0 + kChunk);
     for (int64_t t = t0; t < t1; ++t) {
-      const float dt = dts[t], x = dt * u[t];
+      const float dt = dl[t], x = dt * u[t];
       const float* prev = t > t0 ? hs + (t - t0 - 1) * N : bound + c * N;
       for (int64_t k = 0; k < N; k += W) {
         const V ak = fast_exp(load<V>(A + k) * dt);
@@ -152,7 +132,7 @@ void backward_row(const float* __restrict__ u, const float* __restrict__ dl, con
       }
     }
     for (int64_t t = t1 - 1; t >= t0; --t) {
-      const float raw = dl[t] + p.bias, dt = dts[t], ut = u[t], gyt = gy[t];
+      const float dt = dl[t], ut = u[t], gyt = gy[t];
       const float* at = a + (t - t0) * N;
       const float* ht = hs + (t - t0) * N;
       const float* hp = t > t0 ? ht - N : bound + c * N;  // h_{t-1}
@@ -169,17 +149,10 @@ void backward_row(const float* __restrict__ u, const float* __restrict__ dl, con
         store(carry + k, ak * gn);
       }
       const float sgb = Lanes<V>::sum(gb);
-      du[t] = sgb * dt + gyt * p.D;
-      const float gdt = sgb * ut + Lanes<V>::sum(ga);
-      // d softplus(x)/dx = sigmoid(x), and 1 above the threshold (as torch's softplus_backward)
-      const float graw = p.softplus && raw <= kSoftplusThreshold ? gdt / (1.f + std::exp(-raw)) : gdt;
-      ddl[t] = graw;
-      gD += gyt * ut;
-      gbias += graw;
+      du[t] = sgb * dt;
+      ddl[t] = sgb * ut + Lanes<V>::sum(ga);
     }
   }
-  *dD = gD;
-  *dbias = gbias;
 }
 
 void check(const at::Tensor& t, int64_t dim, const char* name) {
@@ -189,34 +162,31 @@ void check(const at::Tensor& t, int64_t dim, const char* name) {
 }
 
 std::tuple<at::Tensor, at::Tensor> scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
-                                            const at::Tensor& Bm, const at::Tensor& Cm, const at::Tensor& D,
-                                            const at::Tensor& bias, bool softplus) {
+                                            const at::Tensor& Bm, const at::Tensor& Cm) {
   check(u, 4, "u"); check(delta, 4, "delta"); check(A, 3, "A"); check(Bm, 4, "Bm"); check(Cm, 4, "Cm");
-  check(D, 2, "D"); check(bias, 2, "delta_bias");
   const int64_t Bt = u.size(0), G = u.size(1), H = u.size(2), L = u.size(3), N = A.size(2);
   auto y = at::empty_like(u);
   auto last = at::empty({Bt, G, H, N}, u.options());
   const float *pu = u.data_ptr<float>(), *pd = delta.data_ptr<float>(), *pA = A.data_ptr<float>();
   const float *pB = Bm.data_ptr<float>(), *pC = Cm.data_ptr<float>();
-  const float *pD = D.data_ptr<float>(), *pbias = bias.data_ptr<float>();
   float *py = y.data_ptr<float>(), *pl = last.data_ptr<float>();
   at::parallel_for(0, Bt * G * H, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> h(N);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t bg = r / H, gh = (bg % G) * H + r % H;
       auto* f = N % 16 == 0 ? forward_row<Vec16> : forward_row<float>;
-      f(pu + r * L, pd + r * L, pA + gh * N, pB + bg * L * N, pC + bg * L * N, RowParams{pD[gh], pbias[gh], softplus},
-        py + r * L, pl + r * N, L, N, h.data());
+      f(pu + r * L, pd + r * L, pA + gh * N, pB + bg * L * N, pC + bg * L * N, py + r * L, pl + r * N, L, N,
+        h.data());
     }
   });
   return {y, last};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> scan_bwd(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> scan_bwd(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bm, const at::Tensor& Cm,
-    const at::Tensor& D, const at::Tensor& bias, bool softplus, const at::Tensor& gy, const at::Tensor& glast) {
+    const at::Tensor& gy, const at::Tensor& glast) {
   check(u, 4, "u"); check(delta, 4, "delta"); check(A, 3, "A"); check(Bm, 4, "Bm"); check(Cm, 4, "Cm");
-  check(D, 2, "D"); check(bias, 2, "delta_bias"); check(gy, 4, "gy"); check(glast, 4, "glast");
+  check(gy, 4, "gy"); check(glast, 4, "glast");
   const int64_t Bt = u.size(0), G = u.size(1), H = u.size(2), L = u.size(3), N = A.size(2);
   // dB, dC sum over the channels of a group and dA over the batch: each task owns one
   // (split, batch, group) slice of channels and writes partial sums that are added up below.
@@ -224,39 +194,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(H, (2 * threads + Bt * G - 1) / (Bt * G)));
   auto du = at::empty_like(u), ddelta = at::empty_like(delta);
   auto dA = at::zeros({Bt, G, H, N}, u.options());
-  auto dD = at::empty({Bt, G, H}, u.options()), dbias = at::empty({Bt, G, H}, u.options());
   auto dB = at::zeros({splits, Bt, G, L, N}, u.options());
   auto dC = at::zeros({splits, Bt, G, L, N}, u.options());
   const float *pu = u.data_ptr<float>(), *pd = delta.data_ptr<float>(), *pA = A.data_ptr<float>();
   const float *pB = Bm.data_ptr<float>(), *pC = Cm.data_ptr<float>();
-  const float *pD = D.data_ptr<float>(), *pbias = bias.data_ptr<float>();
   const float *pgy = gy.data_ptr<float>(), *pgl = glast.data_ptr<float>();
   float *pdu = du.data_ptr<float>(), *pdd = ddelta.data_ptr<float>(), *pdA = dA.data_ptr<float>();
-  float *pdD = dD.data_ptr<float>(), *pdbias = dbias.data_ptr<float>();
   float *pdB = dB.data_ptr<float>(), *pdC = dC.data_ptr<float>();
   const int64_t n_chunks = (L + kChunk - 1) / kChunk;
   at::parallel_for(0, splits * Bt * G, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> work((n_chunks + 2 * kChunk + 2) * N + L);
+    std::vector<float> work((n_chunks + 2 * kChunk + 2) * N);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t s = task / (Bt * G), bg = task % (Bt * G), g = bg % G;
       const int64_t h0 = s * H / splits, h1 = (s + 1) * H / splits;
       for (int64_t hh = h0; hh < h1; ++hh) {
         const int64_t r = bg * H + hh, gh = g * H + hh;
         auto* f = N % 16 == 0 ? backward_row<Vec16> : backward_row<float>;
-        f(pu + r * L, pd + r * L, pA + gh * N, pB + bg * L * N, pC + bg * L * N,
-          RowParams{pD[gh], pbias[gh], softplus}, pgy + r * L, pgl + r * N, pdu + r * L, pdd + r * L, pdA + r * N,
-          pdB + task * L * N, pdC + task * L * N, pdD + r, pdbias + r, L, N, work.data());
+        f(pu + r * L, pd + r * L, pA + gh * N, pB + bg * L * N, pC + bg * L * N, pgy + r * L, pgl + r * N,
+          pdu + r * L, pdd + r * L, pdA + r * N, pdB + task * L * N, pdC + task * L * N, L, N, work.data());
       }
     }
   });
-  return {du, ddelta, dA.sum(0), dB.sum(0), dC.sum(0), dD.sum(0), dbias.sum(0)};
+  return {du, ddelta, dA.sum(0), dB.sum(0), dC.sum(0)};
 }
 
 }  // namespace
 
 TORCH_LIBRARY(ablate_scan_cpp, m) {
-  m.def("fwd(Tensor u, Tensor delta, Tensor A, Tensor Bm, Tensor Cm, Tensor D, Tensor delta_bias, bool softplus)"
-        " -> (Tensor, Tensor)", &scan_fwd);
-  m.def("bwd(Tensor u, Tensor delta, Tensor A, Tensor Bm, Tensor Cm, Tensor D, Tensor delta_bias, bool softplus,"
-        " Tensor gy, Tensor glast) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", &scan_bwd);
+  m.def("fwd(Tensor u, Tensor delta, Tensor A, Tensor Bm, Tensor Cm) -> (Tensor, Tensor)", &scan_fwd);
+  m.def("bwd(Tensor u, Tensor delta, Tensor A, Tensor Bm, Tensor Cm, Tensor gy, Tensor glast)"
+        " -> (Tensor, Tensor, Tensor, Tensor, Tensor)", &scan_bwd);
 }
