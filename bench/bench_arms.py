@@ -3,15 +3,16 @@
     python bench/bench_arms.py            # pico batch 32 at 208x208, femto batch 4 at 224x224
     python bench/bench_arms.py --quick    # pico batch 4 at 64x64: a few seconds
 
-For each variant prints the seconds per step of both arms (best of --repeats, after one warm-up
-step), their ratio, the ratio of their MACs (count_cost, per image) and time ratio / MAC ratio:
-1 means the SSM arm costs exactly what its MACs say; above 1 its MACs run slower than the
-skeleton's convolutions and matmuls. Prints the selective-scan backend in use.
+For each variant prints the seconds per step of both arms (best of --repeats rounds in which the
+two arms take turns, after one warm-up step each), their ratio, the ratio of their MACs
+(count_cost, per image) and time ratio / MAC ratio: 1 means the SSM arm costs exactly what its
+MACs say; above 1 its MACs run slower than the skeleton's convolutions and matmuls. Prints the selective-scan backend in use.
 """
 from __future__ import annotations
 
 import argparse
 import os
+from typing import Callable
 
 # see bench_scan.py: passive OpenMP waiting, set before torch loads
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
@@ -22,11 +23,11 @@ from tabulate import tabulate  # noqa: E402
 
 from ablate.models import build_model, count_cost  # noqa: E402
 from ablate.models.ssm import scan_backend  # noqa: E402
-from bench_scan import best_time  # noqa: E402  (bench/ is on sys.path when a script there runs)
+from bench_scan import best_times  # noqa: E402  (bench/ is on sys.path when a script there runs)
 
 
-def step_time(model: torch.nn.Module, batch: int, size: int, repeats: int) -> float:
-    """Best seconds of one forward + backward + AdamW step on random images and labels."""
+def train_step(model: torch.nn.Module, batch: int, size: int) -> Callable[[], None]:
+    """One forward + backward + AdamW step on fixed random images and labels."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=g)
     y = torch.randint(0, model.num_classes, (batch,), generator=g)
@@ -38,7 +39,7 @@ def step_time(model: torch.nn.Module, batch: int, size: int, repeats: int) -> fl
         F.cross_entropy(model(x), y).backward()
         opt.step()
 
-    return best_time(step, repeats)
+    return step
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, batch, size in cases:
         torch.manual_seed(0)
         arms = {ssm: build_model(name, ssm=ssm) for ssm in (False, True)}
-        seconds = {ssm: step_time(m, batch, size, args.repeats) for ssm, m in arms.items()}
+        seconds = best_times({ssm: train_step(m, batch, size) for ssm, m in arms.items()}, args.repeats)
         macs = {ssm: count_cost(m, input_size=(size, size)).macs for ssm, m in arms.items()}
         time_ratio, mac_ratio = seconds[True] / seconds[False], macs[True] / macs[False]
         rows.append((f'{name} b{batch} @{size}', seconds[False], seconds[True], time_ratio, mac_ratio,

@@ -3,7 +3,8 @@
     python bench/bench_scan.py            # calibration size: B=8, D=192, L=3136 (56x56), N=16
     python bench/bench_scan.py --quick    # B=2, D=32, L=196, N=16: a few seconds
 
-Prints one table: forward and forward+backward seconds (best of --repeats, after one warm-up) of
+Prints one table: forward and forward+backward seconds (best of --repeats rounds in which all
+variants take turns, after one warm-up each) of
 the compiled kernel ('cpp'), the chunked torch scan ('torch') and the reference loop, each with
 its speed-up over the reference (> 1: faster), then the compiled kernel on 1 thread vs all
 threads; and checks that all agree. The reference
@@ -20,6 +21,7 @@ import os
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 import time  # noqa: E402
+from typing import Callable, Hashable, TypeVar  # noqa: E402
 
 from tabulate import tabulate  # noqa: E402
 
@@ -63,14 +65,24 @@ def inputs(batch: int, dim: int, length: int, d_state: int) -> list[torch.Tensor
     return [t.requires_grad_(True) for t in tensors]
 
 
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+K = TypeVar('K', bound=Hashable)
+
+
+def best_times(fns: dict[K, Callable[[], object]], repeats: int) -> dict[K, float]:
+    """Best seconds of each function over `repeats` rounds, after one warm-up call each.
+
+    The functions take turns within every round, so a slow spell of a shared machine hits all of
+    them alike and the ratios between them stay fair.
+    """
+    times: dict[K, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: min(ts) for name, ts in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,31 +101,34 @@ def main(argv: list[str] | None = None) -> int:
     print(f'B={args.batch} D={args.dim} L={args.length} N={args.d_state}, {torch.get_num_threads()} threads, '
           f'best of {args.repeats}')
 
-    def timed(fn, backend: str | None = None) -> tuple[float, float]:
-        if backend is not None:
-            os.environ['ABLATE_SCAN_BACKEND'] = backend
-
-        def forward():
-            with torch.no_grad():
-                fn(*xs)
-
-        def forward_backward():
-            torch.autograd.grad((fn(*xs) * w).sum(), xs)
-
-        return best_time(forward, args.repeats), best_time(forward_backward, args.repeats)
+    def run(fn, backend: str | None = None, threads: int | None = None, grad: bool = False) -> Callable[[], None]:
+        def call():
+            if backend is not None:
+                os.environ['ABLATE_SCAN_BACKEND'] = backend
+            all_threads = torch.get_num_threads()
+            torch.set_num_threads(threads or all_threads)
+            try:
+                if grad:
+                    torch.autograd.grad((fn(*xs) * w).sum(), xs)
+                else:
+                    with torch.no_grad():
+                        fn(*xs)
+            finally:
+                torch.set_num_threads(all_threads)
+        return call
 
     with torch.no_grad():
         want = reference_loop(*xs)
         for backend in ('cpp', 'torch'):
             os.environ['ABLATE_SCAN_BACKEND'] = backend
             print(f'max |{backend} - reference| = {(ours(*xs) - want).abs().max().item():.2e}')
-    results = {'reference loop': timed(reference_loop)}
-    for backend in ('cpp', 'torch'):
-        results[backend] = timed(ours, backend)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    results['cpp, 1 thread'] = timed(ours, 'cpp')
-    torch.set_num_threads(threads)
+    variants = {'reference loop': (reference_loop, None, None), 'cpp': (ours, 'cpp', None),
+                'torch': (ours, 'torch', None), 'cpp, 1 thread': (ours, 'cpp', 1)}
+    fns = {(name, grad): run(fn, backend, n, grad) for name, (fn, backend, n) in variants.items()
+           for grad in (False, True)}
+    best = best_times(fns, args.repeats)
+    results = {name: (best[name, False], best[name, True]) for name in variants}
     rf, rb = results['reference loop']
     rows = [(name, f, rf / f, b, rb / b) for name, (f, b) in results.items()]
     print(tabulate(rows, headers=('scan', 'forward s', 'x ref', 'fwd+bwd s', 'x ref'), floatfmt='.3f'))

@@ -102,6 +102,13 @@ def test_values_and_grads_match_reference(length, d_state, backend):
     check_against_reference(make_inputs(length=length, d_state=d_state))
 
 
+@pytest.mark.parametrize('dim,groups', [(5, 1), (7, 1), (9, 1), (12, 2)])
+def test_channel_counts_around_the_kernels_block_of_four(dim, groups, backend):
+    # the compiled kernel walks 4 channels of a group together, and the rest one by one; 70 steps
+    # span three backward chunks of 32, the last one partial
+    check_against_reference(make_inputs(dim=dim, length=70, groups=groups))
+
+
 @pytest.mark.parametrize('with_d,with_z,with_bias,softplus', [
     (False, False, False, False),
     (True, False, False, True),

@@ -242,11 +242,13 @@ def _torch_scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
 # the compiled kernel (csrc/selective_scan.cpp) or the chunked PyTorch scan, see scan_backend().
 @torch.library.custom_op('ablate::selective_scan', mutates_args=())
 def _scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor,
-          Cm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+          Cm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """u, delta: (Bt, G, H, L) fp32; A: (G, H, N); Bm, Cm: (Bt, G, N, L).
 
-    Returns y = sum_n C_t h_t (Bt, G, H, L) and the last state (Bt, G, H, N). D, z, delta_bias
-    and softplus are plain autograd ops around this.
+    Returns y = sum_n C_t h_t (Bt, G, H, L), the last state (Bt, G, H, N), and what backward
+    starts from besides the inputs: the compiled kernel's states before each of its chunks
+    (Bt, G, H, ceil(L / chunk), N), or an empty tensor from the torch path, whose backward
+    recomputes all. D, z, delta_bias and softplus are plain autograd ops around this.
     """
     if _cpu_backend(u.device) == 'cpp':
         # the kernel reads the N states of a step as one vector: B, C time-major per group
@@ -255,17 +257,18 @@ def _scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tenso
     length = u.shape[-1]
     T = _chunk_len(length)
     y, last = _torch_scan(*(_to_time_major(t, T) for t in (u, delta)), A, *(_to_time_major(t, T) for t in (Bm, Cm)))
-    return _from_time_major(y, length).contiguous(), last
+    return _from_time_major(y, length).contiguous(), last, u.new_empty(0)
 
 
 @torch.library.custom_op('ablate::selective_scan_backward', mutates_args=())
 def _scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
-                   gy: torch.Tensor, glast: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                   states: torch.Tensor, gy: torch.Tensor, glast: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                    torch.Tensor, torch.Tensor]:
-    """Grads of u, delta, A, Bm, Cm (layout of _scan) given those of y and of the last state."""
+    """Grads of u, delta, A, Bm, Cm (layout of _scan) given those of y and of the last state;
+    states: _scan's third output."""
     if _cpu_backend(u.device) == 'cpp':
         du, ddelta, dA, dB, dC = _compiled()[0].bwd(u, delta, A, Bm.transpose(-1, -2).contiguous(),
-                                                    Cm.transpose(-1, -2).contiguous(), gy, glast)
+                                                    Cm.transpose(-1, -2).contiguous(), states, gy, glast)
         return du, ddelta, dA, dB.transpose(-1, -2).contiguous(), dC.transpose(-1, -2).contiguous()
     length = u.shape[-1]
     T = _chunk_len(length)
@@ -279,22 +282,25 @@ def _scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: to
 @_scan.register_fake
 def _(u, delta, A, Bm, Cm):
     Bt, G, H, L = u.shape
-    return torch.empty_like(u), u.new_empty(Bt, G, H, A.shape[-1])
+    N = A.shape[-1]
+    states = (u.new_empty(Bt, G, H, -(-L // _compiled()[0].chunk()), N) if _cpu_backend(u.device) == 'cpp'
+              else u.new_empty(0))
+    return torch.empty_like(u), u.new_empty(Bt, G, H, N), states
 
 
 @_scan_backward.register_fake
-def _(u, delta, A, Bm, Cm, gy, glast):
+def _(u, delta, A, Bm, Cm, states, gy, glast):
     return tuple(torch.empty_like(t) for t in (u, delta, A, Bm, Cm))
 
 
 def _scan_setup(ctx, inputs, output) -> None:
-    ctx.save_for_backward(*inputs)
+    ctx.save_for_backward(*inputs, output[2])
 
 
-def _scan_grad(ctx, gy, glast):
-    u = ctx.saved_tensors[0]
+def _scan_grad(ctx, gy, glast, gstates):
+    u, A = ctx.saved_tensors[0], ctx.saved_tensors[2]
     gy = torch.zeros_like(u) if gy is None else gy
-    glast = u.new_zeros(u.shape[:3] + (ctx.saved_tensors[2].shape[-1],)) if glast is None else glast
+    glast = u.new_zeros(u.shape[:3] + (A.shape[-1],)) if glast is None else glast
     return _scan_backward(*ctx.saved_tensors, gy.contiguous(), glast.contiguous())
 
 
@@ -458,7 +464,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         # B and C share one group structure inside the kernel; a 3-D or coarser one is expanded
         # to the finer group count (cheap: these are (batch, G, N, L), not per channel).
         G = max(groups)
-        y, last = _scan(u.unflatten(1, (G, -1)).contiguous(), delta.unflatten(1, (G, -1)).contiguous(),
+        y, last, _ = _scan(u.unflatten(1, (G, -1)).contiguous(), delta.unflatten(1, (G, -1)).contiguous(),
                         A.unflatten(0, (G, -1)).contiguous(), _groups(B.float(), G), _groups(C.float(), G))
         out = y.flatten(1, 2)
         if D is not None:
