@@ -11,9 +11,10 @@
 
 It runs in fp32 by one of three implementations (scan_backend(), $ABLATE_SCAN_BACKEND):
 mamba_ssm's fused kernel on CUDA when installed; otherwise one torch.library custom op with a
-hand-written backward whose body is the compiled CPU kernel csrc/selective_scan.cpp (JIT-built once, cached; each
-(batch, channel) row walks L once with its N states in registers, backward recomputes states from
-one stored state per 64 steps); or the pure-PyTorch chunked scan below:
+hand-written backward whose body is the compiled CPU kernel csrc/selective_scan.cpp (JIT-built
+once, cached; each (batch, channel) row walks L once with its N states in registers, forward keeps
+one state per 32 steps and backward recomputes the others from them); or the pure-PyTorch chunked
+scan below:
 
 * The sequence is cut into nC chunks of T ~ sqrt(L) steps, stored time-major as (T, nC, ...).
   One Python loop of T steps scans all chunks at once from a zero state, a loop of nC steps hands
