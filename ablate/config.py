@@ -114,6 +114,12 @@ def channel_values(positive: bool) -> dict:
                 "three numbers, one per RGB channel" + (", each > 0" if positive else ""))
 
 
+def _variants() -> tuple[str, ...]:
+    from ablate.models import variant_names
+
+    return variant_names()
+
+
 def _scan_orders() -> tuple[str, ...]:
     from ablate.models import SCAN_ORDERS
 
@@ -165,9 +171,10 @@ def _device(v: Any) -> bool:
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING  # variant: pico, nano, femto, kobe, tiny, small, base
+    name: str = field(default=MISSING, metadata=one_of(_variants))  # variant: pico, nano, femto, kobe, tiny, small, base
     ssm: bool = False  # the ablated switch: selective SSM on the c branch of every Gated CNN block
-    scan: str = field(default="cross", metadata=one_of(_scan_orders))  # ignored when ssm=false
+    # scan, d_state, dt_rank: inert when ssm=false (held at these defaults in the cell's config)
+    scan: str = field(default="cross", metadata=one_of(_scan_orders))
     d_state: int = field(default=16, metadata=at_least(1))
     init: str = field(default="timm", metadata=one_of(_inits))  # timm: std 0.02; fan_in: std 1/sqrt(fan_in)
     dt_rank: Optional[int] = field(default=None, metadata=at_least(1, optional=True))  # None -> ceil(C / 16)

@@ -32,11 +32,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import ablate
-from ablate import records, secrets, tracking
+from ablate import cell, records, secrets, tracking
 from ablate.config import ConfigError, validate
-from ablate.models import VARIANTS, seq_len, tau
+from ablate.models import Family, family_of
 from ablate.train import preemption
-from ablate.train.loop import CURVE_FILE, Curve, Diverged, effective_lr, fit, resolve_device, seed_everything
+from ablate.train.loop import CURVE_FILE, Curve, Diverged, Pruned, fit, resolve_device, seed_everything
 
 log = logging.getLogger("ablate.job")
 
@@ -47,14 +47,13 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
     config_error = _config_error(cfg)
     _set_threads()
     preemption.install()
-    config = OmegaConf.to_container(cfg, resolve=True)
-    rerun = config.pop("rerun", None)
-    if config_error is None:  # a bad lr_base_size or batch_size would break the rule itself
-        config["trainer"]["lr"] = effective_lr(cfg.trainer)  # the linear-scaling rule, made explicit in the record
+    rerun = cfg.get("rerun")
+    # the record's config: the lr written out (unless a bad lr_base_size or batch_size breaks the rule)
+    # and the keys the model does not use at their defaults; run_id is its hash
+    config, run_id = cell.resolve(cfg, scale_lr=config_error is None)
     # Everything this job writes (cell.json, logs, record, wandb) holds only redacted text; cfg keeps
     # the real values for the code that needs them (e.g. the tuning storage URL).
     overrides = secrets.redact_tree(_hydra_overrides() if overrides is None else overrides)
-    run_id = records.run_id(config)
     config = secrets.redact_tree(config)
     run_dir = Path(cfg.paths.results) / "runs" / run_id
     try:
@@ -85,16 +84,17 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
                 raise config_error
             tracker = tracking.start(
                 cfg.logger, run_dir=run_dir, run_id=run_id, sweep=cfg.sweep, config=config,
-                task_name=cfg.task.name, variant=cfg.model.name, ssm=cfg.model.ssm, resume=previous is None,
+                task_name=cfg.task.name, variant=cfg.model.name, arms=_arms(cfg.model), resume=previous is None,
             )
             task = instantiate(cfg.task)  # validates the task's settings (sizes, choices)
             record["task"] = dict(vars(task.info))
-            record["cost"]["seq_len"] = seq_len(task.image_size)
+            family = family_of(cfg.model.name)
+            record["cost"]["seq_len"] = family.seq_len(task.image_size)
             task.prepare()
             seed_everything(cfg.seed)
             model = task.build_model(cfg.model)  # validates the variant and scan order
             model.to(resolve_device(cfg.trainer.device))  # count on the training device: the scan is slow on CPU
-            record["cost"].update(task.cost(model), tau=tau(VARIANTS[cfg.model.name]["dims"]))
+            record["cost"].update(task.cost(model), tau=family.tau(cfg.model.name))
             result = fit(model, task, cfg.trainer, run_dir, cfg.seed, on_eval=_pruning_hook(cfg, task.info.metric), tracker=tracker)
             record["metrics"] = result.metrics
             record["data"] = task.data_summary()
@@ -102,11 +102,11 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
             record["status"], failed = records.Status.COMPLETED, False
         except Diverged as exc:
             record["status"], record["error"] = records.Status.DIVERGED, _error(exc)
+        except Pruned as exc:
+            record["status"], record["error"] = records.Status.PRUNED, _error(exc)
         except Exception as exc:  # noqa: BLE001 - a failing cell must not stop the sweep
-            pruned = type(exc).__name__ == "TrialPruned"
-            record["status"], record["error"] = (records.Status.PRUNED if pruned else records.Status.FAILED), _error(exc)
-            if not pruned:
-                log.error("cell %s failed: %s: %s", run_id, record["error"]["type"], record["error"]["message"])
+            record["status"], record["error"] = records.Status.FAILED, _error(exc)
+            log.error("cell %s failed: %s: %s", run_id, record["error"]["type"], record["error"]["message"])
         record["curve"] = Curve.read(run_dir).summary()
         record["cost"].update(wall_seconds=round(time.time() - started, 3), peak_memory_mb=_peak_memory_mb())
         record["env"]["finished_at"] = _now()
@@ -127,7 +127,8 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
 def _new_record(config: dict, overrides: list[str], run_id: str) -> dict[str, Any]:
     return {
         "schema": records.SCHEMA, "run_id": run_id, "sweep": config["sweep"], "status": records.Status.FAILED, "error": None,
-        "config": config, "overrides": list(overrides), "factors": records.factors(config, overrides),
+        "config": config, "overrides": list(overrides),
+        "factors": records.factors(config, overrides, always=_recorded_model_keys(config)),
         "task": {"name": config["task"]["name"], "kind": None, "metric": None, "higher_is_better": True, "chance": None},
         "metrics": {},
         "data": {},
@@ -137,6 +138,24 @@ def _new_record(config: dict, overrides: list[str], run_id: str) -> dict[str, An
         "tuning": config.get("tuning"),
         "env": _environment(),
     }
+
+
+def _family(model: Mapping[str, Any]) -> Optional[Family]:
+    try:
+        return family_of(model.get("name"))
+    except ValueError:  # an unknown variant: validation names it, the record still gets written
+        return None
+
+
+def _recorded_model_keys(config: Mapping[str, Any]) -> list[str]:
+    family = _family(config["model"])
+    return [f"model.{key}" for key in family.record_keys] if family is not None else []
+
+
+def _arms(model: Mapping[str, Any]) -> dict[str, bool]:
+    """{switch: on?} of the model's family, for the tracker's run name and tags."""
+    family = _family(model)
+    return {s.key: bool(model.get(s.key)) for s in family.switches} if family is not None else {}
 
 
 def _unwritable(config: dict, overrides: list[str], run_id: str, error: OSError) -> dict[str, Any]:
@@ -161,7 +180,7 @@ def _throughput(result: Any, task: Any) -> dict[str, Optional[float]]:
 
 
 def _pruning_hook(cfg: DictConfig, metric: str):
-    """Report each evaluation to the Optuna trial this job belongs to (if any); may raise TrialPruned."""
+    """Report each evaluation to the Optuna trial this job belongs to (if any); may raise Pruned."""
     if cfg.get("tuning") is None:
         return None
     from ablate.tune.pruning import reporter_from_config

@@ -11,14 +11,17 @@ Schema ``ablate.result/1`` (all keys always present; values may be null where st
     schema      "ablate.result/1"
     run_id      16 hex chars: sha256 of the resolved config minus non-semantic keys (paths and
                 task.data_root, logger, sweep name, device, workers, progress, rerun) -> the same cell
-                always gets the same id, on any machine
+                always gets the same id, on any machine. Keys the model does not use (its family's
+                inert keys: MambaOut's model.scan, d_state, dt_rank while model.ssm=false) are held
+                at their defaults in `config` (ablate/cell.py), so they do not make another cell
     sweep       sweep name the job ran under (the cell may be shared by several sweeps)
     status      "completed" | "failed" | "diverged" | "pruned" (a tuning trial stopped early)
     error       null | {"type": str, "message": str, "traceback": str (last ~30 lines)}
     config      the resolved job config (dict)
     overrides   the job's Hydra overrides (list of "key=value")
-    factors     flat {key: scalar}: always model.name, model.ssm, model.scan, task, task.image_size
-                ("HxW"), seed; plus every other key the job overrode (dotted, value as scalar/str)
+    factors     flat {key: scalar}: always model.name, task, task.image_size ("HxW"), seed, and the model
+                family's record keys (MambaOut: model.ssm, model.scan); plus every other key the job
+                overrode (dotted, value as scalar/str)
     task        {"name", "kind", "metric", "higher_is_better", "chance": the primary metric of a model
                 that guesses (100 / classes for top-1) | null where none exists (AP, mIoU)}
     metrics     {name: float} final evaluation metrics ({} if the job failed before evaluating)
@@ -79,8 +82,8 @@ NUMERIC_COST = (
     "params", "macs", "macs_ssm", "seq_len", "tau", "train_throughput", "eval_throughput", "peak_memory_mb",
     "wall_seconds", "steps", "resumed_from_step",
 )
-# Factors every record carries, whether or not they were swept.
-STANDARD_FACTORS = ("model.name", "model.ssm", "model.scan", "task", "task.image_size", "seed")
+# Factors every record carries, whether or not they were swept (its model family adds its own keys).
+STANDARD_FACTORS = ("model.name", "task", "task.image_size", "seed")
 
 
 def _drop(config: dict, dotted: str) -> None:
@@ -112,16 +115,16 @@ def size_str(image_size: Iterable[int]) -> str:
     return "x".join(str(side) for side in image_size)
 
 
-def factors(config: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Flat factor dict: the standard axes plus every overridden key (values made scalar)."""
+def factors(config: Mapping[str, Any], overrides: Iterable[str], always: Iterable[str] = ()) -> dict[str, Any]:
+    """Flat factor dict: the standard axes, the dotted keys `always` (the model family's record keys,
+    e.g. model.ssm and model.scan), and every overridden key (values made scalar)."""
     out: dict[str, Any] = {
         "model.name": config["model"]["name"],
-        "model.ssm": bool(config["model"]["ssm"]),
-        "model.scan": config["model"]["scan"],
         "task": config["task"]["name"],
         "task.image_size": size_str(config["task"]["image_size"]),
         "seed": int(config["seed"]),
     }
+    overrides = [f"{key}=" for key in always] + list(overrides)
     tuned = set((config.get("tuning") or {}).get("params") or ())  # chosen per arm by a tuning study
     for item in overrides:
         key, _, raw = item.lstrip("+~").partition("=")

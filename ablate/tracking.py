@@ -73,7 +73,8 @@ class WandbTracker:
     """Thin wrapper so the loop can log without knowing about wandb."""
 
     def __init__(self, logger_cfg: Mapping[str, Any], run_dir: Path, run_id: str, sweep: str,
-                 config: Mapping[str, Any], task_name: str, variant: str, ssm: bool, resume: bool):
+                 config: Mapping[str, Any], task_name: str, variant: str, arms: Mapping[str, bool], resume: bool):
+        # arms: {switch: on?} of the model family, e.g. {"ssm": True} -> name "...-ssm-...", tag "ssm-on"
         import wandb
 
         id_file = run_dir / "wandb_id"
@@ -90,8 +91,9 @@ class WandbTracker:
         init = functools.partial(
             wandb.init,
             project=logger_cfg["project"], entity=logger_cfg.get("entity"), group=sweep, job_type=task_name,
-            name=f"{task_name}-{variant}-{'ssm' if ssm else 'nossm'}-{run_id[:8]}",
-            tags=["ssm-on" if ssm else "ssm-off", task_name, variant], config=flatten(config),
+            name="-".join([task_name, variant, *(key if on else f"no{key}" for key, on in arms.items()), run_id[:8]]),
+            tags=[*(f"{key}-{'on' if on else 'off'}" for key, on in arms.items()), task_name, variant],
+            config=flatten(config),
             dir=str(run_dir), id=self.run_id, resume="allow", reinit="finish_previous",
             # wandb's metadata holds sys.argv verbatim: leave it out when the command line has a password.
             settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, init_timeout=INIT_TIMEOUT_S,

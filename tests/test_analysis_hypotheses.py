@@ -229,7 +229,7 @@ def test_a_trend_with_too_few_seeds_per_length_says_which_lengths_fell_short(tmp
 
 
 @pytest.mark.parametrize("lines, expected", [
-    ("factor: model.foo\n", "H9 (h.yaml): factor 'model.foo' is in no record; records carry: model.name, model.ssm"),
+    ("factor: model.foo\n", "H9 (h.yaml): factor 'model.foo' is in no record; records carry: model.name, task, task.image_size, seed, model.ssm"),
     ("metric: top3\nhigher_is_better: true\n", "H9 (h.yaml): metric 'top3' is in no record; records carry: loss, top1"),
     ("scope: {task: shapez}\n", "H9 (h.yaml): scope.task=shapez matches no record; records have: shapes"),
     ("scope: {factors: {trainer.epoch: 1}}\n", "H9 (h.yaml): scope.factors key 'trainer.epoch' is in no record"),

@@ -87,6 +87,26 @@ def test_a_complete_sweep_exits_0_and_a_cell_without_a_record_counts_as_unfinish
     assert sweep_outcome(sweep) == ("sweep whole: 2 of 3 cells completed, 1 without a record", 1)
 
 
+def test_keys_the_ssm_off_arm_does_not_use_make_no_second_cell(tmp_path, tiny_args):
+    # 2 arms x 2 scan orders = 4 jobs, but scan is inert without the SSM: 3 cells are trained
+    proc = run_cli(["-m", *tiny_args, "model.ssm=true,false", "model.scan=cross,raster", "sweep=inert"], tmp_path)
+    assert "ablate: sweep inert: 3 of 3 cells completed\n" in proc.stdout
+    recs = load_records(tmp_path / "results")
+    assert sorted((r["factors"]["model.ssm"], r["factors"]["model.scan"]) for r in recs) == [
+        (False, "cross"), (True, "cross"), (True, "raster")]
+    off = next(r for r in recs if not r["factors"]["model.ssm"])
+    assert off["config"]["model"]["scan"] == "cross"  # the record holds the inert key at its default
+    pointers = [json.loads(p.read_text()) for p in (tmp_path / "results" / "sweeps" / "inert").glob("*/cell.json")]
+    by_run = {}
+    for pointer in pointers:
+        by_run.setdefault(pointer["run_id"], []).append(" ".join(pointer["overrides"]))
+    assert len(pointers) == 4 and len(by_run) == 3
+    (shared,) = [jobs for jobs in by_run.values() if len(jobs) == 2]
+    assert all("model.ssm=false" in job for job in shared)  # the two SSM-off jobs: one cell
+    log = (tmp_path / "results" / "runs" / off["run_id"] / "train.log").read_text()
+    assert log.count("already completed") == 1  # the second SSM-off job reused the first one's cell
+
+
 def test_a_single_run_that_fails_exits_1_with_its_record(tmp_path, tiny_args):
     proc = run_cli(tiny_args + ["trainer.device=cuda:7"], tmp_path, check=False)  # no such GPU here
     (record,) = load_records(tmp_path / "results")
@@ -272,7 +292,8 @@ def test_wandb_server_that_accepts_but_never_answers_falls_back_offline_after_th
     monkeypatch.setattr(tracking, "INIT_TIMEOUT_S", 3.0)
     tic = time.monotonic()
     tracker = tracking.WandbTracker({"project": "p", "mode": None}, run_dir=tmp_path, run_id="0123456789abcdef",
-                                    sweep="s", config={"a": 1}, task_name="t", variant="pico", ssm=False, resume=True)
+                                    sweep="s", config={"a": 1}, task_name="t", variant="pico", arms={"ssm": False},
+                                    resume=True)
     took = time.monotonic() - tic
     tracker.log({"train/loss": 1.0}, step=1)
     tracker.finish({"status": "completed"}, failed=False)

@@ -174,6 +174,32 @@ def test_timm_registry():
         timm.create_model('ablate_mambaout_pico', pretrained=True)
 
 
+@pytest.mark.parametrize('ssm', [False, True])
+def test_fx_trace_and_torchscript_as_in_timms_model_tests(ssm):
+    # timm's tests/test_models.py traces every model to its last graph node with torch.fx (eval and
+    # train graphs), checks the trace against eager and backward through it, then scripts the trace
+    from timm.layers import create_feature_extractor, get_graph_node_names
+
+    model = timm.create_model('ablate_mambaout_pico', ssm=ssm)
+    x = torch.randn(2, 3, 64, 64)
+    _, eval_nodes = get_graph_node_names(model)
+    last = eval_nodes[-1]
+    traced = create_feature_extractor(model, return_nodes=[last])  # traces the train and the eval graph
+    model.eval(), traced.eval()
+    with torch.no_grad():
+        want = model(x)
+        torch.testing.assert_close(traced(x)[last], want)
+    traced.train()
+    traced(x)[last].mean().backward()
+    assert all(p.grad is not None for p in traced.parameters())
+    if ssm:  # the mixer is a leaf of the trace (its scan is a Python custom op): TorchScript cannot compile it
+        assert any(type(m).__name__ == 'SelectiveSSM2d' for m in traced.modules())
+        return
+    scripted = torch.jit.script(traced.eval())
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x)[last], want)
+
+
 def test_forward_intermediates_and_features():
     torch.manual_seed(0)
     m = build_model('pico', ssm=True).eval()

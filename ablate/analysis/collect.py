@@ -331,6 +331,8 @@ def pair(
     and `v_c`, and `diff` = v_t - v_c. A record counts only when it completed and has that value.
     """
     keys = cell_factors(factors, factor)
+    if factor not in runs:  # no record carries the factor (e.g. an empty sweep): nothing pairs
+        runs = runs.assign(**{factor: None})
     runs = with_cells(runs, keys).assign(v=runs[value] if value in runs else None)
     # Search trials of a tuning study (role "tune") are not evidence: only final runs and plain jobs pair.
     search = runs["tuning.role"].eq("tune") if "tuning.role" in runs else False

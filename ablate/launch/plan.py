@@ -20,13 +20,12 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, InstantiationException
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from tabulate import tabulate
 
-from ablate import records
+from ablate import cell
 from ablate.config import compose, validate
+from ablate.models import family_of
 from ablate.tasks.base import DataError
-from ablate.train.loop import effective_lr
 
 
 def expand(arguments: list[str]) -> list[list[str]]:
@@ -45,31 +44,30 @@ def expand(arguments: list[str]) -> list[list[str]]:
 def plan_cell(overrides: list[str], cost_cache: dict) -> dict[str, Any]:
     cfg = compose(overrides)
     validate(cfg)  # each job would raise this at its start
-    config = OmegaConf.to_container(cfg, resolve=True)
-    config.pop("rerun", None)
-    config["trainer"]["lr"] = effective_lr(cfg.trainer)  # as the job does, so run_id matches
-    run_id = records.run_id(config)
+    config, run_id = cell.resolve(cfg)  # as the job does: the same run_id
     result = Path(cfg.paths.results) / "runs" / run_id / "result.json"
     status = json.loads(result.read_text()).get("status", "?") if result.exists() else "new"
     task = instantiate(cfg.task)
-    key = (cfg.task.name, tuple(cfg.task.image_size), cfg.model.name, cfg.model.ssm, cfg.model.scan, cfg.model.d_state)
+    # the cost depends on the task and the model as the cell defines them (inert keys at their defaults)
+    key = json.dumps([config["task"], config["model"]], sort_keys=True, default=str)
     if key not in cost_cache:
         cost_cache[key] = task.cost(task.build_model(cfg.model))
     cost = cost_cache[key]
     steps = cfg.trainer.max_steps
     if steps is None:
+        samples = task.planned_train_samples()  # a generated dataset's size: nothing is generated here
         try:
-            task.prepare()
-            steps = cfg.trainer.epochs * task.steps_per_epoch(cfg.trainer.batch_size)
+            if samples is None:
+                task.prepare()  # a dataset on disk, which prepare() only reads
+            steps = cfg.trainer.epochs * task.steps_per_epoch(cfg.trainer.batch_size, samples)
         except DataError:
             steps = None  # data not on this machine: the cost stays unknown rather than guessed
-    from ablate.models import VARIANTS, seq_len, tau
-
+    family = family_of(cfg.model.name)
     train_flops = None if steps is None else 3 * 2 * cost["macs"] * steps * cfg.trainer.batch_size
     return {
         "cell": " ".join(o for o in overrides), "run_id": run_id, "status": status,
         "params_M": cost["params"] / 1e6, "GMACs": cost["macs"] / 1e9, "GMACs_ssm": cost["macs_ssm"] / 1e9,
-        "seq_len": seq_len(cfg.task.image_size), "tau": tau(VARIANTS[cfg.model.name]["dims"]),
+        "seq_len": family.seq_len(cfg.task.image_size), "tau": family.tau(cfg.model.name),
         "steps": steps, "train_PFLOP": None if train_flops is None else train_flops / 1e15,
     }
 

@@ -8,7 +8,6 @@ the `blocks.<j>.ssm.*` parameters; nothing else changes.
 
 Tensors are channels-last (B, H, W, C) inside the stages, as in timm's MambaOut.
 """
-from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -22,9 +21,10 @@ from timm.layers import DropPath, LayerNorm, calculate_drop_path_rates, trunc_no
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
+from .family import Family, Switch, register
 from .ssm import SCAN_ORDERS, SelectiveSSM2d
 
-__all__ = ['INITS', 'MambaOut', 'VARIANTS', 'build_model', 'seq_len', 'stage_grid']
+__all__ = ['FAMILY', 'INITS', 'MambaOut', 'VARIANTS', 'build_model', 'seq_len', 'stage_grid']
 
 # name -> depths, dims, drop_path (the ImageNet drop-path rate of the variant)
 VARIANTS: dict[str, dict] = {
@@ -368,3 +368,21 @@ def build_model(name: str, ssm: bool = False, num_classes: int = 1000, scan: str
         overrides['drop_path_rate'] = drop_path_rate
     return _create(
         name, num_classes=num_classes, ssm=ssm, scan=scan, d_state=d_state, dt_rank=dt_rank, init=init, **overrides)
+
+
+def _tau(variant: str) -> int:
+    from .cost import tau  # cost imports this module
+
+    return tau(VARIANTS[variant]['dims'])
+
+
+# MambaOut's one switch: ssm. scan, d_state and dt_rank configure the SSM, so they are inert without it.
+FAMILY = register(Family(
+    name='mambaout',
+    variants=tuple(VARIANTS),
+    build=build_model,
+    switches=(Switch('ssm', labels=('no SSM', 'SSM'), inert_when_off=('scan', 'd_state', 'dt_rank'), marker='A_log'),),
+    tau=_tau,
+    seq_len=seq_len,
+    record_keys=('ssm', 'scan'),
+))

@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch import nn
 
 # Elements of one (T, nC, batch, G, channels, N) work buffer: 2**22 fp32 = 16 MiB. Forward holds
@@ -511,6 +512,8 @@ def _from_sequences(y: torch.Tensor, size: tuple[int, int], scan: str) -> torch.
     return rows.unflatten(-1, (H, W))
 
 
+# a leaf of torch.fx traces (timm's feature extraction): its scan takes Python ints from shapes
+@register_notrace_module
 class SelectiveSSM2d(nn.Module):
     """Mamba's selective SSM (S6) over a 2-D token grid, one parameter set per scan direction.
 

@@ -60,6 +60,11 @@ class Task(abc.ABC):
     def num_train_samples(self) -> int:
         """Size of the training set (drives steps per epoch)."""
 
+    def planned_train_samples(self) -> Optional[int]:
+        """The training-set size when known without reading or writing any data (a generated
+        dataset's configured size), else None: `ablate plan` then asks `prepare()` on data it only reads."""
+        return None
+
     @abc.abstractmethod
     def train_batches(
         self, batch_size: int, seed: int, epoch: int, start_batch: int = 0, num_workers: int = 0
@@ -96,14 +101,16 @@ class Task(abc.ABC):
         first = batch[0] if isinstance(batch, (tuple, list)) else batch
         return len(first)
 
-    def steps_per_epoch(self, batch_size: int) -> int:
+    def steps_per_epoch(self, batch_size: int, samples: Optional[int] = None) -> int:
+        """Optimizer steps per epoch (drop_last) for `samples` training images (default: the prepared set's)."""
         if batch_size < 1:
             raise ValueError(f"trainer.batch_size={batch_size} must be a positive number of images")
-        steps = self.num_train_samples() // batch_size
+        samples = self.num_train_samples() if samples is None else samples
+        steps = samples // batch_size
         if steps < 1:
             raise DataError(
                 f"trainer.batch_size={batch_size} is larger than the {self.info.name} training set "
-                f"({self.num_train_samples()} samples); use a smaller batch"
+                f"({samples} samples); use a smaller batch"
             )
         return steps
 
@@ -164,6 +171,9 @@ class GeneratedScenesMixin:
             image_size=tuple(source_size), train_size=train_size, val_size=val_size, seed=data_seed,
             max_objects=max_objects,
         )
+
+    def planned_train_samples(self) -> int:
+        return self.generator_args["train_size"]
 
 
 class EpochSampler(Sampler[int]):

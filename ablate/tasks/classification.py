@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ablate.config import ConfigError
-from ablate.models import build_model, count_cost
+from ablate.models import count_cost, family_of
 from ablate.tasks.base import DataError, SplitDatasetTask, TaskInfo
 
 log = logging.getLogger("ablate.tasks")
@@ -190,7 +190,7 @@ class ImageFolderClassification(SplitDatasetTask):
 
     # -- model, loss, evaluation -----------------------------------------------------------------
     def build_model(self, model_cfg: Mapping[str, Any]) -> nn.Module:
-        return build_model(**model_cfg, num_classes=self.num_classes)
+        return family_of(model_cfg["name"]).build(**model_cfg, num_classes=self.num_classes)
 
     def training_step(self, model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
         images, targets, replaced = batch
@@ -261,6 +261,10 @@ class EmbeddedClassification(ImageFolderClassification):
         # pathfinder hardness; None -> the generator's default (side/16 distractors, curves 1 side long)
         self.hardness = {k: v for k, v in (("distractors", distractors), ("curve_length", curve_length))
                          if v is not None}
+
+    def planned_train_samples(self) -> int:
+        train_size = self.sizes[0]
+        return train_size // self.num_classes * self.num_classes if self.generator == "shapes" else train_size
 
     def prepare(self) -> None:
         from ablate.tasks import toydata

@@ -1,11 +1,11 @@
 """Training stage: `fit(model, task, trainer_cfg, run_dir, seed)` -> FitResult (see loop.py).
 
-`fit`, `FitResult` and `Diverged` are loaded on first use, so that `ablate.train.checkpoint` and
+`fit`, `FitResult`, `Diverged` and `Pruned` are loaded on first use, so that `ablate.train.checkpoint` and
 `ablate.train.preemption` stay cheap to import in a freshly started (e.g. requeued) job.
 """
 from typing import Any
 
-__all__ = ["Diverged", "FitResult", "fit"]
+__all__ = ["Diverged", "FitResult", "Pruned", "fit"]
 
 
 def __getattr__(name: str) -> Any:

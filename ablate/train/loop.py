@@ -30,11 +30,16 @@ from ablate.tasks.base import Task
 from ablate.train import checkpoint, preemption
 
 log = logging.getLogger("ablate.train")
-EvalHook = Callable[[int, dict], None]  # on_eval(step, metrics); may raise to stop (e.g. optuna pruning)
+EvalHook = Callable[[int, dict], None]  # on_eval(step, metrics); raises Pruned to stop early
 
 
 class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class Pruned(Exception):
+    """Raised by an on_eval hook to stop training early (a tuning trial's pruner): the job records
+    the cell as pruned, not failed."""
 
 
 CURVE_FILE = "curve.json"

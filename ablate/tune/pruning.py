@@ -10,9 +10,9 @@ The runner builds `on_eval` for `ablate.train.fit` from it:
     report = reporter_from_config(cfg, metric=task.info.metric)   # None outside tuning
     fit(..., on_eval=report)
 
-Each call reports `metrics[metric]` at `step` and raises `optuna.TrialPruned` when the study's
-pruner (rebuilt from the study's `ablate.pruner` attr) says so; the runner records that job as
-status "pruned". Final comparison runs (`tuning.role=final`) get no reporter: they are not trials.
+Each call reports `metrics[metric]` at `step` and raises `TrialPruned` when the study's pruner
+(rebuilt from the study's `ablate.pruner` attr) says so: both the training loop's `Pruned`, which the
+runner records as status "pruned", and `optuna.TrialPruned`, which Optuna's own callers expect. Final comparison runs (`tuning.role=final`) get no reporter: they are not trials.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.exceptions import UpdateFinishedTrialError
 
+from ablate.train.loop import Pruned
 from ablate.tune.errors import TuneConfigError
 from ablate.tune.storage import open_storage
 from ablate.tune.study import PRUNER, build_pruner, trial_handle
@@ -97,7 +98,11 @@ class TrialReporter:
             self.detached = True
             return
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at step {step}: {self.metric}={value:g}")
+            raise TrialPruned(f"pruned at step {step}: {self.metric}={value:g}")
+
+
+class TrialPruned(Pruned, optuna.TrialPruned):
+    """A trial's pruner stopped the job."""
 
 
 def _tuning_node(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any] | None:

@@ -15,11 +15,10 @@ from safetensors.torch import load_file
 from timm.layers import LayerNorm2d
 from torch import nn
 
-from ablate.models import build_model
+from ablate.models import Family, family_of
 from ablate.tasks.base import DataError
 
 HEAD_PREFIX = "head."  # the classifier's head; everything else in a classifier is the backbone
-SSM_PARAMETER = "A_log"  # a parameter only the SSM arm has (Mamba's S4D-real state matrix)
 
 
 def input_size(key: str, value: Sequence[int]) -> tuple[int, int]:
@@ -51,14 +50,15 @@ class StageFeatures(nn.Module):
 
 
 def build_backbone(model_cfg: Mapping[str, Any], backbone_ckpt: str | None = None) -> StageFeatures:
-    """The headless `ablate.models` backbone of `model_cfg` (initialised from `backbone_ckpt` if given)."""
-    backbone = build_model(**model_cfg, num_classes=0)
+    """The headless backbone of `model_cfg` (initialised from `backbone_ckpt` if given)."""
+    family = family_of(model_cfg["name"])
+    backbone = family.build(**model_cfg, num_classes=0)
     # Dense tasks read the stage outputs only: the classifier's pooled MLP head (1.3M parameters for
     # tiny) would be dead weight in parameter counts and the optimiser. Checkpoints then match
     # "classifier keys minus head.*".
     backbone.head = nn.Identity()
     if backbone_ckpt:
-        load_backbone_weights(backbone, backbone_ckpt)
+        load_backbone_weights(backbone, backbone_ckpt, family)
     return StageFeatures(backbone)
 
 
@@ -95,21 +95,21 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
+def load_backbone_weights(backbone: nn.Module, path: str | Path, family: Family) -> None:
     """Copy a classifier's weights (minus its head) into `backbone`; one-line ValueError on any mismatch.
 
-    Mismatches that are refused: another arm (SSM weights present on one side only), another
-    variant (missing or surplus stage weights, other shapes).
+    Mismatches that are refused: another arm (a switch of `family` on in one, off in the other, told
+    by its marker parameters), another variant (missing or surplus stage weights, other shapes).
     """
     state = read_state_dict(path)
     own = backbone.state_dict()
-    ckpt_ssm = any(k.rsplit(".", 1)[-1] == SSM_PARAMETER for k in state)
-    own_ssm = any(k.rsplit(".", 1)[-1] == SSM_PARAMETER for k in own)
-    if ckpt_ssm != own_ssm:
-        raise ValueError(
-            f"task.backbone_ckpt={path} is a checkpoint of the ssm={str(ckpt_ssm).lower()} arm but model.ssm="
-            f"{str(own_ssm).lower()}; initialise each arm from a checkpoint of the same arm"
-        )
+    ckpt_arms, own_arms = family.arms_of(state), family.arms_of(own)
+    for key, on in own_arms.items():
+        if ckpt_arms[key] != on:
+            raise ValueError(
+                f"task.backbone_ckpt={path} is a checkpoint of the {key}={str(ckpt_arms[key]).lower()} arm but "
+                f"model.{key}={str(on).lower()}; initialise each arm from a checkpoint of the same arm"
+            )
     missing = [k for k in own if k not in state]
     surplus = [k for k in state if k not in own and not k.startswith(HEAD_PREFIX)]
     if missing or surplus:
