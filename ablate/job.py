@@ -29,7 +29,7 @@ from typing import Any, Iterator, Mapping, Optional
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import ablate
 from ablate import cell, records, secrets, tracking

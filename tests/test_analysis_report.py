@@ -1,15 +1,16 @@
 """The report end to end on a synthetic sweep: sections, CSVs, determinism, CLI, Hydra callback."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from optuna.distributions import FloatDistribution
 from omegaconf import OmegaConf
 from test_analysis_factory import make_record, paired, write_sweep
 
@@ -148,17 +149,26 @@ def test_default_out_dir_joins_several_sweep_names() -> None:
     assert report.default_out_dir([], Path("results")) == Path("reports/all-runs")
 
 
-def test_tuning_section_calls_the_tuning_report_or_says_why_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    tuning = {"study": "lr-search", "trial": 3, "params": {"trainer.lr": 0.001}, "storage": "sqlite:///t.db"}
-    runs = collect([write_sweep(tmp_path / "results", "t", [make_record(tuning=tuning)])]).runs
-    calls = []
-    fake = types.ModuleType("ablate.tune.report")
-    fake.tuning_section = lambda url, names: calls.append((url, names)) or "TUNING TABLE"
-    monkeypatch.setitem(sys.modules, "ablate.tune.report", fake)
-    assert report._tuning_section(runs).endswith("TUNING TABLE")
-    assert calls == [("sqlite:///t.db", ["lr-search"])]
+def test_tuning_section_reads_the_tuners_summary_not_its_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ablate.tune import study as st
+
+    storage = tmp_path / "never" / "t.db"  # opening the storage would create it (or fail)
+    tuning = {"study": "lr-search", "trial": 3, "params": {"trainer.lr": 0.001}, "storage": f"sqlite:///{storage}"}
+    sweep = write_sweep(tmp_path / "results", "t", [make_record(tuning=tuning)])
+    collection = collect([sweep])
+    assert "section skipped: no tuning.json in the reported sweep folders" in report._tuning_section(collection)
+    space = st.encode_space({"trainer.lr": FloatDistribution(1e-4, 1e-1, log=True)})
+    summary = {"storage": f"sqlite:///{storage}", "direction": "maximize", "n_trials": 4, "studies": [
+        {"study": "lr-search", "arm": "model.ssm=true", "space": space, "n_trials": 4, "sampler": None,
+         "pruner": None, "trials": {"complete": 3, "pruned": 1, "fail": 0, "not_run": 0},
+         "best": {"trial": 3, "value": 61.5, "params": {"trainer.lr": 0.001}}, "final": {}}]}
+    (sweep / st.SUMMARY_FILE).write_text(json.dumps(summary))
+    text = report._tuning_section(collection)
+    assert "| `trainer.lr` | float in [0.0001, 0.1], log scale |" in text
+    assert "| `lr-search` | model.ssm=true | 4 | 3 | 1 | 0 | 61.5 | 3 | `trainer.lr`=0.001 |" in text
+    assert not storage.parent.exists()
     monkeypatch.setitem(sys.modules, "ablate.tune.report", None)  # import fails
-    assert "section skipped: ablate.tune.report is not importable" in report._tuning_section(runs)
+    assert "section skipped: ablate.tune is not importable" in report._tuning_section(collection)
 
 
 def test_callback_writes_the_report_and_never_raises(study: dict[str, Path], tmp_path: Path,

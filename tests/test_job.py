@@ -102,7 +102,7 @@ def test_keys_the_ssm_off_arm_does_not_use_make_no_second_cell(tmp_path, tiny_ar
         by_run.setdefault(pointer["run_id"], []).append(" ".join(pointer["overrides"]))
     assert len(pointers) == 4 and len(by_run) == 3
     (shared,) = [jobs for jobs in by_run.values() if len(jobs) == 2]
-    assert all("model.ssm=false" in job for job in shared)  # the two SSM-off jobs: one cell
+    assert all("model.ssm=False" in job for job in shared)  # the two SSM-off jobs: one cell
     log = (tmp_path / "results" / "runs" / off["run_id"] / "train.log").read_text()
     assert log.count("already completed") == 1  # the second SSM-off job reused the first one's cell
 

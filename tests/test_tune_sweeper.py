@@ -144,7 +144,7 @@ def test_per_arm_studies_get_equal_budgets_and_a_final_comparison(tmp_path: Path
     run_app(sweep, *args)  # everything done: the same command launches nothing new
     assert not (sweep / "8").exists()
 
-    text = tuning_section(f"sqlite:///{sweep}/optuna.db", names)
+    text = tuning_section(json.loads((sweep / st.SUMMARY_FILE).read_text()))  # what the report reads
     assert "| `fair[model.ssm=true]` | model.ssm=true | 2 | 2 | 0 | 0 |" in text
     assert "| `x` | float in [-5, 5] |" in text
 

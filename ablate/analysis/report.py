@@ -81,7 +81,7 @@ def write_report(
         _task_sections(summary, drawn),
         curves,
         _sequence_section(points, drawn),
-        _tuning_section(collection.runs),
+        _tuning_section(collection),
         _problems_section(collection, pairing, verdicts),
         _files_section(drawn, curve_files),
     ]
@@ -398,24 +398,28 @@ def _sequence_section(points: pd.DataFrame, drawn: dict) -> str:
     return "\n\n".join(blocks)
 
 
-def _tuning_section(runs: pd.DataFrame) -> str:
-    """Hook for the tuning protocol, written by ablate.tune.report when records came from a study."""
+def _tuning_section(collection: Collection) -> str:
+    """The tuning protocol from the tuner's summary (tuning.json) in each reported sweep folder that has
+    one, when records came from a tuning study; the Optuna storage is never opened."""
     head = "## Tuning protocol"
-    tuned = runs[runs["tuning.study"].notna()]
+    runs = collection.runs
+    tuned = runs[runs["tuning.study"].notna()] if "tuning.study" in runs else runs.iloc[:0]
     if tuned.empty:
         return f"{head}\n\nNo record came from a tuning study."
     studies = sorted(str(s) for s in tuned["tuning.study"].unique())
-    storages = sorted(str(s) for s in tuned["tuning.storage"].dropna().unique())
     skipped = f"{head}\n\nRecords come from tuning studies {', '.join(studies)}; section skipped:"
     try:
         from ablate.tune.report import tuning_section
+        from ablate.tune.study import SUMMARY_FILE
     except ImportError as exc:
-        return f"{skipped} ablate.tune.report is not importable ({exc})."
-    if len(storages) != 1:
-        return f"{skipped} their tuning.storage is {storages or 'missing'}, expected one URL."
+        return f"{skipped} ablate.tune is not importable ({exc})."
+    summaries = [s.path / SUMMARY_FILE for s in collection.sweeps if (s.path / SUMMARY_FILE).is_file()]
+    if not summaries:
+        return (f"{skipped} no {SUMMARY_FILE} in the reported sweep folders (the tuner writes it into its "
+                "sweep's folder; report that sweep).")
     try:
-        return f"{head}\n\n{tuning_section(storages[0], studies)}"
-    except Exception as exc:  # noqa: BLE001 - a broken study must not cost the rest of the report
+        return f"{head}\n\n" + "\n".join(tuning_section(json.loads(p.read_text())) for p in summaries)
+    except Exception as exc:  # noqa: BLE001 - a broken summary must not cost the rest of the report
         return f"{skipped} {type(exc).__name__}: {' '.join(str(exc).split())}"
 
 

@@ -1,71 +1,46 @@
 """The report's tuning section: space, budget per arm, best parameters, and edge warnings.
 
-    tuning_section("sqlite:////.../optuna.db", ["s[model.ssm=true]", "s[model.ssm=false]"]) -> str
+    tuning_section(json.loads((sweep_dir / "tuning.json").read_text())) -> str
 
-Everything comes from the storage: the space and budget from the studies' `ablate.*` attrs
-(written by the sweeper), the counts and best trials from the trials. An arm's best value lying
-within 5% of an interval bound (measured in log space for log parameters) gets a warning: the
-optimum may lie outside the space, and the comparison then depends on where the bounds were put.
+Everything comes from the tuner's summary file (`tuning.json` in the tuning sweep's folder, one
+`study_summary` per arm): the space and budget the sweeper gave each study, the trial counts and
+the best trial. The report never opens the Optuna storage. An arm's best value lying within 5% of
+an interval bound (measured in log space for log parameters) gets a warning: the optimum may lie
+outside the space, and the comparison then depends on where the bounds were put.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-import optuna
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
     FloatDistribution,
     IntDistribution,
 )
-from optuna.trial import TrialState
 
-from ablate.secrets import MASK, redact
 from ablate.tune import study as st
-from ablate.tune.errors import TuneConfigError
-from ablate.tune.storage import load_study
 
 EDGE_FRACTION = 0.05
 
 
-def tuning_section(storage_url: str, study_names: list[str]) -> str:
-    """Markdown for the report: one table for the space, one row per arm, then warnings."""
-    if MASK in storage_url:
-        # The records hold a raw URL's redacted form; opening it would fail, or create an empty
-        # SQLite/journal file at the masked path.
-        raise TuneConfigError(
-            f"tuning.storage={storage_url}: the records hold this URL redacted; pass the storage "
-            "as hydra.sweeper.storage=env:NAME or file:PATH so that the report can open it"
-        )
-    studies = [load_study(storage_url, name) for name in study_names]
-    spaces = {s.study_name: _space(s) for s in studies}
+def tuning_section(summary: Mapping[str, Any]) -> str:
+    """Markdown for the report from a tuning.json: one table for the space, one row per arm, then warnings."""
+    studies = list(summary.get("studies") or [])
+    if not studies:
+        raise ValueError("tuning.json lists no study")
+    spaces = {s["study"]: st.decode_space(s["space"]) for s in studies}
     # No heading: the report that embeds this section writes its own.
-    lines = [f"Studies in `{redact(storage_url)}`; direction: {_direction(studies)}.", ""]
-    lines += _space_table(next(iter(spaces.values()), {}))
+    lines = [f"Studies in `{summary.get('storage')}`; direction: {summary.get('direction', 'n/a')}.", ""]
+    lines += _space_table(spaces[studies[0]["study"]])
     lines += ["", "| study | arm | budget | complete | pruned | failed | best value | best trial "
               "| best parameters |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [_arm_row(s) for s in studies]
-    warnings = _fairness_warnings(studies, spaces) + [
-        w for s in studies for w in _edge_warnings(s, spaces[s.study_name])
-    ]
+    warnings = _fairness_warnings(studies) + [w for s in studies for w in _edge_warnings(s, spaces[s["study"]])]
     if warnings:
         lines += ["", "**Warnings**", ""] + [f"- {w}" for w in warnings]
     return "\n".join(lines) + "\n"
-
-
-def _space(study: optuna.Study) -> dict[str, BaseDistribution]:
-    encoded = study.user_attrs.get(st.SPACE)
-    if encoded is None:
-        raise ValueError(
-            f"study {study.study_name!r} has no {st.SPACE} attr: it was not created by the "
-            "optuna_fair sweeper"
-        )
-    return st.decode_space(encoded)
-
-
-def _direction(studies: Sequence[optuna.Study]) -> str:
-    return ", ".join(sorted({s.direction.name.lower() for s in studies})) or "n/a"
 
 
 def _space_table(space: dict[str, BaseDistribution]) -> list[str]:
@@ -87,43 +62,34 @@ def describe(distribution: BaseDistribution) -> str:
     return text
 
 
-def _arm_row(study: optuna.Study) -> str:
-    counts = {state: 0 for state in st.FINISHED}
-    for trial in study.get_trials(deepcopy=False, states=st.FINISHED):
-        if st.NOT_RUN not in trial.user_attrs:
-            counts[trial.state] += 1
-    best = st.best_trial(study)
+def _arm_row(study: Mapping[str, Any]) -> str:
+    counts, best = study.get("trials") or {}, study.get("best")
     best_cells = ("—", "—", "—") if best is None else (
-        f"{best.value:.4g}", str(best.number),
-        ", ".join(f"`{k}`={_value(v)}" for k, v in best.params.items()),
+        f"{best['value']:.4g}", str(best["trial"]),
+        ", ".join(f"`{k}`={_value(v)}" for k, v in best["params"].items()),
     )
-    return (f"| `{study.study_name}` | {study.user_attrs.get(st.ARM) or '—'} | "
-            f"{study.user_attrs.get(st.N_TRIALS, '?')} | {counts[TrialState.COMPLETE]} | "
-            f"{counts[TrialState.PRUNED]} | {counts[TrialState.FAIL]} | " + " | ".join(best_cells) + " |")
+    return (f"| `{study['study']}` | {study.get('arm') or '—'} | {study.get('n_trials', '?')} | "
+            f"{counts.get('complete', 0)} | {counts.get('pruned', 0)} | {counts.get('fail', 0)} | "
+            + " | ".join(best_cells) + " |")
 
 
-def _fairness_warnings(
-    studies: Sequence[optuna.Study], spaces: dict[str, dict[str, BaseDistribution]]
-) -> list[str]:
+def _fairness_warnings(studies: Sequence[Mapping[str, Any]]) -> list[str]:
     warnings = []
-    first = next(iter(spaces.values()), {})
-    if any(space != first for space in spaces.values()):
+    if len({str(s.get("space")) for s in studies}) > 1:
         warnings.append("the arms were tuned on different search spaces: the comparison is unfair")
-    for key, what in ((st.N_TRIALS, "budgets"), (st.SAMPLER, "samplers"), (st.PRUNER, "pruners")):
-        if len({str(s.user_attrs.get(key)) for s in studies}) > 1:
+    for key, what in (("n_trials", "budgets"), ("sampler", "samplers"), ("pruner", "pruners")):
+        if len({str(s.get(key)) for s in studies}) > 1:
             warnings.append(f"the arms had different {what}: the comparison is unfair")
-    for s in studies:
-        if st.best_trial(s) is None:
-            warnings.append(f"`{s.study_name}` has no completed trial")
+    warnings += [f"`{s['study']}` has no completed trial" for s in studies if s.get("best") is None]
     return warnings
 
 
-def _edge_warnings(study: optuna.Study, space: dict[str, BaseDistribution]) -> list[str]:
-    best = st.best_trial(study)
+def _edge_warnings(study: Mapping[str, Any], space: dict[str, BaseDistribution]) -> list[str]:
+    best = study.get("best")
     if best is None:
         return []
     warnings = []
-    for name, value in best.params.items():
+    for name, value in best["params"].items():
         distribution = space.get(name)
         if not isinstance(distribution, (FloatDistribution, IntDistribution)):
             continue
@@ -131,7 +97,7 @@ def _edge_warnings(study: optuna.Study, space: dict[str, BaseDistribution]) -> l
         if side is not None:
             bound = distribution.low if side == "lower" else distribution.high
             warnings.append(
-                f"`{study.study_name}`: best `{name}`={_value(value)} lies within "
+                f"`{study['study']}`: best `{name}`={_value(value)} lies within "
                 f"{EDGE_FRACTION:.0%} of the {side} bound {bound:g} of the search space; "
                 "the optimum may lie outside it"
             )

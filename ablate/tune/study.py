@@ -44,6 +44,8 @@ STATUS = "ablate.status"
 RUN_ID = "ablate.run_id"
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+# The tuner's summary, in the tuning sweep's folder: what the report's tuning section reads.
+SUMMARY_FILE = "tuning.json"
 
 
 def build_sampler(cfg: Mapping[str, Any] | None) -> BaseSampler:
@@ -185,6 +187,29 @@ def completed_twin(study: optuna.Study, params: Mapping[str, Any]) -> FrozenTria
         if params_key(trial.params) == key:
             return trial
     return None
+
+
+def study_summary(study: optuna.Study) -> dict[str, Any]:
+    """One arm's entry of tuning.json: its space, budget, sampler and pruner as the sweeper set them,
+    its trial counts (those written off as not run apart), its best trial and its final runs."""
+    attrs = study.user_attrs
+    if SPACE not in attrs:
+        raise ValueError(f"study {study.study_name!r} has no {SPACE} attr: it was not created by the "
+                         "optuna_fair sweeper")
+    counts = {state.name.lower(): 0 for state in FINISHED}
+    counts["not_run"] = 0
+    for t in study.get_trials(deepcopy=False):
+        if NOT_RUN in t.user_attrs:
+            counts["not_run"] += 1
+        elif t.state in FINISHED:
+            counts[t.state.name.lower()] += 1
+    best = best_trial(study)
+    return {
+        "study": study.study_name, "arm": attrs.get(ARM), "space": attrs[SPACE], "n_trials": attrs.get(N_TRIALS),
+        "sampler": attrs.get(SAMPLER), "pruner": attrs.get(PRUNER), "trials": counts,
+        "best": None if best is None else {"trial": best.number, "value": best.value, "params": best.params},
+        "final": attrs.get(FINAL) or {},
+    }
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:

@@ -44,7 +44,6 @@ from ablate.tune.storage import open_storage
 log = logging.getLogger(__name__)
 
 DIRECTIONS = ("maximize", "minimize")
-SUMMARY_FILE = "tuning.json"
 # Launch(batch of override lists, first job number) -> one JobReturn per job, in order.
 Launch = Callable[[list[list[str]], int], Sequence[JobReturn]]
 
@@ -289,7 +288,7 @@ class FairTuner:
         if empty:
             raise RuntimeError(
                 f"no final comparison: study {', '.join(empty)} has no completed trial "
-                f"(see {self.sweep_dir / SUMMARY_FILE})"
+                f"(see {self.sweep_dir / st.SUMMARY_FILE})"
             )
         jobs = []
         for arm in arms:
@@ -322,32 +321,12 @@ class FairTuner:
     # --- summary ------------------------------------------------------------------------------
 
     def _write_summary(self, arms: list[ArmStudy]) -> None:
-        write_json_atomic(self.sweep_dir / SUMMARY_FILE, {
+        write_json_atomic(self.sweep_dir / st.SUMMARY_FILE, {
             "storage": redact(self.storage_url),
             "direction": self.settings.direction,
             "n_trials": self.settings.n_trials,
-            "studies": [_study_summary(arm) for arm in arms],
+            "studies": [st.study_summary(arm.study) for arm in arms],
         })
-
-
-def _study_summary(arm: ArmStudy) -> dict[str, Any]:
-    trials = arm.study.get_trials(deepcopy=False)
-    counts = {state.name.lower(): 0 for state in st.FINISHED}
-    counts["not_run"] = 0
-    for t in trials:
-        if st.NOT_RUN in t.user_attrs:
-            counts["not_run"] += 1
-        elif t.state in st.FINISHED:
-            counts[t.state.name.lower()] += 1
-    best = st.best_trial(arm.study)
-    return {
-        "study": arm.name,
-        "arm": arm.arm.label,
-        "trials": counts,
-        "best": None if best is None else {"trial": best.number, "value": best.value,
-                                           "params": best.params},
-        "final": arm.study.user_attrs.get(st.FINAL) or {},
-    }
 
 
 def _direction_failure(outcome: Outcome) -> Outcome:
