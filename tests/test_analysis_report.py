@@ -144,6 +144,28 @@ def test_cli_bad_input_is_one_line_and_exit_status(tmp_path: Path, capsys: pytes
         report.main([])
 
 
+def test_a_hypothesis_on_another_factor_gets_its_own_tables_and_no_ssm_words(tmp_path: Path) -> None:
+    # trainer.epochs 3 vs 1, both arms without the SSM: the descriptive sections follow the hypothesis
+    recs = [make_record(value=v, epochs=e, seed=s) for s, (one, three) in enumerate([(60, 70), (62, 71), (61, 73)])
+            for e, v in ((1, one), (3, three))]
+    sweep = write_sweep(tmp_path / "results", "epochs", recs)
+    hypotheses = tmp_path / "hyp"
+    hypotheses.mkdir()
+    (hypotheses / "e.yaml").write_text(
+        "id: E1\nclaim: three epochs beat one\ntest: superiority\nfactor: trainer.epochs\ntreatment: 3\n"
+        "control: 1\nlabels: {3: three epochs, 1: one epoch}\n")
+    text = report.write_report([sweep], tmp_path / "out", hypotheses).read_text()
+    body = text[text.index("## Results per task"):text.index("## Tuning protocol")]
+    problems = text[text.index("## Problems"):]
+    assert "Both arms of trainer.epochs in every cell group: one epoch (control, trainer.epochs=1) and three " \
+           "epochs (treatment, 3)" in body
+    header = next(line for line in body.splitlines() if line.startswith("| cell group") and "pairs" in line)
+    assert [c.strip() for c in header.split("|")[4:6]] == ["top1, one epoch", "top1, three epochs"]
+    assert "+10.333" in body  # mean paired diff (10 + 9 + 12) / 3
+    assert "SSM" not in body and "SSM" not in problems
+    assert (tmp_path / "out" / "shapes_bars.png").exists()
+
+
 def test_default_out_dir_joins_several_sweep_names() -> None:
     assert report.default_out_dir([Path("results/sweeps/a"), Path("results/sweeps/b")]) == Path("reports/a+b")
     assert report.default_out_dir([], Path("results")) == Path("reports/all-runs")

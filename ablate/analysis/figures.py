@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -15,7 +15,12 @@ from matplotlib.figure import Figure
 
 from ablate import atomic
 
-ARM_STYLE = {"c": ("no SSM (control)", "tab:blue", "o"), "t": ("SSM (treatment)", "tab:orange", "s")}
+# arm key -> (role, colour, marker); the arms' names come from the comparison (`names`: {"t": ..., "c": ...})
+ARM_STYLE = {"c": ("control", "tab:blue", "o"), "t": ("treatment", "tab:orange", "s")}
+
+
+def _arm_label(names: Mapping[str, str], arm: str) -> str:
+    return f"{names[arm]} ({ARM_STYLE[arm][0]})"
 PNG_METADATA = {"Software": None}  # no matplotlib version in the file: same records, same bytes
 
 
@@ -44,23 +49,24 @@ def _save(figure: Figure, out_dir: Path, name: str) -> str:
     return name
 
 
-def metric_vs_gmacs(summary: pd.DataFrame, out_dir: Path) -> str:
+def metric_vs_gmacs(summary: pd.DataFrame, out_dir: Path, names: Mapping[str, str]) -> str:
     """Each cell group's two arms at (GMACs, mean metric), joined by a line: the pair's cost step."""
     task, metric = summary["task"].iloc[0], summary["metric"].iloc[0]
     figure = _figure()
     axes = figure.add_subplot()
     for _, row in summary.iterrows():
         axes.plot([row["gmacs_c"], row["gmacs_t"]], [row["mean_c"], row["mean_t"]], color="0.7", lw=1, zorder=1)
-    for arm, (name, color, marker) in ARM_STYLE.items():
-        axes.scatter(summary[f"gmacs_{arm}"], summary[f"mean_{arm}"], color=color, marker=marker, label=name, zorder=2)
+    for arm, (_, color, marker) in ARM_STYLE.items():
+        axes.scatter(summary[f"gmacs_{arm}"], summary[f"mean_{arm}"], color=color, marker=marker,
+                     label=_arm_label(names, arm), zorder=2)
     _plain_log_axis(axes)
     axes.set(xlabel="GMACs per image (log)", ylabel=f"{metric} (mean over seeds)", title=f"{task}: {metric} vs cost")
     axes.legend(loc="best", fontsize=8)
     return _save(figure, out_dir, f"{slug(task)}_metric_vs_gmacs.png")
 
 
-def difference_vs_length(points: pd.DataFrame, out_dir: Path) -> str:
-    """Mean paired difference (SSM - no SSM) against tokens L, with its CI and tau marked."""
+def difference_vs_length(points: pd.DataFrame, out_dir: Path, names: Mapping[str, str]) -> str:
+    """Mean paired difference (treatment - control) against tokens L, with its CI and tau marked."""
     task, metric = points["task"].iloc[0], points["metric"].iloc[0]
     figure = _figure()
     axes = figure.add_subplot()
@@ -75,13 +81,14 @@ def difference_vs_length(points: pd.DataFrame, out_dir: Path) -> str:
     _plain_log_axis(axes)
     lengths = sorted(points["seq_len"].unique())
     axes.set_xticks(lengths, [str(length) for length in lengths])  # the swept sizes, as numbers
-    axes.set(xlabel="tokens L at stride 16 (log)", ylabel=f"{metric}: SSM - no SSM",
+    axes.set(xlabel="tokens L at stride 16 (log)", ylabel=f"{metric}: {names['t']} - {names['c']}",
              title=f"{task}: difference vs sequence length")
     axes.legend(loc="best", fontsize=7)
     return _save(figure, out_dir, f"{slug(task)}_difference_vs_length.png")
 
 
-def training_curves(group: pd.DataFrame, curves: list[dict], title: str, out_dir: Path, name: str) -> str:
+def training_curves(group: pd.DataFrame, curves: list[dict], title: str, out_dir: Path, name: str,
+                    names: Mapping[str, str]) -> str:
     """Training loss against step for every run of one cell group (colour: arm, one line per seed),
     and beside it the primary metric at each evaluation when the runs evaluated more than once.
 
@@ -94,8 +101,8 @@ def training_curves(group: pd.DataFrame, curves: list[dict], title: str, out_dir
     eval_axes = figure.add_subplot(1, 2, 2) if evaluated else None
     labelled = set()
     for (_, run), curve in zip(group.iterrows(), curves):
-        name_, color, marker = ARM_STYLE[run["arm"]]
-        label = None if run["arm"] in labelled else name_
+        _, color, marker = ARM_STYLE[run["arm"]]
+        label = None if run["arm"] in labelled else _arm_label(names, run["arm"])
         labelled.add(run["arm"])
         steps, losses = [p[0] for p in curve["train"]], [p[1] for p in curve["train"]]
         loss_axes.plot(steps, losses, color=color, lw=1, alpha=0.8, label=label)
@@ -109,15 +116,15 @@ def training_curves(group: pd.DataFrame, curves: list[dict], title: str, out_dir
     return _save(figure, out_dir, name)
 
 
-def arm_bars(summary: pd.DataFrame, out_dir: Path) -> str:
+def arm_bars(summary: pd.DataFrame, out_dir: Path, names: Mapping[str, str]) -> str:
     """Mean metric (+- sd over seeds) of both arms for every cell group of a task."""
     task, metric = summary["task"].iloc[0], summary["metric"].iloc[0]
     figure = _figure(max(5.0, 1.2 * len(summary) + 2), bottom=0.22)
     axes = figure.add_subplot()
     x = np.arange(len(summary))
-    for offset, (arm, (name, color, _)) in zip((-0.2, 0.2), ARM_STYLE.items()):
-        axes.bar(x + offset, summary[f"mean_{arm}"], 0.4, yerr=summary[f"sd_{arm}"].fillna(0), color=color, label=name,
-                 capsize=3)
+    for offset, (arm, (_, color, _)) in zip((-0.2, 0.2), ARM_STYLE.items()):
+        axes.bar(x + offset, summary[f"mean_{arm}"], 0.4, yerr=summary[f"sd_{arm}"].fillna(0), color=color,
+                 label=_arm_label(names, arm), capsize=3)
     # tick labels: the cell label without the task (the title has it), one factor per line
     short = ["\n".join(part.split("=", 1)[1] for part in label.split(", ") if not part.startswith("task="))
              for label in summary["label"]]

@@ -25,6 +25,7 @@ One YAML file per hypothesis; dropping a new file in the folder adds a hypothesi
     efficiency: false             # also: the favoured arm's metric per GMAC is higher (paired test of the
                                   #   treatment's metric/GMAC relative to the control's, in %)
     trend: false                  # also: the favoured arm's advantage grows with L (Spearman)
+    labels: {true: SSM, false: no SSM}   # optional: arm names in the tables (default: the model family's)
 
 Decisions, per cell group (all factors but the ablated one and seed): `insufficient evidence` below
 min_pairs, otherwise `supported` when the Holm-adjusted p (across the hypothesis' cell groups of
@@ -50,7 +51,7 @@ from ablate.records import TASK_KINDS
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "hypothesis"
 KEYS = (
     "id", "claim", "factor", "treatment", "control", "scope", "metric", "higher_is_better", "test",
-    "favours", "margin", "alpha", "min_pairs", "efficiency", "trend",
+    "favours", "margin", "alpha", "min_pairs", "efficiency", "trend", "labels",
 )
 REQUIRED = ("id", "claim", "test")
 SCOPE_KEYS = ("task_kind", "task", "regime", "variant", "scan", "image_size", "factors")
@@ -127,6 +128,7 @@ class Hypothesis:
     min_pairs: int = 3
     efficiency: bool = False
     trend: bool = False
+    labels: Mapping[Any, str] = field(default_factory=dict)  # level -> arm name in the report's tables
 
     @property
     def value_column(self) -> str:
@@ -188,12 +190,18 @@ def load_hypothesis(path: Path) -> Hypothesis:
     for key in ("efficiency", "trend"):
         if not isinstance(data.get(key, False), bool):
             raise HypothesisError(f"{path}: {key}={data[key]!r}; allowed: true, false")
+    labels = data.get("labels") or {}
+    if not isinstance(labels, dict) or set(labels) - {treatment, control} or not all(
+            isinstance(v, str) and v for v in labels.values()):
+        raise HypothesisError(f"{path}: labels={labels!r}; allowed: a mapping from the levels "
+                              f"({_level_text(treatment)}, {_level_text(control)}) to arm names")
     return Hypothesis(
         id=str(data["id"]), claim=" ".join(str(data["claim"]).split()), test=data["test"], source=Path(path),
         factor=str(data.get("factor", "model.ssm")), treatment=treatment,
         control=control, scope=_scope(path, data.get("scope") or {}), metric=metric,
         higher_is_better=higher, favours=data.get("favours", "treatment"), margin=margin, alpha=alpha,
         min_pairs=min_pairs, efficiency=data.get("efficiency", False), trend=data.get("trend", False),
+        labels=labels,
     )
 
 

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -33,11 +34,46 @@ log = logging.getLogger("ablate.analysis")
 REPORT_FILE = "report.md"
 RESULTS_CSV = "results.csv"
 VERDICTS_CSV = "verdicts.csv"
-# The comparison behind the descriptive tables: the selective SSM on (treatment) vs off (control).
-ABLATED = ("model.ssm", True, False)
-ARM_NAMES = {"c": "no SSM", "t": "SSM"}
 NON_COMPLETED = tuple(s for s in records.STATUSES if s != COMPLETED)
 SEED_SD_RATIO = 3.0  # an arm whose seed-to-seed sd exceeds the other arm's by this factor is flagged
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The two arms the descriptive sections (per-task tables, costs, figures, curves, problems) compare."""
+
+    factor: str
+    treatment: Any
+    control: Any
+    names: dict[str, str]  # arm key ("t", "c") -> the arm's name in tables and figures
+
+
+def comparison(hypotheses: Sequence[Hypothesis], runs: pd.DataFrame) -> Comparison:
+    """The first hypothesis' factor and levels (file order), or, without hypotheses, the first switch of
+    the records' model family. Arm names: the hypothesis' `labels`, else the family switch's, else key=level."""
+    from ablate.models import family_of
+
+    try:
+        family = family_of(runs["model.name"].dropna().iloc[0]) if len(runs) and "model.name" in runs else None
+    except ValueError:
+        family = None
+    if hypotheses:
+        h = hypotheses[0]
+        factor, treatment, control, labels = h.factor, h.treatment, h.control, dict(h.labels)
+    elif family is not None and family.switches:
+        factor, treatment, control, labels = f"model.{family.switches[0].key}", True, False, {}
+    else:
+        raise ValueError("the report needs a hypothesis (or a model family with a switch) to compare two arms")
+    switch = family.switch(factor.removeprefix("model.")) if family is not None and factor.startswith("model.") else None
+
+    def name(level: Any) -> str:
+        if level in labels:
+            return str(labels[level])
+        if switch is not None and isinstance(level, bool):
+            return switch.label(level)
+        return f"{factor}={format_level(level)}"
+
+    return Comparison(factor, treatment, control, {"t": name(treatment), "c": name(control)})
 
 
 def default_out_dir(sweep_dirs: Sequence[Path], results_root: Path | None = None) -> Path:
@@ -66,11 +102,12 @@ def write_report(
         for line in mismatches(hypothesis, collection):
             log.warning("%s", line)
             collection.notes.append(line)
-    pairing = pair(collection.runs, collection.factors, *ABLATED)
+    compared = comparison(hypotheses, collection.runs)
+    pairing = pair(collection.runs, collection.factors, compared.factor, compared.treatment, compared.control)
     summary = summaries.arm_summary(collection.runs, pairing)
     points = summaries.sequence_points(pairing)
-    drawn = _draw(out, summary, points)
-    curves, curve_files = _curves_section(collection, out)
+    drawn = _draw(out, summary, points, compared.names)
+    curves, curve_files = _curves_section(collection, out, compared)
     _write_csvs(out, collection.runs, verdicts)
     sections = [
         f"# Ablation report: {', '.join(s.name for s in collection.sweeps) or 'all runs'}",
@@ -78,11 +115,11 @@ def write_report(
         _what_was_run(collection, results_root, hypotheses, hypotheses_dir),
         _verdict_section(verdicts),
         _paragraphs(verdicts),
-        _task_sections(summary, drawn),
+        _task_sections(summary, drawn, compared),
         curves,
-        _sequence_section(points, drawn),
+        _sequence_section(points, drawn, compared.names),
         _tuning_section(collection),
-        _problems_section(collection, pairing, verdicts),
+        _problems_section(collection, pairing, verdicts, compared),
         _files_section(drawn, curve_files),
     ]
     path = out / REPORT_FILE
@@ -186,13 +223,14 @@ def _without_task(label: str) -> str:
 
 # --- outputs -------------------------------------------------------------------------------------
 
-def _draw(out: Path, summary: pd.DataFrame, points: pd.DataFrame) -> dict[str, dict[str, str]]:
+def _draw(out: Path, summary: pd.DataFrame, points: pd.DataFrame, names: dict[str, str]) -> dict[str, dict[str, str]]:
     """All figures; {task: {kind: file name}}."""
     drawn: dict[str, dict[str, str]] = {}
     for task, frame in (summary.groupby("task", sort=True) if len(summary) else []):
-        drawn[task] = {"gmacs": figures.metric_vs_gmacs(frame, out), "bars": figures.arm_bars(frame, out)}
+        drawn[task] = {"gmacs": figures.metric_vs_gmacs(frame, out, names),
+                       "bars": figures.arm_bars(frame, out, names)}
     for task, frame in (points.groupby("task", sort=True) if len(points) else []):
-        drawn.setdefault(task, {})["length"] = figures.difference_vs_length(frame, out)
+        drawn.setdefault(task, {})["length"] = figures.difference_vs_length(frame, out, names)
     return drawn
 
 
@@ -324,54 +362,58 @@ def _part_sentence(h: Hypothesis, part: str, frame: pd.DataFrame, decision: str)
     return sentence
 
 
-def _task_sections(summary: pd.DataFrame, drawn: dict) -> str:
+def _task_sections(summary: pd.DataFrame, drawn: dict, compared: Comparison) -> str:
+    c, t = compared.names["c"], compared.names["t"]
     blocks = ["## Results per task",
-              f"Both arms of model.ssm in every cell group: {ARM_NAMES['c']} (control) and {ARM_NAMES['t']} "
-              "(treatment). Means ± sd over completed seeds; diff = SSM - no SSM over paired seeds with its 95% "
-              "bootstrap CI; GMACs per image at the evaluated size; throughput in evaluated images/s."]
+              f"Both arms of {compared.factor} in every cell group: {c} (control, {compared.factor}="
+              f"{format_level(compared.control)}) and {t} (treatment, {format_level(compared.treatment)}). Means ± sd "
+              f"over completed seeds; diff = {t} - {c} over paired seeds with its 95% bootstrap CI; GMACs per image "
+              "at the evaluated size; throughput in evaluated images/s."]
     if summary.empty:
         blocks.append("No completed record.")
     for task, frame in (summary.groupby("task", sort=True) if len(summary) else []):
         first = frame.iloc[0]
         direction = "higher is better" if first["higher_is_better"] else "lower is better"
         metric = first["metric"]
-        blocks += [f"### {task} ({first['task_kind']}; {metric}, {direction})", md_table(_results_table(frame, metric)),
-                   md_table(_cost_table(frame, metric))]
+        blocks += [f"### {task} ({first['task_kind']}; {metric}, {direction})",
+                   md_table(_results_table(frame, metric, compared.names)),
+                   md_table(_cost_table(frame, metric, compared.names))]
         files = drawn.get(task, {})
         blocks.append(" ".join(f"![{task}: {kind}]({files[kind]})" for kind in ("gmacs", "bars") if kind in files))
     return "\n\n".join(blocks)
 
 
-def _results_table(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+def _results_table(frame: pd.DataFrame, metric: str, names: dict[str, str]) -> pd.DataFrame:
     return pd.DataFrame({
         "cell group": frame["label"].map(_without_task), "L": column(frame["seq_len"], ".0f"),
         "L/τ": column(frame["seq_len"] / frame["tau"], ".2f"),
-        f"{metric}, {ARM_NAMES['c']}": [fmt_mean(r.mean_c, r.sd_c, r.n_c) for r in frame.itertuples()],
-        f"{metric}, {ARM_NAMES['t']}": [fmt_mean(r.mean_t, r.sd_t, r.n_t) for r in frame.itertuples()],
+        f"{metric}, {names['c']}": [fmt_mean(r.mean_c, r.sd_c, r.n_c) for r in frame.itertuples()],
+        f"{metric}, {names['t']}": [fmt_mean(r.mean_t, r.sd_t, r.n_t) for r in frame.itertuples()],
         "pairs": frame["n_pairs"], "diff [95% CI]": [fmt_ci(r.diff, r.ci_low, r.ci_high) for r in frame.itertuples()],
     })
 
 
-def _cost_table(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
-    c, t = ARM_NAMES["c"], ARM_NAMES["t"]
+def _cost_table(frame: pd.DataFrame, metric: str, names: dict[str, str]) -> pd.DataFrame:
+    c, t = names["c"], names["t"]
     return pd.DataFrame({
         "cell group": frame["label"].map(_without_task),
         # significant digits: toy inputs cost a millionth of what ImageNet-size inputs do
         f"GMACs, {c}": column(frame["gmacs_c"], ".4g"), f"GMACs, {t}": column(frame["gmacs_t"], ".4g"),
-        "SSM GMACs": column(frame["gmacs_ssm_t"], ".4g"), "MAC overhead %": column(100 * frame["macs_overhead"], "+.1f"),
+        f"selective-scan GMACs, {t}": column(frame["gmacs_ssm_t"], ".4g"), "MAC overhead %": column(100 * frame["macs_overhead"], "+.1f"),
         f"params M, {c}": column(frame["params_c"], ".4g"), f"params M, {t}": column(frame["params_t"], ".4g"),
         f"{metric}/GMAC, {c}": column(frame["per_gmac_c"], ".5g"), f"{metric}/GMAC, {t}": column(frame["per_gmac_t"], ".5g"),
         f"img/s, {c}": column(frame["throughput_c"], ".1f"), f"img/s, {t}": column(frame["throughput_t"], ".1f"),
-        "throughput SSM/no SSM": column(frame["throughput_ratio"], ".2f"),
+        f"throughput {t}/{c}": column(frame["throughput_ratio"], ".2f"),
         "Pareto-dominant": frame["dominant"].map({"treatment": t, "control": c, "neither": "neither", "": ""}),
     })
 
 
-def _sequence_section(points: pd.DataFrame, drawn: dict) -> str:
+def _sequence_section(points: pd.DataFrame, drawn: dict, names: dict[str, str]) -> str:
     blocks = ["## Sequence length",
-              "Tokens L at stride 16 against τ = 6·D (D: stage-3 width); PAPER.md §2 calls a task long when L > τ and "
-              "predicts the SSM starts to pay near L = τ. diff = SSM - no SSM (mean over paired seeds, 95% bootstrap CI); "
-              "a crossover L* is where the SSM's mean advantage changes sign, interpolated linearly in log L between the "
+              "Tokens L at stride 16 against τ = 6·D (D: stage-3 width); PAPER.md §2 calls a task long when L > τ. "
+              f"diff = {names['t']} - {names['c']} (mean over paired seeds, "
+              f"95% bootstrap CI); a crossover L* is where {names['t']}'s mean advantage changes sign, interpolated "
+              "linearly in log L between the "
               "two bracketing sizes; it is clear when the CIs at both of them exclude 0 (otherwise it may be noise "
               "around a null effect)."]
     if points.empty:
@@ -423,18 +465,20 @@ def _tuning_section(collection: Collection) -> str:
         return f"{skipped} {type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
-def _with_arms(collection: Collection) -> pd.DataFrame:
+def _with_arms(collection: Collection, compared: Comparison) -> pd.DataFrame:
     """The runs with their cell group (`cell`, `label`), `arm_key` ("t" | "c" | None) and `arm` (its name)."""
-    factor, treatment, control = ABLATED
-    runs = with_cells(collection.runs, cell_factors(collection.factors, factor))
-    is_t, is_c = at_level(runs[factor], treatment), at_level(runs[factor], control)
+    factor = compared.factor
+    runs = collection.runs if factor in collection.runs else collection.runs.assign(**{factor: None})
+    runs = with_cells(runs, cell_factors(collection.factors, factor))
+    is_t, is_c = at_level(runs[factor], compared.treatment), at_level(runs[factor], compared.control)
     keys = ["t" if t else "c" if c else None for t, c in zip(is_t, is_c)]
-    return runs.assign(arm_key=keys, arm=[ARM_NAMES[k] if k else format_level(v) for k, v in zip(keys, runs[factor])])
+    return runs.assign(arm_key=keys,
+                       arm=[compared.names[k] if k else format_level(v) for k, v in zip(keys, runs[factor])])
 
 
-def _curves_section(collection: Collection, out: Path) -> tuple[str, list[str]]:
+def _curves_section(collection: Collection, out: Path, compared: Comparison) -> tuple[str, list[str]]:
     """One training-curve figure per cell group with curves (both arms, every seed); the section, the files."""
-    runs = _with_arms(collection)
+    runs = _with_arms(collection, compared)
     runs = runs[runs["arm_key"].notna() & (runs["curve.points"].fillna(0) > 0)]
     blocks, files = ["## Training curves",
                      "Training loss (mean over each logging window) against optimizer step, every seed of both arms; "
@@ -443,7 +487,8 @@ def _curves_section(collection: Collection, out: Path) -> tuple[str, list[str]]:
         group = group.sort_values(["arm_key", "seed"], kind="stable").rename(columns={"arm_key": "arm", "arm": "arm_name"})
         curves = [json.loads((Path(f).parent / name).read_text()) for f, name in zip(group["file"], group["curve.file"])]
         label = group["label"].iloc[0]
-        name = figures.training_curves(group, curves, label, out, f"curves_{index:03d}_{figures.slug(label)[:60]}.png")
+        name = figures.training_curves(group, curves, label, out, f"curves_{index:03d}_{figures.slug(label)[:60]}.png",
+                                       compared.names)
         files.append(name)
         blocks.append(f"![training curves: {label}]({name})")
     if not files:
@@ -451,7 +496,7 @@ def _curves_section(collection: Collection, out: Path) -> tuple[str, list[str]]:
     return "\n\n".join(blocks), files
 
 
-def _sanity_tables(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _sanity_tables(runs: pd.DataFrame, names: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Completed runs whose training loss ended non-finite or no lower than it started, and cell groups
     whose seeds disagree wildly in one arm (sd more than SEED_SD_RATIO x the other arm's)."""
     done = runs[(runs["status"] == COMPLETED) & (runs["curve.points"].fillna(0) >= 2)]
@@ -467,13 +512,13 @@ def _sanity_tables(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         if {"t", "c"} <= set(sd.index) and sd.notna().all():
             for wide, other in (("t", "c"), ("c", "t")):
                 if sd[wide] > SEED_SD_RATIO * sd[other]:
-                    spread.append({"cell group": group["label"].iloc[0], "arm": ARM_NAMES[wide],
+                    spread.append({"cell group": group["label"].iloc[0], "arm": names[wide],
                                    "sd over seeds": fmt(sd[wide], ".3g"), "other arm's sd": fmt(sd[other], ".3g")})
     return loss, pd.DataFrame(spread, columns=["cell group", "arm", "sd over seeds", "other arm's sd"])
 
 
-def _problems_section(collection: Collection, pairing: Pairing, verdicts: list[Verdict]) -> str:
-    runs = _with_arms(collection)
+def _problems_section(collection: Collection, pairing: Pairing, verdicts: list[Verdict], compared: Comparison) -> str:
+    runs = _with_arms(collection, compared)
     bad = runs[runs["status"] != COMPLETED]
     blocks = ["## Problems", "### Failed, diverged and pruned runs"]
     if len(bad):
@@ -489,10 +534,10 @@ def _problems_section(collection: Collection, pairing: Pairing, verdicts: list[V
                "overrides shown to fill them.", md_table(_unpaired_table(pairing))]
     for verdict in verdicts:
         h = verdict.hypothesis
-        if (h.factor, h.treatment, h.control) != ABLATED:
+        if (h.factor, h.treatment, h.control) != (compared.factor, compared.treatment, compared.control):
             blocks += [f"For {h.id} ({h.factor}: {format_level(h.treatment)} vs {format_level(h.control)}):",
                        md_table(_unpaired_table(verdict.pairing))]
-    loss, spread = _sanity_tables(runs)
+    loss, spread = _sanity_tables(runs, compared.names)
     blocks += ["### Sanity",
                "Completed runs whose training loss ended non-finite or no lower than it started (they did not train):",
                md_table(loss) if len(loss) else "None.",
