@@ -22,7 +22,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 
 from .family import Family, Switch, register
-from .ssm import SCAN_ORDERS, SelectiveSSM2d
+from .ssm import SelectiveSSM2d, scan_directions
 
 __all__ = ['FAMILY', 'INITS', 'MambaOut', 'VARIANTS', 'build_model', 'seq_len', 'stage_grid']
 
@@ -208,8 +208,7 @@ class MambaOut(nn.Module):
         dd = dict(device=device, dtype=dtype)  # timm's factory kwargs, passed to every layer
         if len(depths) != 4 or len(dims) != 4:
             raise ValueError(f'model.depths={tuple(depths)!r}, model.dims={tuple(dims)!r}: need 4 stages each')
-        if scan not in SCAN_ORDERS:
-            raise ValueError(f"model.scan={scan!r} is not a scan order; choose from: {', '.join(SCAN_ORDERS)}")
+        scan_directions(scan)  # checked here too: with ssm=False no mixer would check it
         if init not in INITS:
             raise ValueError(f"model.init={init!r} is not an init; choose from: {', '.join(INITS)}")
         self.num_classes = num_classes
@@ -354,8 +353,6 @@ def build_model(name: str, ssm: bool = False, num_classes: int = 1000, scan: str
     """
     if name not in VARIANTS:
         raise ValueError(f"model.name={name!r} is not a variant; choose from: {', '.join(VARIANTS)}")
-    if scan not in SCAN_ORDERS:
-        raise ValueError(f"model.scan={scan!r} is not a scan order; choose from: {', '.join(SCAN_ORDERS)}")
     if not isinstance(d_state, int) or d_state < 1:
         raise ValueError(f'model.d_state={d_state!r} must be a positive integer')
     if dt_rank is not None and (not isinstance(dt_rank, int) or dt_rank < 1):

@@ -53,6 +53,13 @@ _BLOCK_ELEMS = 1 << 22
 SCAN_ORDERS: dict[str, int] = {'cross': 4, 'bidirectional': 2, 'raster': 1}  # order -> directions
 
 
+def scan_directions(scan: str) -> int:
+    """Directions of the scan order `scan`; one-line ValueError naming the allowed orders otherwise."""
+    if scan not in SCAN_ORDERS:
+        raise ValueError(f"model.scan={scan!r} is not a scan order; choose from: {', '.join(SCAN_ORDERS)}")
+    return SCAN_ORDERS[scan]
+
+
 # --------------------------------------------------------------------------- scan accounting
 @dataclass(frozen=True)
 class ScanCall:
@@ -537,8 +544,7 @@ class SelectiveSSM2d(nn.Module):
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        if scan not in SCAN_ORDERS:
-            raise ValueError(f"model.scan={scan!r} is not a scan order; choose from: {', '.join(SCAN_ORDERS)}")
+        K = scan_directions(scan)
         if d_state < 1:
             raise ValueError(f'model.d_state={d_state!r} must be a positive integer')
         if dt_rank is not None and dt_rank < 1:
@@ -546,7 +552,6 @@ class SelectiveSSM2d(nn.Module):
         self.dim, self.d_state, self.scan = dim, d_state, scan
         self.dt_rank = dt_rank or math.ceil(dim / 16)
         self.dt_min, self.dt_max, self.dt_init_floor = dt_min, dt_max, dt_init_floor
-        K = SCAN_ORDERS[scan]
         # (out, in) per direction, like nn.Linear weights
         self.x_proj_weight = nn.Parameter(torch.empty(K, self.dt_rank + 2 * d_state, dim, **dd))
         self.dt_proj_weight = nn.Parameter(torch.empty(K, dim, self.dt_rank, **dd))

@@ -17,7 +17,7 @@ from tabulate import tabulate
 
 from .cost import count_cost, tau
 from .mambaout import VARIANTS, build_model, seq_len
-from .ssm import SCAN_ORDERS
+from .ssm import SCAN_ORDERS, scan_directions
 
 ARMS = {'mambaout': False, 'ssm': True}
 
@@ -27,8 +27,7 @@ def rows(size: tuple[int, int], variants: list[str], scan: str) -> list[dict]:
     for name in variants:
         if name not in VARIANTS:
             raise ValueError(f"model.name={name!r} is not a variant; choose from: {', '.join(VARIANTS)}")
-    if scan not in SCAN_ORDERS:
-        raise ValueError(f"model.scan={scan!r} is not a scan order; choose from: {', '.join(SCAN_ORDERS)}")
+    scan_directions(scan)
     if len(size) != 2 or any(s <= 0 for s in size):
         raise ValueError(f'size={tuple(size)!r} must be two positive integers H W')
     out = []
