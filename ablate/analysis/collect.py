@@ -322,6 +322,12 @@ def format_level(value: Any) -> str:
     return str(value).lower() if isinstance(value, (bool, np.bool_)) else str(value)
 
 
+def with_factor(runs: pd.DataFrame, factor: str) -> pd.DataFrame:
+    """`runs` with a `factor` column: null where no record carries it (e.g. an empty sweep), so that
+    nothing is at either level of it."""
+    return runs if factor in runs else runs.assign(**{factor: None})
+
+
 def pair(
     runs: pd.DataFrame, factors: Sequence[str], factor: str, treatment: Any, control: Any, value: str = "value"
 ) -> Pairing:
@@ -331,9 +337,7 @@ def pair(
     and `v_c`, and `diff` = v_t - v_c. A record counts only when it completed and has that value.
     """
     keys = cell_factors(factors, factor)
-    if factor not in runs:  # no record carries the factor (e.g. an empty sweep): nothing pairs
-        runs = runs.assign(**{factor: None})
-    runs = with_cells(runs, keys).assign(v=runs[value] if value in runs else None)
+    runs = with_cells(with_factor(runs, factor), keys).assign(v=runs[value] if value in runs else None)
     # Search trials of a tuning study (role "tune") are not evidence: only final runs and plain jobs pair.
     search = runs["tuning.role"].eq("tune") if "tuning.role" in runs else False
     usable = runs[(runs["status"] == COMPLETED) & runs["v"].notna() & ~search]

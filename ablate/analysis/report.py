@@ -23,7 +23,7 @@ from ablate import atomic, records
 from ablate.analysis import figures, summaries
 from ablate.analysis.collect import (
     CELL_FILE, COMPLETED, RESULT_FILE, Collection, Pairing, at_level, cell_factors, collect, format_level, pair, shown_path,
-    with_cells,
+    with_cells, with_factor,
 )
 from ablate.analysis.hypotheses import (
     CHANCE_MARGIN, CONF_DIR, INSUFFICIENT, VERDICT_COLUMNS, Hypothesis, Verdict, evaluate, load_hypotheses, mismatches,
@@ -64,7 +64,8 @@ def comparison(hypotheses: Sequence[Hypothesis], runs: pd.DataFrame) -> Comparis
         factor, treatment, control, labels = f"model.{family.switches[0].key}", True, False, {}
     else:
         raise ValueError("the report needs a hypothesis (or a model family with a switch) to compare two arms")
-    switch = family.switch(factor.removeprefix("model.")) if family is not None and factor.startswith("model.") else None
+    switch = (family.switch(factor.removeprefix("model."))
+              if family is not None and factor.startswith("model.") else None)
 
     def name(level: Any) -> str:
         if level in labels:
@@ -468,8 +469,7 @@ def _tuning_section(collection: Collection) -> str:
 def _with_arms(collection: Collection, compared: Comparison) -> pd.DataFrame:
     """The runs with their cell group (`cell`, `label`), `arm_key` ("t" | "c" | None) and `arm` (its name)."""
     factor = compared.factor
-    runs = collection.runs if factor in collection.runs else collection.runs.assign(**{factor: None})
-    runs = with_cells(runs, cell_factors(collection.factors, factor))
+    runs = with_cells(with_factor(collection.runs, factor), cell_factors(collection.factors, factor))
     is_t, is_c = at_level(runs[factor], compared.treatment), at_level(runs[factor], compared.control)
     keys = ["t" if t else "c" if c else None for t, c in zip(is_t, is_c)]
     return runs.assign(arm_key=keys,

@@ -271,7 +271,8 @@ def _scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tenso
 
 @torch.library.custom_op('ablate::selective_scan_backward', mutates_args=())
 def _scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
-                   states: torch.Tensor, gy: torch.Tensor, glast: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                   states: torch.Tensor, gy: torch.Tensor,
+                   glast: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                    torch.Tensor, torch.Tensor]:
     """Grads of u, delta, A, Bm, Cm (layout of _scan) given those of y and of the last state;
     states: _scan's third output."""

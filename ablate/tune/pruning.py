@@ -12,7 +12,8 @@ The runner builds `on_eval` for `ablate.train.fit` from it:
 
 Each call reports `metrics[metric]` at `step` and raises `TrialPruned` when the study's pruner
 (rebuilt from the study's `ablate.pruner` attr) says so: both the training loop's `Pruned`, which the
-runner records as status "pruned", and `optuna.TrialPruned`, which Optuna's own callers expect. Final comparison runs (`tuning.role=final`) get no reporter: they are not trials.
+runner records as status "pruned", and `optuna.TrialPruned`, which Optuna's own callers expect.
+Final comparison runs (`tuning.role=final`) get no reporter: they are not trials.
 """
 from __future__ import annotations
 

@@ -24,6 +24,9 @@ namespace {
 constexpr int64_t kChunk = 32;  // steps recomputed per backward chunk: 2 x 32 x kRows x N floats stay in L1
 constexpr int kRows = 4;        // channels walked together (see forward_rows)
 
+// Chunks of kChunk steps in L steps (the last one may be partial): forward keeps one state per chunk.
+constexpr int64_t chunks(int64_t L) { return (L + kChunk - 1) / kChunk; }
+
 // The N states of a step are processed W at a time as one value of type V: V = Vec16 (GCC vector
 // extension: one AVX-512 register, two AVX2 ones) when N is a multiple of 16, else V = float.
 // Written out explicitly because gcc's auto-vectoriser leaves these short loops scalar.
@@ -92,7 +95,7 @@ void forward_rows(const float* __restrict__ u, const float* __restrict__ dl, con
                   float* __restrict__ last, float* __restrict__ states, int64_t L, int64_t N,
                   float* __restrict__ h) {
   constexpr int64_t W = Lanes<V>::W;
-  const int64_t SN = (L + kChunk - 1) / kChunk * N;
+  const int64_t SN = chunks(L) * N;
   std::fill(h, h + R * N, 0.f);
   for (int64_t t = 0; t < L; ++t) {
     if (t % kChunk == 0)
@@ -130,7 +133,7 @@ void backward_rows(const float* __restrict__ u, const float* __restrict__ dl, co
                    float* __restrict__ ddl, float* __restrict__ dA, float* __restrict__ dB, float* __restrict__ dC,
                    int64_t L, int64_t N, float* __restrict__ work) {
   constexpr int64_t W = Lanes<V>::W;
-  const int64_t RN = R * N, n_chunks = (L + kChunk - 1) / kChunk, SN = n_chunks * N;
+  const int64_t RN = R * N, n_chunks = chunks(L), SN = n_chunks * N;
   float* __restrict__ a = work;                   // (kChunk, R, N): exp(delta_t A) within the chunk
   float* __restrict__ hs = a + kChunk * RN;       // (kChunk, R, N): states within the chunk
   float* __restrict__ carry = hs + kChunk * RN;   // (R, N): a_{t+1} dL/dh_{t+1}
@@ -226,7 +229,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_fwd(const at::Tensor& u, con
   const int64_t Bt = u.size(0), G = u.size(1), H = u.size(2), L = u.size(3), N = A.size(2);
   auto y = at::empty_like(u);
   auto last = at::empty({Bt, G, H, N}, u.options());
-  auto states = at::empty({Bt, G, H, (L + kChunk - 1) / kChunk, N}, u.options());
+  auto states = at::empty({Bt, G, H, chunks(L), N}, u.options());
   const int64_t SN = states.size(3) * N;
   const float *pu = u.data_ptr<float>(), *pd = delta.data_ptr<float>(), *pA = A.data_ptr<float>();
   const float *pB = Bm.data_ptr<float>(), *pC = Cm.data_ptr<float>();
@@ -253,7 +256,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> scan_bwd(
   check(u, 4, "u"); check(delta, 4, "delta"); check(A, 3, "A"); check(Bm, 4, "Bm"); check(Cm, 4, "Cm");
   check(states, 5, "states"); check(gy, 4, "gy"); check(glast, 4, "glast");
   const int64_t Bt = u.size(0), G = u.size(1), H = u.size(2), L = u.size(3), N = A.size(2);
-  const int64_t SN = (L + kChunk - 1) / kChunk * N;
+  const int64_t SN = chunks(L) * N;
   TORCH_CHECK(states.numel() == Bt * G * H * SN, "ablate_scan: states ", states.sizes(), " are not fwd's for u ",
               u.sizes());
   // dB, dC sum over the channels of a group and dA over the batch: each task owns one
