@@ -19,6 +19,9 @@ from typing import Any, Callable, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from ablate.rules import (ConfigError, above, at_least, channel_values, is_number, one_of, ordered_pair, rule,
+                          size_pair, within)
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 # A file name may have at most this many bytes (Linux NAME_MAX); longer job folders fail to open.
@@ -55,81 +58,6 @@ SCHEDULES = ("cosine", "multistep", "poly")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RERUN_CHOICES = ("all",)
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming", "random")
-
-
-class ConfigError(ValueError):
-    """A setting outside what is allowed. The message is one line: key=value, then what is allowed."""
-
-
-@dataclass(frozen=True)
-class Rule:
-    """What a setting allows: `test(value)` is True for an allowed value; `allowed()` says it in words
-    (a function, so that a list owned by another module is read from its owner when needed)."""
-
-    test: Callable[[Any], bool]
-    allowed: Callable[[], str]
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def rule(test: Callable[[Any], bool], allowed: str | Callable[[], str], optional: bool = False) -> dict:
-    """Field metadata holding a Rule; `optional` also allows null."""
-    words = allowed if callable(allowed) else (lambda: allowed)
-    if optional:
-        return {"rule": Rule(lambda v: v is None or test(v), lambda: f"{words()}, or null")}
-    return {"rule": Rule(test, words)}
-
-
-def at_least(low: float, optional: bool = False) -> dict:
-    return rule(lambda v: _number(v) and v >= low, f"a number >= {low}", optional)
-
-
-def above(low: float, optional: bool = False) -> dict:
-    return rule(lambda v: _number(v) and v > low, f"a number > {low}", optional)
-
-
-def within(low: float, high: float) -> dict:
-    return rule(lambda v: _number(v) and low <= v <= high, f"a number in [{low}, {high}]")
-
-
-def one_of(choices: tuple | Callable[[], tuple], optional: bool = False) -> dict:
-    listed = choices if callable(choices) else (lambda: choices)
-    return rule(lambda v: v in listed(), lambda: "one of: " + ", ".join(map(str, listed())), optional)
-
-
-def size_pair() -> dict:
-    return rule(lambda v: isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and x > 0 for x in v),
-                "[H, W]: two positive integers")
-
-
-def ordered_pair(low: float, high: float) -> dict:
-    return rule(lambda v: isinstance(v, list) and len(v) == 2 and all(_number(x) for x in v)
-                and low < v[0] <= v[1] <= high, f"[min, max] with {low} < min <= max <= {high}")
-
-
-def channel_values(positive: bool) -> dict:
-    return rule(lambda v: isinstance(v, list) and len(v) == 3 and all(_number(x) and (x > 0 or not positive) for x in v),
-                "three numbers, one per RGB channel" + (", each > 0" if positive else ""))
-
-
-def _variants() -> tuple[str, ...]:
-    from ablate.models import variant_names
-
-    return variant_names()
-
-
-def _scan_orders() -> tuple[str, ...]:
-    from ablate.models import SCAN_ORDERS
-
-    return tuple(SCAN_ORDERS)
-
-
-def _inits() -> tuple[str, ...]:
-    from ablate.models import INITS
-
-    return tuple(INITS)
 
 
 def _generators() -> tuple[str, ...]:
@@ -170,19 +98,6 @@ def _device(v: Any) -> bool:
 
 
 @dataclass
-class ModelConfig:
-    name: str = field(default=MISSING, metadata=one_of(_variants))  # variant: pico, nano, femto, kobe, tiny, small, base
-    ssm: bool = False  # the ablated switch: selective SSM on the c branch of every Gated CNN block
-    # scan, d_state, dt_rank: inert when ssm=false (held at these defaults in the cell's config)
-    scan: str = field(default="cross", metadata=one_of(_scan_orders))
-    d_state: int = field(default=16, metadata=at_least(1))
-    init: str = field(default="timm", metadata=one_of(_inits))  # timm: std 0.02; fan_in: std 1/sqrt(fan_in)
-    dt_rank: Optional[int] = field(default=None, metadata=at_least(1, optional=True))  # None -> ceil(C / 16)
-    drop_path_rate: Optional[float] = field(default=None, metadata=rule(
-        lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)", optional=True))  # None -> the variant's value
-
-
-@dataclass
 class TrainerConfig:
     epochs: int = field(default=300, metadata=at_least(1))
     max_steps: Optional[int] = field(default=None, metadata=at_least(1, optional=True))  # overrides epochs when set
@@ -192,7 +107,7 @@ class TrainerConfig:
     lr_base_size: int = field(default=1024, metadata=at_least(1))
     opt: str = field(default="adamw", metadata=one_of(_optimizers))  # any timm optimizer name
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999], metadata=rule(
-        lambda v: len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1)"))
+        lambda v: len(v) == 2 and all(is_number(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1)"))
     eps: float = field(default=1e-8, metadata=above(0))
     weight_decay: float = field(default=0.05, metadata=at_least(0))
     sched: str = field(default="cosine", metadata=one_of(SCHEDULES))  # multistep: x decay_rate at decay_milestones
@@ -200,8 +115,8 @@ class TrainerConfig:
     warmup_lr: float = field(default=1e-6, metadata=at_least(0))
     min_lr: float = field(default=1e-5, metadata=at_least(0))
     decay_milestones: List[float] = field(default_factory=list, metadata=rule(  # epochs, for sched=multistep
-        lambda v: all(_number(m) and m > 0 for m in v) and list(v) == sorted(v), "increasing epochs > 0"))
-    decay_rate: float = field(default=0.1, metadata=rule(lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"))
+        lambda v: all(is_number(m) and m > 0 for m in v) and list(v) == sorted(v), "increasing epochs > 0"))
+    decay_rate: float = field(default=0.1, metadata=rule(lambda v: is_number(v) and 0 < v <= 1, "a number in (0, 1]"))
     poly_power: float = field(default=1.0, metadata=above(0))
     grad_clip: Optional[float] = field(default=None, metadata=above(0, optional=True))  # max global grad norm
     precision: str = field(default="auto", metadata=one_of(PRECISIONS))  # auto: bf16/fp16 on GPU, fp32 on CPU
@@ -238,8 +153,8 @@ class ClassificationTaskConfig(TaskConfig):
     reprob: float = field(default=0.25, metadata=within(0, 1))
     mixup: float = field(default=0.8, metadata=at_least(0))  # Beta(alpha, alpha); 0 = off
     cutmix: float = field(default=1.0, metadata=at_least(0))
-    label_smoothing: float = field(default=0.1, metadata=rule(lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"))
-    crop_pct: float = field(default=1.0, metadata=rule(lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"))
+    label_smoothing: float = field(default=0.1, metadata=rule(lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)"))
+    crop_pct: float = field(default=1.0, metadata=rule(lambda v: is_number(v) and 0 < v <= 1, "a number in (0, 1]"))
     interpolation: str = field(default="bicubic", metadata=one_of(INTERPOLATIONS))
     mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406], metadata=channel_values(positive=False))
     std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225], metadata=channel_values(positive=True))
@@ -313,7 +228,7 @@ class SegmentationTaskConfig(TaskConfig):
     aux_channels: int = field(default=256, metadata=at_least(1))
     aux_weight: float = field(default=0.4, metadata=at_least(0))
     ratio_range: List[float] = field(default_factory=lambda: [0.5, 2.0], metadata=ordered_pair(0, float("inf")))
-    cat_max_ratio: float = field(default=0.75, metadata=rule(lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"))
+    cat_max_ratio: float = field(default=0.75, metadata=rule(lambda v: is_number(v) and 0 < v <= 1, "a number in (0, 1]"))
     hflip: float = field(default=0.5, metadata=within(0, 1))
     photometric: bool = True
     multiscale_eval: bool = True
@@ -347,7 +262,7 @@ class PathsConfig:
 
 @dataclass
 class Config:
-    model: ModelConfig = MISSING
+    model: Any = MISSING  # the model family's schema (ablate.models.family), chosen by the model yaml's defaults
     task: Any = MISSING  # one of the TaskConfig schemas, chosen by the task yaml's defaults
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
@@ -359,7 +274,6 @@ class Config:
 def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
-    store.store(group="model", name="schema", node=ModelConfig)
     store.store(group="trainer", name="schema", node=TrainerConfig)
     store.store(group="logger", name="schema", node=LoggerConfig)
     store.store(group="task", name="classification_schema", node=ClassificationTaskConfig)
@@ -368,6 +282,10 @@ def register_configs() -> None:
     store.store(group="task", name="embedded_detection_schema", node=EmbeddedDetectionTaskConfig)
     store.store(group="task", name="segmentation_schema", node=SegmentationTaskConfig)
     store.store(group="task", name="embedded_segmentation_schema", node=EmbeddedSegmentationTaskConfig)
+    from ablate.models import families  # each family's schema comes from its build signature
+
+    for family in families():
+        store.store(group="model", name=f"{family.name}_schema", node=family.schema)
 
 
 register_configs()

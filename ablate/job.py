@@ -94,7 +94,7 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
             seed_everything(cfg.seed)
             model = task.build_model(cfg.model)  # validates the variant and scan order
             model.to(resolve_device(cfg.trainer.device))  # count on the training device: the scan is slow on CPU
-            record["cost"].update(task.cost(model), tau=family.tau(cfg.model.name))
+            record["cost"].update(task.cost(model), tau=family.tau(cfg.model.name), **family.cost_facts(model))
             result = fit(model, task, cfg.trainer, run_dir, cfg.seed, on_eval=_pruning_hook(cfg, task.info.metric), tracker=tracker)
             record["metrics"] = result.metrics
             record["data"] = task.data_summary()

@@ -244,13 +244,12 @@ def test_head_and_backbone_mode():
 @pytest.mark.parametrize('kwargs,message', [
     (dict(name='tinyy'),
      "model.name='tinyy' is not a variant; choose from: pico, nano, femto, kobe, tiny, small, base"),
-    (dict(name='tiny', scan='spiral'), "model.scan='spiral' is not a scan order; choose from: cross, bidirectional, "
-                                       "raster"),
-    (dict(name='tiny', d_state=0), 'model.d_state=0 must be a positive integer'),
+    (dict(name='tiny', scan='spiral'), "model.scan='spiral' is not allowed: one of: cross, bidirectional, raster"),
+    (dict(name='tiny', d_state=0), 'model.d_state=0 is not allowed: a number >= 1'),
     (dict(name='tiny', dt_rank=-2), 'model.dt_rank=-2'),
     (dict(name='tiny', num_classes=-1), 'model.num_classes=-1'),
     (dict(name='tiny', drop_path_rate=1.5), 'model.drop_path_rate=1.5'),
-    (dict(name='tiny', init='xavier'), "model.init='xavier' is not an init; choose from: timm, fan_in"),
+    (dict(name='tiny', init='xavier'), "model.init='xavier' is not allowed: one of: timm, fan_in"),
 ])
 def test_bad_config_is_one_clear_line(kwargs, message):
     with pytest.raises(ValueError) as err:

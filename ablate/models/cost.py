@@ -1,8 +1,10 @@
 """Parameters and MACs with one convention, plus the sequence-length facts of the study.
 
 MACs are fvcore's (one multiply-add = one MAC; convolutions, linear/matmul layers and norms,
-batch 1 with `input_size`) plus an explicit count for every selective scan, which fvcore cannot
-see: 9*B*L*D*N + B*D*L per scan direction (+ B*D*L with a z gate), VMamba's formula. The scan
+batch 1 with `input_size`), plus attention, plus an explicit count for every selective scan; fvcore
+sees neither. `F.scaled_dot_product_attention` is counted as 2*L*S*D per call (q @ k^T and
+attn @ v, D the total width over heads; L queries, S keys), a causal mask included, so a causal
+switch changes no MAC count. The scan: 9*B*L*D*N + B*D*L per scan direction (+ B*D*L with a z gate), VMamba's formula. The scan
 runs as one opaque custom op (or mamba_ssm's kernel), so fvcore counts nothing inside it;
 the scans are counted by recording every `selective_scan` call made during fvcore's trace, and
 are not run there (they return zeros): MACs depend on shapes only, and a dense model's scans at
@@ -11,6 +13,7 @@ are not run there (they return zeros): MACs depend on shapes only, and a dense m
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -63,6 +66,7 @@ def count_cost(model: nn.Module, input_size: tuple[int, int] | None = None,
         with torch.no_grad(), record_scans(compute=False) as scans, warnings.catch_warnings():
             warnings.simplefilter('ignore')
             analysis = FlopCountAnalysis(model, inputs)
+            analysis.set_op_handle('aten::scaled_dot_product_attention', _attention_macs)
             analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings('none')
             macs_fvcore = int(analysis.total())
     finally:
@@ -71,6 +75,15 @@ def count_cost(model: nn.Module, input_size: tuple[int, int] | None = None,
     macs_ssm = sum(call.macs for call in scans)
     params = sum(p.numel() for p in model.parameters())
     return Cost(params=params, macs=macs_fvcore + macs_ssm, macs_ssm=macs_ssm)
+
+
+def _attention_macs(inputs: list, outputs: list) -> int:
+    """fvcore op handle of aten::scaled_dot_product_attention: q (..., L, d), k (..., S, d), v (..., S, dv)."""
+    from fvcore.nn.jit_handles import get_shape
+
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    batch_heads = math.prod(q[:-2])
+    return batch_heads * q[-2] * k[-2] * (q[-1] + v[-1])
 
 
 def tau(model_or_dims: nn.Module | Sequence[int]) -> int:

@@ -2,18 +2,41 @@
 
 Everything outside `ablate.models` asks a model only through this interface: build a variant, its
 ablation switches and the keys each one makes inert, its sequence-length rule (tokens L and the
-threshold tau), and which arm a checkpoint belongs to. A family's module calls `register(Family(...))`
-at import; a new family is that module (imported by ablate/models/__init__.py), its conf/model/
-files and a test.
+threshold tau), its cost facts, and which arm a checkpoint belongs to.
+
+A family is one module of this package that calls `register(Family(...))` at import (the package
+imports every module it holds), plus its conf/model/ file(s) and a test. Its settings are declared
+once, in its build function's signature:
+
+    def build(name: str, <setting>: <type> = <default>, ..., num_classes: int = 1000,
+              image_size: tuple[int, int] = (224, 224)) -> nn.Module
+
+`name` is the variant; each other keyword but the task's two (`TASK_ARGUMENTS`) is a
+`model.<setting>` key. A type may be
+`Literal[...]` (the choices) or `Annotated[type, rule]` (an ablate.rules helper, e.g. at_least(1)).
+`Family.schema` is the dataclass generated from that signature; ablate.config registers it as
+conf/model's `<family>_schema`, so the YAML files and `validate` check against it, and `checked`
+applies the same rules when Python code calls the build function directly.
 """
 from __future__ import annotations
 
+import functools
+import inspect
+import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, make_dataclass
+from typing import Any, Literal
 
+from omegaconf import MISSING
 from torch import nn
 
-__all__ = ['Family', 'Switch', 'family_of', 'register', 'variant_names']
+from ablate.rules import ConfigError, one_of
+
+__all__ = ['Family', 'Switch', 'TASK_ARGUMENTS', 'checked', 'families', 'family_of', 'register', 'variant_names']
+
+# Keywords of a build function that the task gives, not cfg.model: the classifier's classes (0: a
+# headless backbone) and the input size [H, W] the model is evaluated at (for size-dependent models).
+TASK_ARGUMENTS = ('num_classes', 'image_size')
 
 
 @dataclass(frozen=True)
@@ -22,8 +45,10 @@ class Switch:
 
     key: str  # the model config key
     labels: tuple[str, str]  # arm names for (false, true), e.g. ('no SSM', 'SSM')
-    # model keys that change nothing while the switch is false: they leave the cell's identity then
+    # model keys that change nothing while the switch is false: they leave the cell's identity then,
+    # unless one of the boolean keys `kept_by` is true (it reads them, e.g. to match the SSM arm's MACs)
     inert_when_off: tuple[str, ...] = ()
+    kept_by: tuple[str, ...] = ()
     # last component of a parameter name that only the true arm has (tells a checkpoint's arm)
     marker: str | None = None
 
@@ -31,14 +56,52 @@ class Switch:
         return self.labels[bool(on)]
 
 
+def _settings(build: Callable[..., nn.Module]) -> list[tuple[str, Any, Any, dict]]:
+    """(key, OmegaConf type, default, field metadata) for each setting of a build function."""
+    hints = typing.get_type_hints(build, include_extras=True)
+    out = []
+    for name, parameter in inspect.signature(build).parameters.items():
+        if name == 'name' or name in TASK_ARGUMENTS or parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
+            continue
+        hint, metadata = hints.get(name, Any), {}
+        if typing.get_origin(hint) is typing.Annotated:
+            hint, *extras = typing.get_args(hint)
+            metadata = next((e for e in extras if isinstance(e, dict) and 'rule' in e), {})
+        if typing.get_origin(hint) is Literal:  # OmegaConf types Literal as its values' type, plus the rule
+            choices = typing.get_args(hint)
+            hint, metadata = type(choices[0]), one_of(choices)
+        default = MISSING if parameter.default is parameter.empty else parameter.default
+        out.append((name, hint, default, metadata))
+    return out
+
+
+def checked(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """`build` that first checks its arguments against the rules of its own signature (ConfigError,
+    one line naming model.<key>), so a direct Python call is held to what the YAML schema allows."""
+    rules = {name: meta['rule'] for name, _, _, meta in _settings(build) if 'rule' in meta}
+    signature = inspect.signature(build)
+
+    @functools.wraps(build)
+    def wrapper(*args: Any, **kwargs: Any) -> nn.Module:
+        bound = signature.bind(*args, **kwargs)
+        for key, value in bound.arguments.items():
+            test = rules.get(key)
+            if test is not None and not test.test(value):
+                raise ConfigError(f'model.{key}={value!r} is not allowed: {test.allowed()}')
+        return build(*args, **kwargs)
+
+    return wrapper
+
+
 @dataclass(frozen=True)
 class Family:
     """What the harness may know of a model family.
 
-    build(**model_keys, num_classes=n) -> nn.Module: a classifier with n classes, or a headless
-    backbone with num_classes=0 (which the dense tasks wrap). model_keys are cfg.model's keys.
+    build(**model_keys, num_classes=n, image_size=(H, W)) -> nn.Module: a classifier with n classes,
+    or a headless backbone with num_classes=0 (which the dense tasks wrap). model_keys are cfg.model's.
     tau(variant) -> int: the token count past which a sequence counts as long (the paper's 6*D).
     seq_len(image_size) -> int: the tokens L of an (H, W) input, on the same map as tau.
+    cost_facts(model) -> dict: what a record's `cost` block adds for a built model (e.g. widths used).
     """
 
     name: str
@@ -48,18 +111,29 @@ class Family:
     tau: Callable[[str], int]
     seq_len: Callable[[Sequence[int]], int]
     record_keys: tuple[str, ...] = ()  # model keys every record's factors carry besides model.name
+    cost_facts: Callable[[nn.Module], dict[str, Any]] = lambda model: {}
 
     def switch(self, key: str) -> Switch | None:
         return next((s for s in self.switches if s.key == key), None)
 
     def inert_keys(self, model_cfg: Mapping) -> tuple[str, ...]:
         """Keys of `model_cfg` that the model it configures does not use."""
-        return tuple(key for s in self.switches if not model_cfg.get(s.key) for key in s.inert_when_off)
+        return tuple(key for s in self.switches
+                     if not model_cfg.get(s.key) and not any(model_cfg.get(k) for k in s.kept_by)
+                     for key in s.inert_when_off)
 
     def arms_of(self, parameter_names: Iterable[str]) -> dict[str, bool]:
         """{switch key: on?} for each switch with a marker, read from a state dict's names."""
         leaves = {name.rsplit('.', 1)[-1] for name in parameter_names}
         return {s.key: s.marker in leaves for s in self.switches if s.marker is not None}
+
+    @functools.cached_property
+    def schema(self) -> type:
+        """The `model` config dataclass: `name` (one of the variants) and the build function's settings."""
+        variants = self.variants
+        specs = [('name', str, field(default=MISSING, metadata=one_of(variants)))]
+        specs += [(key, hint, field(default=default, metadata=meta)) for key, hint, default, meta in _settings(self.build)]
+        return make_dataclass(f'{self.name.capitalize()}ModelConfig', specs)
 
 
 _BY_VARIANT: dict[str, Family] = {}
@@ -77,6 +151,10 @@ def register(family: Family) -> Family:
 
 def variant_names() -> tuple[str, ...]:
     return tuple(_BY_VARIANT)
+
+
+def families() -> tuple[Family, ...]:
+    return tuple({f.name: f for f in _BY_VARIANT.values()}.values())
 
 
 def family_of(variant: str) -> Family:

@@ -6,11 +6,24 @@ mapping is the identity). With ssm=True every Gated CNN block gains SiLU + a sel
 the conv branch right after the depthwise conv (paper Eq. 11, SSM(sigma(Conv(.)))), adding only
 the `blocks.<j>.ssm.*` parameters; nothing else changes.
 
+Two controls, both changing nothing else:
+* causal=True: every block's token mixing is causal in raster order. The 7x7 depthwise conv is
+  masked (PixelCNN-style: the rows above, plus the current row up to and including the centre) and
+  the SSM arm must scan `raster`, its one causal direction. Parameters and MACs are unchanged (the
+  masked taps stay in the weight, multiplied by 0). The stem's and downsamples' 3x3 stride-2 convs
+  are not token mixers and stay as they are: across a stage boundary a token sees a one-pixel
+  margin of the next row and column.
+* match_macs=True (SSM off only): the Gated CNN expansion ratio (hidden width h = int(ratio * C),
+  8/3 in MambaOut) is widened until the model's MACs at the evaluated input size equal the SSM
+  arm's (same scan, d_state, dt_rank), within 1%; depth and stage widths stay. The iso-MAC control.
+
 Tensors are channels-last (B, H, W, C) inside the stages, as in timm's MambaOut.
 """
 
+import functools
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Annotated, Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -21,10 +34,13 @@ from timm.layers import DropPath, LayerNorm, calculate_drop_path_rates, trunc_no
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from .family import Family, Switch, register
-from .ssm import SelectiveSSM2d, scan_directions
+from ablate.rules import ConfigError, at_least, is_number, rule
 
-__all__ = ['FAMILY', 'INITS', 'MambaOut', 'VARIANTS', 'build_model', 'seq_len', 'stage_grid']
+from .family import Family, Switch, checked, register
+from .ssm import SCAN_ORDERS, SelectiveSSM2d, scan_directions
+
+__all__ = ['EXPANSION_RATIO', 'FAMILY', 'INITS', 'MambaOut', 'VARIANTS', 'build_model', 'iso_mac_expansion', 'seq_len',
+           'stage_grid']
 
 # name -> depths, dims, drop_path (the ImageNet drop-path rate of the variant)
 VARIANTS: dict[str, dict] = {
@@ -47,6 +63,9 @@ DOWNSAMPLE_CONV = dict(kernel_size=3, stride=2, padding=1)
 #           channels) std 0.02 is far below 1/sqrt(fan_in), and the input dependence of the
 #           activations dies through the depth at a high peak lr (see README, "The demo").
 INITS = ('timm', 'fan_in')
+
+EXPANSION_RATIO = 8 / 3  # MambaOut's Gated CNN hidden width h = int(8/3 * C)
+MATCH_TOLERANCE = 0.01  # match_macs: |MACs - SSM arm's MACs| <= 1% of the SSM arm's
 
 
 def image_hw(key: str, value: int | Sequence[int]) -> tuple[int, int]:
@@ -108,14 +127,32 @@ class Downsample(nn.Module):
         return self.norm(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
 
 
+class CausalDepthwiseConv(nn.Conv2d):
+    """A depthwise conv that sees only taps at or before the centre in raster order: the rows above
+    and the centre row up to the centre (PixelCNN's mask A plus the centre). The weight keeps nn.Conv2d's
+    name and shape, so checkpoints and parameter counts equal the unmasked conv's."""
+
+    def __init__(self, dim: int, kernel_size: int, device=None, dtype=None):
+        super().__init__(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, device=device, dtype=dtype)
+        mask = torch.zeros(kernel_size, kernel_size, device=device, dtype=dtype)
+        centre = kernel_size // 2
+        mask[:centre] = 1
+        mask[centre, :centre + 1] = 1
+        self.register_buffer('mask', mask, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight * self.mask, self.bias)
+
+
 class GatedCNNBlock(nn.Module):
     """x + DropPath(fc2(GELU(g) * [i, mixer(c)])), (g, i, c) = split(fc1(LN(x))).
 
-    mixer = depthwise Conv7x7 (MambaOut) or SSM(SiLU(Conv7x7)) when `ssm` kwargs are given.
+    mixer = depthwise Conv7x7 (MambaOut) or SSM(SiLU(Conv7x7)) when `ssm` kwargs are given; the
+    conv is masked to raster-order causal taps when `causal`.
     """
 
-    def __init__(self, dim: int, drop_path: float = 0.0, expansion_ratio: float = 8 / 3,
-                 kernel_size: int = 7, ssm: dict | None = None, device=None, dtype=None):
+    def __init__(self, dim: int, drop_path: float = 0.0, expansion_ratio: float = EXPANSION_RATIO,
+                 kernel_size: int = 7, ssm: dict | None = None, causal: bool = False, device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         hidden = int(expansion_ratio * dim)
@@ -123,7 +160,8 @@ class GatedCNNBlock(nn.Module):
         self.fc1 = nn.Linear(dim, 2 * hidden, **dd)
         self.act = nn.GELU()
         self.split_indices = (hidden, hidden - dim, dim)  # g, i, c
-        self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, **dd)
+        self.conv = (CausalDepthwiseConv(dim, kernel_size, **dd) if causal else
+                     nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, **dd))
         self.ssm = SelectiveSSM2d(dim, **ssm, **dd) if ssm is not None else None
         self.fc2 = nn.Linear(hidden, dim, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -140,11 +178,14 @@ class GatedCNNBlock(nn.Module):
 
 class MambaOutStage(nn.Module):
     def __init__(self, dim: int, dim_out: int, depth: int, drop_path: list[float], downsample: bool,
-                 ssm: dict | None, device=None, dtype=None):
+                 ssm: dict | None, expansion_ratio: float = EXPANSION_RATIO, causal: bool = False,
+                 device=None, dtype=None):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.downsample = Downsample(dim, dim_out, **dd) if downsample else nn.Identity()
-        self.blocks = nn.Sequential(*[GatedCNNBlock(dim_out, drop_path[j], ssm=ssm, **dd) for j in range(depth)])
+        self.blocks = nn.Sequential(*[
+            GatedCNNBlock(dim_out, drop_path[j], expansion_ratio=expansion_ratio, ssm=ssm, causal=causal, **dd)
+            for j in range(depth)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.downsample(x))
@@ -186,6 +227,8 @@ class MambaOut(nn.Module):
             averaged), 'raster' (1 causal direction).
         d_state, dt_rank: SSM state size N and delta rank (None: ceil(C/16)).
         drop_path_rate: stochastic depth rising linearly from 0 over all blocks.
+        expansion_ratio: Gated CNN hidden width h = int(ratio * C) in every block.
+        causal: raster-order causal token mixing (masked conv; the SSM must scan 'raster').
     """
 
     def __init__(
@@ -201,6 +244,8 @@ class MambaOut(nn.Module):
             d_state: int = 16,
             dt_rank: int | None = None,
             init: str = 'timm',
+            expansion_ratio: float = EXPANSION_RATIO,
+            causal: bool = False,
             device=None,
             dtype=None,
     ):
@@ -211,9 +256,13 @@ class MambaOut(nn.Module):
         scan_directions(scan)  # checked here too: with ssm=False no mixer would check it
         if init not in INITS:
             raise ValueError(f"model.init={init!r} is not an init; choose from: {', '.join(INITS)}")
+        if causal and ssm and scan != 'raster':
+            raise ConfigError(f"model.causal=true with model.scan={scan} is not allowed: a causal SSM arm needs "
+                              f"model.scan=raster (the one causal scan order)")
         self.num_classes = num_classes
         self.dims = tuple(dims)
-        self.ssm, self.scan = ssm, scan
+        self.ssm, self.scan, self.causal = ssm, scan, causal
+        self.expansion_ratio = expansion_ratio
         self.output_fmt = 'NHWC'
         ssm_kwargs = dict(d_state=d_state, dt_rank=dt_rank, scan=scan) if ssm else None
 
@@ -223,7 +272,8 @@ class MambaOut(nn.Module):
         self.feature_info = []
         prev = dims[0]
         for i, (depth, dim) in enumerate(zip(depths, dims)):
-            self.stages.append(MambaOutStage(prev, dim, depth, dp_rates[i], downsample=i > 0, ssm=ssm_kwargs, **dd))
+            self.stages.append(MambaOutStage(prev, dim, depth, dp_rates[i], downsample=i > 0, ssm=ssm_kwargs,
+                                             expansion_ratio=expansion_ratio, causal=causal, **dd))
             self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f'stages.{i}'))
             prev = dim
         self.num_features = dims[-1]
@@ -343,28 +393,71 @@ def ablate_mambaout_base(pretrained: bool = False, **kwargs) -> MambaOut:
     return _create('base', pretrained, **kwargs)
 
 
-def build_model(name: str, ssm: bool = False, num_classes: int = 1000, scan: str = 'cross',
-                d_state: int = 16, dt_rank: int | None = None, drop_path_rate: float | None = None,
-                init: str = 'timm', **overrides) -> nn.Module:
+@checked
+def build_model(
+        name: str,
+        ssm: bool = False,  # the ablated switch: selective SSM on the c branch of every Gated CNN block
+        scan: Literal[tuple(SCAN_ORDERS)] = 'cross',  # scan, d_state, dt_rank: inert while ssm=false
+        d_state: Annotated[int, at_least(1)] = 16,
+        dt_rank: Annotated[Optional[int], at_least(1, optional=True)] = None,  # None -> ceil(C / 16)
+        init: Literal[INITS] = 'timm',  # timm: std 0.02; fan_in: std 1/sqrt(fan_in)
+        drop_path_rate: Annotated[Optional[float], rule(
+            lambda v: is_number(v) and 0 <= v < 1, 'a number in [0, 1)', optional=True)] = None,  # None -> variant's
+        causal: bool = False,  # raster-order causal token mixing (needs scan=raster with the SSM)
+        match_macs: bool = False,  # SSM off only: widen the Gated CNN to the SSM arm's MACs at image_size
+        num_classes: int = 1000,
+        image_size: Sequence[int] = (224, 224),
+        **overrides: Any) -> nn.Module:
     """The MambaOut variant `name` (see VARIANTS), with the selective SSM when `ssm`.
 
-    drop_path_rate None takes the variant's; num_classes=0 gives a backbone without classifier;
-    overrides go to MambaOut (e.g. in_chans, drop_rate).
+    num_classes=0 gives a backbone without classifier; image_size (H, W) is the evaluated input
+    size, read only by match_macs; overrides go to MambaOut (e.g. in_chans, drop_rate).
     """
     if name not in VARIANTS:
         raise ValueError(f"model.name={name!r} is not a variant; choose from: {', '.join(VARIANTS)}")
-    if not isinstance(d_state, int) or d_state < 1:
-        raise ValueError(f'model.d_state={d_state!r} must be a positive integer')
-    if dt_rank is not None and (not isinstance(dt_rank, int) or dt_rank < 1):
-        raise ValueError(f'model.dt_rank={dt_rank!r} must be a positive integer or None (ceil(C/16))')
     if not isinstance(num_classes, int) or num_classes < 0:
         raise ValueError(f'model.num_classes={num_classes!r} must be an integer >= 0')
-    if drop_path_rate is not None and not 0.0 <= drop_path_rate < 1.0:
-        raise ValueError(f'model.drop_path_rate={drop_path_rate!r} must be in [0, 1) or None (variant default)')
     if drop_path_rate is not None:
         overrides['drop_path_rate'] = drop_path_rate
-    return _create(
-        name, num_classes=num_classes, ssm=ssm, scan=scan, d_state=d_state, dt_rank=dt_rank, init=init, **overrides)
+    settings = dict(scan=scan, d_state=d_state, dt_rank=dt_rank, init=init, causal=causal, **overrides)
+    if match_macs:
+        if ssm:
+            raise ConfigError('model.match_macs=true with model.ssm=true is not allowed: it widens the SSM-off arm '
+                              'to the SSM arm\'s MACs; use it with model.ssm=false')
+        hw = image_hw('image_size', image_size)
+        frozen = tuple(sorted((k, v) for k, v in settings.items() if k != 'init'))
+        settings['expansion_ratio'] = iso_mac_expansion(name, hw, num_classes, frozen)
+    return _create(name, num_classes=num_classes, ssm=ssm, **settings)
+
+
+@functools.lru_cache(maxsize=64)
+def iso_mac_expansion(name: str, image_size: tuple[int, int], num_classes: int,
+                      settings: tuple[tuple[str, Any], ...] = ()) -> float:
+    """The expansion ratio at which `name` without the SSM has the SSM arm's MACs at `image_size`.
+
+    Only fc1 and fc2 grow with the hidden width, so MACs are affine in the ratio (up to int(r * C)):
+    a secant through two counts, then one more step from the count at its answer. settings: the
+    other build keys of both arms (scan, d_state, ...), as sorted (key, value) pairs.
+    """
+    from .cost import count_cost  # cost imports this module
+
+    kwargs = dict(settings)
+
+    def macs(ssm: bool, ratio: float = EXPANSION_RATIO) -> int:
+        model = _create(name, num_classes=num_classes, ssm=ssm, expansion_ratio=ratio, **kwargs)
+        return count_cost(model, input_size=image_size).macs
+
+    target = macs(True)
+    r0, m0 = EXPANSION_RATIO, macs(False)
+    r1, m1 = 2 * EXPANSION_RATIO, macs(False, 2 * EXPANSION_RATIO)
+    for _ in range(3):
+        r0, m0, r1 = r1, m1, r1 + (target - m1) * (r1 - r0) / (m1 - m0)
+        m1 = macs(False, r1)
+        if abs(m1 - target) <= MATCH_TOLERANCE * target:
+            return r1
+    raise ValueError(f'model.match_macs=true: no expansion ratio brings {name} within {MATCH_TOLERANCE:.0%} of the '
+                     f'SSM arm\'s {target / 1e9:.3f} GMACs at {image_size[0]}x{image_size[1]} (last: ratio {r1:.3f}, '
+                     f'{m1 / 1e9:.3f} GMACs)')
 
 
 def _tau(variant: str) -> int:
@@ -373,13 +466,25 @@ def _tau(variant: str) -> int:
     return tau(VARIANTS[variant]['dims'])
 
 
-# MambaOut's one switch: ssm. scan, d_state and dt_rank configure the SSM, so they are inert without it.
+def _cost_facts(model: nn.Module) -> dict[str, Any]:
+    """The Gated CNN widths a record's cost block states (match_macs changes them); `model` is a
+    MambaOut or a dense model holding one."""
+    body = next(m for m in model.modules() if isinstance(m, MambaOut))
+    return {'expansion_ratio': round(body.expansion_ratio, 6),
+            'hidden_widths': [int(body.expansion_ratio * d) for d in body.dims]}
+
+
+# MambaOut's switches: ssm, and causal. scan, d_state and dt_rank configure the SSM, so they are inert
+# without it, unless match_macs reads them to build the SSM arm it matches.
 FAMILY = register(Family(
     name='mambaout',
     variants=tuple(VARIANTS),
     build=build_model,
-    switches=(Switch('ssm', labels=('no SSM', 'SSM'), inert_when_off=('scan', 'd_state', 'dt_rank'), marker='A_log'),),
+    switches=(Switch('ssm', labels=('no SSM', 'SSM'), inert_when_off=('scan', 'd_state', 'dt_rank'),
+                     kept_by=('match_macs',), marker='A_log'),
+              Switch('causal', labels=('fully visible', 'causal'))),
     tau=_tau,
     seq_len=seq_len,
-    record_keys=('ssm', 'scan'),
+    record_keys=('ssm', 'scan', 'causal', 'match_macs'),
+    cost_facts=_cost_facts,
 ))

@@ -190,7 +190,7 @@ class ImageFolderClassification(SplitDatasetTask):
 
     # -- model, loss, evaluation -----------------------------------------------------------------
     def build_model(self, model_cfg: Mapping[str, Any]) -> nn.Module:
-        return family_of(model_cfg["name"]).build(**model_cfg, num_classes=self.num_classes)
+        return family_of(model_cfg["name"]).build(**model_cfg, num_classes=self.num_classes, image_size=tuple(self.image_size))
 
     def training_step(self, model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
         images, targets, replaced = batch

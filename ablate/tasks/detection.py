@@ -294,7 +294,7 @@ class CocoDetection(SplitDatasetTask):
     # -- model, loss ----------------------------------------------------------------------------
     def build_model(self, model_cfg: Mapping[str, Any]) -> nn.Module:
         width = self.fpn_channels
-        body = BackboneWithFPN(build_backbone(model_cfg, self.backbone_ckpt), width)
+        body = BackboneWithFPN(build_backbone(model_cfg, self.image_size, self.backbone_ckpt), width)
         # mmdetection's Mask R-CNN anchors: one size per level (8 x stride 4..64), three aspect ratios.
         anchors = AnchorGenerator(sizes=((32,), (64,), (128,), (256,), (512,)), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
         # torchvision's default heads, except that the mask head follows the FPN width (256 = default).

@@ -233,7 +233,7 @@ class ADE20KSegmentation(SplitDatasetTask):
 
     # -- model, loss ----------------------------------------------------------------------------
     def build_model(self, model_cfg: Mapping[str, Any]) -> nn.Module:
-        features = build_backbone(model_cfg, self.backbone_ckpt)
+        features = build_backbone(model_cfg, self.image_size, self.backbone_ckpt)
         return UperNet(features, self.num_classes, self.channels, self.aux_channels)
 
     def training_step(self, model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:

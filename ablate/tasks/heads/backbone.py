@@ -49,10 +49,15 @@ class StageFeatures(nn.Module):
         return [norm(f) for norm, f in zip(self.norms, stages)]
 
 
-def build_backbone(model_cfg: Mapping[str, Any], backbone_ckpt: str | None = None) -> StageFeatures:
-    """The headless backbone of `model_cfg` (initialised from `backbone_ckpt` if given)."""
+def build_backbone(model_cfg: Mapping[str, Any], image_size: Sequence[int],
+                   backbone_ckpt: str | None = None) -> StageFeatures:
+    """The headless backbone of `model_cfg` for inputs of `image_size` [H, W] (initialised from
+    `backbone_ckpt` if given)."""
     family = family_of(model_cfg["name"])
-    backbone = family.build(**model_cfg, num_classes=0)
+    backbone = family.build(**model_cfg, num_classes=0, image_size=tuple(image_size))
+    if len(getattr(backbone, "dims", ())) != 4:
+        raise ValueError(f"model.name={model_cfg['name']} is not allowed on a dense task: FPN and UperNet need a "
+                         f"backbone of four stages (strides 4-32), and the {family.name} family has none")
     # Dense tasks read the stage outputs only: the classifier's pooled MLP head (1.3M parameters for
     # tiny) would be dead weight in parameter counts and the optimiser. Checkpoints then match
     # "classifier keys minus head.*".
