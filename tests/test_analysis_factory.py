@@ -10,8 +10,10 @@ from typing import Any, Iterable, Sequence
 import yaml
 
 from ablate import records
+from ablate.models import family_of
 
 STAGE3_WIDTH = {"femto": 192, "tiny": 384}  # tau = 6 x stage-3 width (PAPER.md §2)
+RECORD_KEYS = [f"model.{key}" for key in family_of("femto").record_keys]  # what the job puts in every record
 
 
 def make_record(
@@ -34,7 +36,7 @@ def make_record(
     """One valid record. MACs grow with the token count; the SSM arm adds 15 % (all in macs_ssm)."""
     h, w = image_size
     config = {
-        "model": {"name": variant, "ssm": ssm, "scan": "cross", "d_state": 16},
+        "model": {"name": variant, "ssm": ssm, "scan": "cross", "d_state": 16, "causal": False, "match_macs": False},
         "task": {"name": task, "image_size": [h, w], "data_root": "/data"},
         "trainer": {"epochs": epochs, "device": "cpu"},
         "paths": {"results": "/results"}, "seed": seed, "sweep": sweep, "tuning": tuning,
@@ -48,7 +50,7 @@ def make_record(
     return {
         "schema": records.SCHEMA, "run_id": records.run_id(config), "sweep": sweep, "status": status,
         "error": None if completed else {"type": "RuntimeError", "message": "CUDA out of memory", "traceback": "..."},
-        "config": config, "overrides": overrides, "factors": records.factors(config, overrides),
+        "config": config, "overrides": overrides, "factors": records.factors(config, overrides, always=RECORD_KEYS),
         "task": {"name": task, "kind": kind, "metric": metric, "higher_is_better": higher_is_better, "chance": chance},
         "metrics": {metric: value, "loss": 1.0} if completed and value is not None else {},
         "cost": {

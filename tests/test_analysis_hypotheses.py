@@ -17,8 +17,8 @@ LONG = (768, 768)  # femto: L = 48 * 48 = 2304 > tau = 1152
 LONGER = (1024, 1024)  # L = 4096
 SHORT = (32, 32)  # L = 4
 
-H3 = """\
-id: H3
+H9 = """\
+id: H9
 claim: On detection the SSM and no SSM are equivalent within 5 mAP points.
 scope:
   task_kind: detection
@@ -38,12 +38,17 @@ def _hypothesis(tmp_path: Path, text: str, name: str = "h.yaml"):
     return load_hypothesis(path)
 
 
+def shipped(*ids: str) -> list:
+    by_id = {h.id: h for h in load_hypotheses(CONF_DIR)}
+    return [by_id[i] for i in ids]
+
+
 def _noise(n: int, scale: float, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(0, scale, n)
 
 
 def test_shipped_hypotheses_are_the_papers_two_and_h1_at_the_embedded_margin() -> None:
-    h1, h1e, h2 = load_hypotheses(CONF_DIR)
+    h1, h1e, h2 = shipped("H1", "H1-embedded", "H2")
     assert (h1.id, h1.test, h1.favours, h1.margin, h1.efficiency) == ("H1", "non_inferiority", "control", 0.3, True)
     assert (h1e.id, h1e.test, h1e.favours, h1e.margin, h1e.scope.task, h1e.scope.regime) == (
         "H1-embedded", "non_inferiority", "control", 2.0, ("shapes",), "short")
@@ -53,13 +58,13 @@ def test_shipped_hypotheses_are_the_papers_two_and_h1_at_the_embedded_margin() -
     assert h1.alpha == h2.alpha == 0.05 and h1.min_pairs == h2.min_pairs == 3
 
 
-def test_a_dropped_in_yaml_file_adds_h3(tmp_path: Path) -> None:
+def test_a_dropped_in_yaml_file_adds_a_hypothesis(tmp_path: Path) -> None:
     folder = tmp_path / "hypothesis"
     shutil.copytree(CONF_DIR, folder)
-    (folder / "h3.yaml").write_text(H3)
+    (folder / "h9.yaml").write_text(H9)
     loaded = load_hypotheses(folder)
-    assert [h.id for h in loaded] == ["H1", "H1-embedded", "H2", "H3"]
-    assert loaded[3].test == "equivalence" and loaded[3].scope.factors == (("trainer.epochs", (1,)),)
+    assert [h.id for h in loaded] == ["H1", "H1-embedded", "H2", "H2-iso", "H3", "H3-embedded", "H9"]
+    assert loaded[-1].test == "equivalence" and loaded[-1].scope.factors == (("trainer.epochs", (1,)),)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -159,7 +164,7 @@ def test_scope_regime_and_task_kind_select_records(tmp_path: Path) -> None:
     recs = (paired([80, 81, 82], [80, 81, 82.5], image_size=SHORT)
             + paired([40, 41, 42], [43, 44, 45.5], image_size=LONG, task="det", kind="detection", metric="map"))
     collection = _collection(tmp_path, recs)
-    h1, _, h2 = load_hypotheses(CONF_DIR)
+    h1, h2 = shipped("H1", "H2")
     assert set(evaluate(h1, collection).rows["cell"].str.extract(r"task=(\w+)")[0]) == {"shapes"}
     assert set(evaluate(h2, collection).rows.query("part == 'superiority'")["cell"].str.extract(r"task=(\w+)")[0]) == {"det"}
 
@@ -168,7 +173,7 @@ def test_user_h3_scope_on_an_unswept_config_key_and_equivalence(tmp_path: Path) 
     control = 40 + _noise(6, 1.0)
     recs = paired(control, control + _noise(6, 0.3, 3), image_size=LONG, task="det", kind="detection", metric="map")
     recs += paired(control, control, image_size=LONG, task="det", kind="detection", metric="map", epochs=5)[:2]
-    verdict = evaluate(_hypothesis(tmp_path, H3), _collection(tmp_path, recs))
+    verdict = evaluate(_hypothesis(tmp_path, H9), _collection(tmp_path, recs))
     (row,) = verdict.rows.to_dict("records")  # the epochs=5 records are out of scope
     assert row["test"] == "equivalence" and row["n_pairs"] == 6 and row["decision"] == "supported"
 
@@ -215,10 +220,20 @@ def test_a_trend_through_sizes_where_an_arm_is_at_chance_decides_nothing(tmp_pat
 def test_a_cell_with_one_arm_only_counts_with_zero_pairs(tmp_path: Path) -> None:
     recs = [make_record(value=v, ssm=False, seed=s, image_size=LONG, task="det", kind="detection", metric="map")
             for s, v in enumerate([40.0, 41.0, 42.0])]
+    recs += paired([40, 41, 42], [42, 43, 44], image_size=LONGER, task="det", kind="detection", metric="map")
     (h2,) = [h for h in load_hypotheses(CONF_DIR) if h.id == "H2"]
-    row = evaluate(h2, _collection(tmp_path, recs)).rows.iloc[0]
+    rows = evaluate(h2, _collection(tmp_path, recs)).rows.query("part == 'superiority'")
+    row = rows[rows["cell"].str.contains("768x768")].iloc[0]
     assert row["n_pairs"] == 0 and row["decision"] == "insufficient evidence"
     assert "no complete pair" in row["note"]
+
+
+def test_a_factor_the_records_do_not_sweep_gives_no_cell_groups(tmp_path: Path) -> None:
+    recs = paired([70, 71, 72], [72, 73, 74], image_size=SHORT)  # shapes, all fully visible (causal=false)
+    (h3,) = [h for h in load_hypotheses(CONF_DIR) if h.id == "H3"]
+    verdict = evaluate(h3, _collection(tmp_path, recs))
+    assert verdict.rows.empty and verdict.decision == "insufficient evidence"
+    assert verdict.absent == ("model.causal=true",)
 
 
 def test_a_trend_with_too_few_seeds_per_length_says_which_lengths_fell_short(tmp_path: Path) -> None:
@@ -232,7 +247,8 @@ def test_a_trend_with_too_few_seeds_per_length_says_which_lengths_fell_short(tmp
 
 
 @pytest.mark.parametrize("lines, expected", [
-    ("factor: model.foo\n", "H9 (h.yaml): factor 'model.foo' is in no record; records carry: model.name, task, task.image_size, seed, model.ssm"),
+    ("factor: model.foo\n", "H9 (h.yaml): factor 'model.foo' is in no record; records carry: model.name, task, task.image_size, seed, model.causal, "
+     "model.match_macs, model.scan, model.ssm, trainer.epochs"),
     ("metric: top3\nhigher_is_better: true\n", "H9 (h.yaml): metric 'top3' is in no record; records carry: loss, top1"),
     ("scope: {task: shapez}\n", "H9 (h.yaml): scope.task=shapez matches no record; records have: shapes"),
     ("scope: {factors: {trainer.epoch: 1}}\n", "H9 (h.yaml): scope.factors key 'trainer.epoch' is in no record"),

@@ -289,9 +289,18 @@ class Pairing:
     unpaired: pd.DataFrame  # columns: cell, label, seed, present, missing, missing_status, overrides
 
 
+# A compound factor names several keys whose levels change together: "model.ssm+model.match_macs"
+# at level "false+true" is the SSM-off arm widened to iso-MAC. Its arms differ in every component.
+COMPOUND = "+"
+
+
+def components(factor: str) -> list[str]:
+    return factor.split(COMPOUND)
+
+
 def cell_factors(factors: Sequence[str], factor: str) -> list[str]:
-    """Factors a cell group is made of: all but the ablated one and seed."""
-    return [f for f in factors if f not in (factor, "seed")]
+    """Factors a cell group is made of: all but the ablated one(s) and seed."""
+    return [f for f in factors if f not in (factor, *components(factor), "seed")]
 
 
 def series_factors(pairing: Pairing) -> list[str]:
@@ -323,9 +332,15 @@ def format_level(value: Any) -> str:
 
 
 def with_factor(runs: pd.DataFrame, factor: str) -> pd.DataFrame:
-    """`runs` with a `factor` column: null where no record carries it (e.g. an empty sweep), so that
-    nothing is at either level of it."""
-    return runs if factor in runs else runs.assign(**{factor: None})
+    """`runs` with a `factor` column: a compound factor's levels joined ("false+true"); null where no
+    record carries it (e.g. an empty sweep), so that nothing is at either level of it."""
+    if factor in runs:
+        return runs
+    keys = components(factor)
+    if len(keys) > 1 and all(k in runs for k in keys):
+        joined = [COMPOUND.join(format_level(row[k]) for k in keys) for _, row in runs.iterrows()]
+        return runs.assign(**{factor: pd.Series(joined, index=runs.index, dtype=object)})
+    return runs.assign(**{factor: None})
 
 
 def pair(
@@ -389,11 +404,15 @@ def _status_text(record_row: Mapping[str, Any]) -> str:
 
 
 def fill_overrides(overrides: Sequence[str], factor: str, level: Any) -> str:
-    """The present arm's overrides with the ablated factor switched: the command that fills a gap."""
-    switched = f"{factor}={format_level(level)}"
-    items = [switched if item.lstrip("+~").partition("=")[0] == factor else item for item in overrides]
-    if switched not in items:
-        items.insert(0, switched)
+    """The present arm's overrides with the ablated factor (each component of a compound one) switched:
+    the command that fills a gap."""
+    items = list(overrides)
+    keys, levels = components(factor), format_level(level).split(COMPOUND)
+    for key, value in reversed(list(zip(keys, levels if len(keys) > 1 else [format_level(level)]))):
+        switched = f"{key}={value}"
+        items = [switched if item.lstrip("+~").partition("=")[0] == key else item for item in items]
+        if switched not in items:
+            items.insert(0, switched)
     return " ".join(items)
 
 

@@ -7,6 +7,8 @@ One YAML file per hypothesis; dropping a new file in the folder adds a hypothesi
     factor: model.ssm             # the ablated factor ...
     treatment: true               # ... its treatment level
     control: false                # ... and its control level
+                                  # (a compound factor "a+b" has levels "x+y": arms that differ in both
+                                  #  keys, e.g. model.ssm+model.match_macs: true+false vs false+true)
     scope:                        # which records it applies to (every key optional, lists allowed)
       task_kind: classification   #   classification | detection | segmentation
       task: shapes                #   task name
@@ -44,7 +46,8 @@ import pandas as pd
 import yaml
 
 from ablate.analysis import stats
-from ablate.analysis.collect import Collection, Pairing, at_level, pair, series_factors, with_cells
+from ablate.analysis.collect import (Collection, Pairing, at_level, components, pair, series_factors, with_cells,
+                                     with_factor)
 from ablate.analysis.summaries import GIGA
 from ablate.records import TASK_KINDS
 
@@ -256,6 +259,9 @@ def mismatches(hypothesis: Hypothesis, collection: Collection) -> list[str]:
     def carried(column: str) -> bool:  # extra factor columns exist for every hypothesis key, null where unset
         return column in runs and runs[column].notna().any()
 
+    if all(carried(key) for key in components(h.factor)):
+        runs = with_factor(runs, h.factor)
+
     if not carried(h.factor):
         known = [f for f in collection.factors if carried(f)]
         found.append(f"{where}: factor {h.factor!r} is in no record; records carry: {', '.join(known)}")
@@ -289,6 +295,7 @@ class Verdict:
     decision: str
     pairing: Pairing  # the main part's pairing (its unpaired cells go to the report)
     in_scope: int  # records in scope, any status
+    absent: tuple[str, ...] = ()  # "factor=level" of each arm no record in scope is at: then no rows
 
 
 def evaluate(hypothesis: Hypothesis, collection: Collection) -> Verdict:
@@ -296,6 +303,12 @@ def evaluate(hypothesis: Hypothesis, collection: Collection) -> Verdict:
     runs, factors = collection.runs, collection.factors
     scoped = runs[hypothesis.scope.mask(runs)]
     pairing = pair(scoped, factors, hypothesis.factor, hypothesis.treatment, hypothesis.control, hypothesis.value_column)
+    levels = with_factor(scoped, hypothesis.factor)[hypothesis.factor]
+    absent = tuple(f"{hypothesis.factor}={_level_text(level)}" for level in (hypothesis.treatment, hypothesis.control)
+                   if not at_level(levels, level).any())
+    if absent:  # the records do not sweep this factor: nothing here tests the hypothesis, no cell group counts
+        return Verdict(hypothesis, pd.DataFrame(columns=list(VERDICT_COLUMNS)), {}, INSUFFICIENT, pairing,
+                       len(scoped), absent)
     frames = {hypothesis.test: _cell_rows(hypothesis, pairing, hypothesis.test, efficiency=False)}
     if hypothesis.efficiency:
         frames["efficiency"] = _cell_rows(hypothesis, pairing, "efficiency", efficiency=True)

@@ -14,7 +14,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,12 +22,16 @@ import pandas as pd
 from ablate import atomic, records
 from ablate.analysis import figures, summaries
 from ablate.analysis.collect import (
-    CELL_FILE, COMPLETED, RESULT_FILE, Collection, Pairing, at_level, cell_factors, collect, format_level, pair, shown_path,
+    CELL_FILE, COMPLETED, RESULT_FILE, Collection, Pairing, at_level, cell_factors, collect, components, format_level, pair,
+    shown_path,
     with_cells, with_factor,
 )
 from ablate.analysis.hypotheses import (
     CHANCE_MARGIN, CONF_DIR, INSUFFICIENT, VERDICT_COLUMNS, Hypothesis, Verdict, evaluate, load_hypotheses, mismatches,
 )
+
+if TYPE_CHECKING:
+    from ablate.models import Family
 
 log = logging.getLogger("ablate.analysis")
 
@@ -48,17 +52,15 @@ class Comparison:
     names: dict[str, str]  # arm key ("t", "c") -> the arm's name in tables and figures
 
 
-def comparison(hypotheses: Sequence[Hypothesis], runs: pd.DataFrame) -> Comparison:
-    """The first hypothesis' factor and levels (file order), or, without hypotheses, the first switch of
-    the records' model family. Arm names: the hypothesis' `labels`, else the family switch's, else key=level."""
-    from ablate.models import family_of
-
-    try:
-        family = family_of(runs["model.name"].dropna().iloc[0]) if len(runs) and "model.name" in runs else None
-    except ValueError:
-        family = None
+def comparison(hypotheses: Sequence[Hypothesis], runs: pd.DataFrame,
+               verdicts: Sequence[Verdict] = ()) -> Comparison:
+    """The factor and levels of the first hypothesis (file order) whose verdict has paired seeds, else of
+    the first hypothesis, or, without hypotheses, the first switch of the records' model family. Arm
+    names: the hypothesis' `labels`, else the family switch's, else key=level."""
+    family = _family(runs)
     if hypotheses:
-        h = hypotheses[0]
+        paired = [v.hypothesis for v in verdicts if len(v.pairing.pairs)]
+        h = paired[0] if paired else hypotheses[0]
         factor, treatment, control, labels = h.factor, h.treatment, h.control, dict(h.labels)
     elif family is not None and family.switches:
         factor, treatment, control, labels = f"model.{family.switches[0].key}", True, False, {}
@@ -75,6 +77,16 @@ def comparison(hypotheses: Sequence[Hypothesis], runs: pd.DataFrame) -> Comparis
         return f"{factor}={format_level(level)}"
 
     return Comparison(factor, treatment, control, {"t": name(treatment), "c": name(control)})
+
+
+def _family(runs: pd.DataFrame) -> Family | None:
+    """The model family of the records' first variant (None for none, or an unknown variant)."""
+    from ablate.models import family_of
+
+    try:
+        return family_of(runs["model.name"].dropna().iloc[0]) if len(runs) and "model.name" in runs else None
+    except ValueError:
+        return None
 
 
 def default_out_dir(sweep_dirs: Sequence[Path], results_root: Path | None = None) -> Path:
@@ -103,7 +115,7 @@ def write_report(
         for line in mismatches(hypothesis, collection):
             log.warning("%s", line)
             collection.notes.append(line)
-    compared = comparison(hypotheses, collection.runs)
+    compared = comparison(hypotheses, collection.runs, verdicts)
     pairing = pair(collection.runs, collection.factors, compared.factor, compared.treatment, compared.control)
     summary = summaries.arm_summary(collection.runs, pairing)
     points = summaries.sequence_points(pairing)
@@ -117,6 +129,7 @@ def write_report(
         _verdict_section(verdicts),
         _paragraphs(verdicts),
         _task_sections(summary, drawn, compared),
+        _arms_section(collection.runs, hypotheses),
         curves,
         _sequence_section(points, drawn, compared.names),
         _tuning_section(collection),
@@ -167,7 +180,7 @@ def _did_not_learn(verdicts: list[Verdict]) -> list[str]:
 def _hypothesis_factors(hypotheses: Iterable[Hypothesis]) -> list[str]:
     keys = set()
     for h in hypotheses:
-        keys.add(h.factor)
+        keys.update(components(h.factor))
         keys.update(key for key, _ in h.scope.factors)
     return sorted(keys)
 
@@ -336,7 +349,10 @@ def _paragraphs(verdicts: list[Verdict]) -> str:
         ]
         for part, frame in verdict.rows.groupby("part", sort=False):
             text.append(_part_sentence(h, part, frame, verdict.parts[part]))
-        if main.empty:
+        if verdict.absent:
+            text.append(f"No record in scope is at {' or '.join(verdict.absent)} ({verdict.in_scope} record(s) in "
+                        "scope): these records do not test it.")
+        elif main.empty:
             text.append(f"No paired records fall in this scope ({verdict.in_scope} record(s) in scope).")
         text.append(f"Verdict: **{verdict.decision}**.")
         blocks += [f"### {h.id}: {h.claim}", " ".join(text)]
@@ -382,6 +398,52 @@ def _task_sections(summary: pd.DataFrame, drawn: dict, compared: Comparison) -> 
         files = drawn.get(task, {})
         blocks.append(" ".join(f"![{task}: {kind}]({files[kind]})" for kind in ("gmacs", "bars") if kind in files))
     return "\n\n".join(blocks)
+
+
+def _arms_section(runs: pd.DataFrame, hypotheses: Sequence[Hypothesis]) -> str:
+    """Every arm of every cell group, whichever hypothesis compares it: its cost and its metric.
+
+    An arm is a combination of the model family's record keys (MambaOut: ssm, scan, causal, match_macs)
+    among those that vary; so an iso-MAC control shows next to the two arms it sits between. Arms are
+    named by the first hypothesis whose levels they are at, else by their keys.
+    """
+    family = _family(runs)
+    done = runs[(runs["status"] == COMPLETED) & runs["value"].notna()] if len(runs) else runs
+    keys = [f"model.{k}" for k in (family.record_keys if family is not None else ())
+            if f"model.{k}" in done and done[f"model.{k}"].astype(str).nunique() > 1]
+    if done.empty or not keys:
+        return ""
+    named = [(with_factor(done, h.factor)[h.factor], h.labels) for h in hypotheses if h.labels]
+    names = pd.Series([", ".join(f"{k}={format_level(done.at[i, k])}" for k in keys) for i in done.index], index=done.index)
+    for levels, labels in reversed(named):  # the first hypothesis that names an arm wins
+        for level, label in labels.items():
+            names[at_level(levels, level)] = label
+    done = done.assign(arm=names)
+    cost = lambda frame, key: frame[key].astype(float).mean() if key in frame else math.nan  # noqa: E731
+    blocks = ["## Arms and their cost",
+              "Every arm of each cell group (" + ", ".join(keys) + " vary), whichever hypothesis compares it. "
+              "Params, GMACs per image at the evaluated size, and the Gated CNN expansion ratio where the model "
+              "states it; metric mean ± sd over completed seeds."]
+    for task, frame in done.groupby("task", sort=True):
+        rows = []
+        for (size, arm), group in frame.groupby(["task.image_size", "arm"], sort=False):
+            values = group["value"].astype(float)
+            rows.append({
+                "model": group["model.name"].iloc[0], "size": size, "L": fmt(cost(group, "cost.seq_len"), ".0f"),
+                "arm": arm, "params M": fmt(cost(group, "cost.params") / 1e6, ".4g"),
+                "GMACs": fmt(cost(group, "cost.macs") / 1e9, ".4g"),
+                "scan GMACs": fmt(cost(group, "cost.macs_ssm") / 1e9, ".4g"),
+                "expansion": fmt(cost(group, "cost.expansion_ratio"), ".3g"),
+                str(group["metric"].iloc[0]): fmt_mean(values.mean(), values.std(ddof=1), len(values)),
+            })
+        table = pd.DataFrame(rows).sort_values(["model", "L", "GMACs"], key=_numeric_first, kind="stable")
+        blocks += [f"### {task}", md_table(table)]
+    return "\n\n".join(blocks)
+
+
+def _numeric_first(column: pd.Series) -> pd.Series:
+    converted = pd.to_numeric(column, errors="coerce")
+    return converted if converted.notna().any() else column
 
 
 def _results_table(frame: pd.DataFrame, metric: str, names: dict[str, str]) -> pd.DataFrame:
