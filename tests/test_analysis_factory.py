@@ -32,20 +32,25 @@ def make_record(
     epochs: int = 1,
     tuning: dict | None = None,
     chance: float | None = None,
+    causal: bool = False,
+    match_macs: bool = False,
 ) -> dict[str, Any]:
-    """One valid record. MACs grow with the token count; the SSM arm adds 15 % (all in macs_ssm)."""
+    """One valid record. MACs grow with the token count; the SSM arm adds 15 % (all in macs_ssm), and
+    the iso-MAC control (match_macs) has the SSM arm's MACs without a scan."""
     h, w = image_size
     config = {
-        "model": {"name": variant, "ssm": ssm, "scan": "cross", "d_state": 16, "causal": False, "match_macs": False},
+        "model": {"name": variant, "ssm": ssm, "scan": "cross", "d_state": 16, "causal": causal, "match_macs": match_macs},
         "task": {"name": task, "image_size": [h, w], "data_root": "/data"},
         "trainer": {"epochs": epochs, "device": "cpu"},
         "paths": {"results": "/results"}, "seed": seed, "sweep": sweep, "tuning": tuning,
     }
     overrides = [f"model={variant}", f"model.ssm={str(ssm).lower()}", f"task={task}",
                  f"task.image_size=[{h},{w}]", f"seed={seed}"]
+    overrides += [f"model.{key}=true" for key, on in (("causal", causal), ("match_macs", match_macs)) if on]
     seq_len = (h // 16) * (w // 16)
     base_macs = 200_000_000 + 5_000_000 * seq_len
     macs_ssm = int(0.15 * base_macs) if ssm else 0
+    widening = int(0.15 * base_macs) if match_macs else 0
     completed = status == "completed"
     return {
         "schema": records.SCHEMA, "run_id": records.run_id(config), "sweep": sweep, "status": status,
@@ -54,7 +59,7 @@ def make_record(
         "task": {"name": task, "kind": kind, "metric": metric, "higher_is_better": higher_is_better, "chance": chance},
         "metrics": {metric: value, "loss": 1.0} if completed and value is not None else {},
         "cost": {
-            "params": 7_300_000 + (250_000 if ssm else 0), "macs": base_macs + macs_ssm, "macs_ssm": macs_ssm,
+            "params": 7_300_000 + (250_000 if ssm else 0), "macs": base_macs + macs_ssm + widening, "macs_ssm": macs_ssm,
             "input_size": [h, w], "seq_len": seq_len, "tau": 6 * STAGE3_WIDTH[variant],
             "train_throughput": 500.0 if ssm else 800.0, "eval_throughput": 2000.0 if ssm else 3000.0,
             "peak_memory_mb": 512.0, "wall_seconds": 10.0, "steps": 100,

@@ -344,3 +344,57 @@ def test_arms_at_chance_are_named_on_the_first_screen(tmp_path: Path) -> None:
     learned = paired([70.0, 70.5, 71.0], [70.2, 70.4, 71.1], image_size=(32, 32), chance=10.0)
     clean = report.write_report([write_sweep(tmp_path / "r2", "ok", learned)], tmp_path / "out2", CONF_DIR)
     assert "Warning: in" not in clean.read_text()
+
+
+def _arm_column(text: str, heading: str) -> list[str]:
+    """The `arm` cells of the first table after `heading`."""
+    lines = text[text.index(heading):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        table.append(line)
+    column = [cell.strip() for cell in table[0].split("|")].index("arm")
+    return [line.split("|")[column].strip() for line in table[2:]]
+
+
+def _controls_records() -> list[dict]:
+    """Shapes: causal vs fully-visible (5 seeds); det at two long sizes: SSM, no SSM and no SSM at iso-MAC."""
+    rng = np.random.default_rng(7)
+    recs = []
+    visible = 80 + rng.normal(0, 0.5, 5)
+    for seed, v in enumerate(visible):
+        recs += [make_record(value=v, seed=seed), make_record(value=v - 3 + rng.normal(0, 0.3), seed=seed, causal=True)]
+    for size in ((768, 768), (1024, 1024)):
+        for seed in range(3):
+            base = 40 + seed
+            recs += [make_record(value=base, seed=seed, image_size=size, task="det", kind="detection", metric="map"),
+                     make_record(value=base + 1, seed=seed, image_size=size, task="det", kind="detection",
+                                 metric="map", match_macs=True),
+                     make_record(value=base + 2 + rng.normal(0, 0.1), ssm=True, seed=seed, image_size=size,
+                                 task="det", kind="detection", metric="map")]
+    return recs
+
+
+def test_h3_and_h2_iso_on_hand_built_records_and_the_three_arm_cost_table(tmp_path: Path) -> None:
+    path = report.write_report([write_sweep(tmp_path / "results", "controls", _controls_records())],
+                               tmp_path / "out", CONF_DIR)
+    verdicts = pd.read_csv(path.parent / "verdicts.csv")
+    decided = verdicts.groupby(["hypothesis", "part"])["decision"].agg(set).to_dict()
+    assert decided[("H3", "superiority")] == decided[("H3-embedded", "superiority")] == {"supported"}
+    h3 = verdicts.query("hypothesis == 'H3'").iloc[0]
+    assert h3["n_pairs"] == 5 and -3.6 < h3["diff"] < -2.4  # causal - fully visible
+    # H2-iso pairs the SSM arm with the widened control only (+1 map point), H2 with the plain one (+2)
+    iso = verdicts.query("hypothesis == 'H2-iso' and part == 'superiority'")
+    plain = verdicts.query("hypothesis == 'H2' and part == 'superiority'")
+    assert list(iso["n_pairs"]) == list(plain["n_pairs"]) == [3, 3]
+    assert iso["diff"].round(0).tolist() == [1.0, 1.0] and plain["diff"].round(0).tolist() == [2.0, 2.0]
+    assert set(iso["decision"]) == set(plain["decision"]) == {"supported"}
+    text = path.read_text()
+    arms = text[text.index("## Arms and their cost"):]
+    det = arms[arms.index("### det"):]
+    assert _arm_column(arms, "### det") == ["no SSM", "no SSM widened to iso-MAC", "SSM"] * 2  # both sizes, by GMACs
+    assert _arm_column(arms, "### shapes") == ["fully visible", "causal"]
+    # no unpaired cell of H2's comparison names the widened control: its scope leaves it out
+    assert "model.ssm=true model.match_macs=true" not in text

@@ -250,8 +250,58 @@ def test_head_and_backbone_mode():
     (dict(name='tiny', num_classes=-1), 'model.num_classes=-1'),
     (dict(name='tiny', drop_path_rate=1.5), 'model.drop_path_rate=1.5'),
     (dict(name='tiny', init='xavier'), "model.init='xavier' is not allowed: one of: timm, fan_in"),
+    (dict(name='pico', ssm=True, causal=True), 'model.causal=true with model.scan=cross is not allowed: a causal SSM '
+                                               'arm needs model.scan=raster'),
+    (dict(name='pico', ssm=True, match_macs=True), 'model.match_macs=true with model.ssm=true is not allowed'),
 ])
 def test_bad_config_is_one_clear_line(kwargs, message):
     with pytest.raises(ValueError) as err:
         build_model(**kwargs)
     assert message in str(err.value) and '\n' not in str(err.value)
+
+
+@pytest.mark.parametrize('ssm', [False, True])
+@pytest.mark.parametrize('causal', [True, False])
+def test_causal_token_mixing_sees_only_earlier_positions_in_raster_order(ssm, causal):
+    """Perturb the token at raster index 41 of a 9 x 9 map entering stage 0 (no downsample there):
+    causal blocks leave every earlier output unchanged; fully-visible ones do not. float64, fan_in init:
+    far SSM contributions stay above rounding."""
+    model = build_model('pico', ssm=ssm, causal=causal, scan='raster' if causal else 'cross', init='fan_in')
+    stage = model.stages[0].double().eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 9, 9, 8, generator=g, dtype=torch.float64)
+    later = x.clone()
+    later[:, 4, 5] += torch.randn(8, generator=g, dtype=torch.float64)  # LN would erase a constant shift
+    with torch.no_grad():
+        change = (stage(x) - stage(later)).abs().amax(-1).flatten()
+    assert (change[:41] > 0).any().item() is not causal
+    # after it: the conv's reach (25 of the 40 later positions in its 7 x 7 window), the SSM arm's raster scan all 40
+    assert int((change[41:] > 0).sum()) == (40 if ssm and causal else 25 + 15 * ssm)
+
+
+@pytest.mark.parametrize('ssm', [False, True])
+def test_the_causal_switch_changes_no_parameter_and_no_mac(ssm):
+    from ablate.models import count_cost
+
+    arms = [build_model('femto', ssm=ssm, scan='raster', causal=causal) for causal in (False, True)]
+    costs = [count_cost(model, (224, 224)) for model in arms]
+    assert costs[0] == costs[1]
+    assert list(arms[0].state_dict()) == list(arms[1].state_dict())  # checkpoints of either arm load in the other
+
+
+@pytest.mark.parametrize('name, size, ratio', [
+    ('pico', (224, 224), 19.881), ('femto', (224, 224), 4.905), ('tiny', (224, 224), 3.869),
+    ('tiny', (512, 512), 3.869),  # a dense size (ADE20K's crop): matched at its own MACs
+])
+def test_match_macs_widens_the_ssm_off_arm_to_the_ssm_arms_macs_within_one_percent(name, size, ratio):
+    from ablate.models import count_cost
+
+    ssm = count_cost(build_model(name, ssm=True, num_classes=0), size)
+    model = build_model(name, match_macs=True, image_size=size, num_classes=0)
+    matched = count_cost(model, size)
+    assert abs(matched.macs / ssm.macs - 1) <= 0.01 and matched.macs_ssm == 0
+    assert model.expansion_ratio == pytest.approx(ratio, abs=1e-3)
+    plain = build_model(name, num_classes=0)
+    assert (model.dims, [len(s.blocks) for s in model.stages]) == (plain.dims, [len(s.blocks) for s in plain.stages])
+    widened = {k for k, v in model.state_dict().items() if v.shape != plain.state_dict()[k].shape}
+    assert widened and all(k.endswith(('fc1.weight', 'fc1.bias', 'fc2.weight')) for k in widened)

@@ -140,6 +140,10 @@ def test_plan_shares_the_jobs_cell_identity_for_inert_keys(tmp_path, capsys):
     assert len(ids) == 4 and len(set(ids.values())) == 3
     assert ids["false", "cross"] == ids["false", "raster"]
     assert ids["true", "cross"] != ids["true", "raster"]
+    # an iso-MAC control matches the SSM arm of its scan order, so there the scan is live
+    rows = _plan_json(capsys, ["model=pico", "task=shapes", "trainer=cpu", "trainer.max_steps=3", "model.match_macs=true",
+                               "model.scan=cross,raster"] + _paths(tmp_path))["cells"]
+    assert len({row["run_id"] for row in rows}) == 2
 
 
 def test_plan_counts_a_generated_datasets_steps_without_generating_it(tmp_path, capsys):

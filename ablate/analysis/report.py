@@ -404,27 +404,23 @@ def _arms_section(runs: pd.DataFrame, hypotheses: Sequence[Hypothesis]) -> str:
     """Every arm of every cell group, whichever hypothesis compares it: its cost and its metric.
 
     An arm is a combination of the model family's record keys (MambaOut: ssm, scan, causal, match_macs)
-    among those that vary; so an iso-MAC control shows next to the two arms it sits between. Arms are
-    named by the first hypothesis whose levels they are at, else by their keys.
+    among those that vary within a task; so an iso-MAC control shows next to the two arms it sits
+    between. Arms are named by the labels of a hypothesis whose factor is exactly those keys, else by
+    the family switches' labels (plus key=true for any other key that is on).
     """
     family = _family(runs)
     done = runs[(runs["status"] == COMPLETED) & runs["value"].notna()] if len(runs) else runs
-    keys = [f"model.{k}" for k in (family.record_keys if family is not None else ())
-            if f"model.{k}" in done and done[f"model.{k}"].astype(str).nunique() > 1]
-    if done.empty or not keys:
+    keys = [f"model.{k}" for k in (family.record_keys if family is not None else ()) if f"model.{k}" in done]
+    if done.empty or not any(done[k].astype(str).nunique() > 1 for k in keys):
         return ""
-    named = [(with_factor(done, h.factor)[h.factor], h.labels) for h in hypotheses if h.labels]
-    names = pd.Series([", ".join(f"{k}={format_level(done.at[i, k])}" for k in keys) for i in done.index], index=done.index)
-    for levels, labels in reversed(named):  # the first hypothesis that names an arm wins
-        for level, label in labels.items():
-            names[at_level(levels, level)] = label
-    done = done.assign(arm=names)
     cost = lambda frame, key: frame[key].astype(float).mean() if key in frame else math.nan  # noqa: E731
     blocks = ["## Arms and their cost",
-              "Every arm of each cell group (" + ", ".join(keys) + " vary), whichever hypothesis compares it. "
-              "Params, GMACs per image at the evaluated size, and the Gated CNN expansion ratio where the model "
-              "states it; metric mean ± sd over completed seeds."]
+              "Every arm of each cell group, whichever hypothesis compares it. Params, GMACs per image at the "
+              "evaluated size, and the Gated CNN expansion ratio where the model states it; metric mean ± sd over "
+              "completed seeds."]
     for task, frame in done.groupby("task", sort=True):
+        varying = [k for k in keys if frame[k].astype(str).nunique() > 1]
+        frame = frame.assign(arm=_arm_names(frame, varying, hypotheses, family))
         rows = []
         for (size, arm), group in frame.groupby(["task.image_size", "arm"], sort=False):
             values = group["value"].astype(float)
@@ -437,8 +433,29 @@ def _arms_section(runs: pd.DataFrame, hypotheses: Sequence[Hypothesis]) -> str:
                 str(group["metric"].iloc[0]): fmt_mean(values.mean(), values.std(ddof=1), len(values)),
             })
         table = pd.DataFrame(rows).sort_values(["model", "L", "GMACs"], key=_numeric_first, kind="stable")
-        blocks += [f"### {task}", md_table(table)]
+        blocks += [f"### {task}" + (f" ({', '.join(varying)} vary)" if varying else ""), md_table(table)]
     return "\n\n".join(blocks)
+
+
+def _arm_names(frame: pd.DataFrame, varying: list[str], hypotheses: Sequence[Hypothesis],
+               family: Family | None) -> pd.Series:
+    def own_name(row: pd.Series) -> str:
+        parts = []
+        for key in varying:
+            switch = family.switch(key.removeprefix("model.")) if family is not None else None
+            if switch is not None:
+                parts.append(switch.label(bool(row[key])))
+            elif row[key] not in (False, None) and not _missing(row[key]):
+                parts.append(f"{key}={format_level(row[key])}")
+        return ", ".join(parts) or "as configured"
+
+    names = pd.Series([own_name(row) for _, row in frame.iterrows()], index=frame.index, dtype=object)
+    exact = [h for h in hypotheses if h.labels and sorted(components(h.factor)) == sorted(varying)]
+    if exact:
+        levels = with_factor(frame, exact[0].factor)[exact[0].factor]
+        for level, label in exact[0].labels.items():
+            names[at_level(levels, level)] = label
+    return names
 
 
 def _numeric_first(column: pd.Series) -> pd.Series:
