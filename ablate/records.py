@@ -115,6 +115,13 @@ def size_str(image_size: Iterable[int]) -> str:
     return "x".join(str(side) for side in image_size)
 
 
+def override_parts(item: str) -> tuple[str, str]:
+    """(key, value) of one Hydra override as written: `+trainer.lr=1e-3` -> ("trainer.lr", "1e-3");
+    the add/delete prefixes (+, ++, ~) are dropped, the value kept as text ("" for `~key`)."""
+    key, _, value = item.lstrip("+~").partition("=")
+    return key, value
+
+
 def factors(config: Mapping[str, Any], overrides: Iterable[str], always: Iterable[str] = ()) -> dict[str, Any]:
     """Flat factor dict: the standard axes, the dotted keys `always` (the model family's record keys,
     e.g. model.ssm and model.scan), and every overridden key (values made scalar)."""
@@ -127,7 +134,7 @@ def factors(config: Mapping[str, Any], overrides: Iterable[str], always: Iterabl
     overrides = [f"{key}=" for key in always] + list(overrides)
     tuned = set((config.get("tuning") or {}).get("params") or ())  # chosen per arm by a tuning study
     for item in overrides:
-        key, _, raw = item.lstrip("+~").partition("=")
+        key, raw = override_parts(item)
         if key in out or key in tuned or key in ("model", "task", "experiment") or key.startswith("hydra") or _non_semantic(key):
             continue
         value = _lookup(config, key)

@@ -52,9 +52,30 @@ def one_of(choices: tuple | Callable[[], tuple], optional: bool = False) -> dict
     return rule(lambda v: v in listed(), lambda: "one of: " + ", ".join(map(str, listed())), optional)
 
 
-def size_pair() -> dict:
-    return rule(lambda v: isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and x > 0 for x in v),
-                "[H, W]: two positive integers")
+def hw_pair(key: str, value: Any, minimum: int = 1, multiple: int = 1) -> tuple[int, int]:
+    """(H, W) of an [H, W] setting (one int: a square), each an int >= minimum and a multiple of
+    `multiple`; ConfigError otherwise, one line naming `key` (e.g. task.image_size) and the value."""
+    hw = [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
+    try:
+        hw = list(hw)
+    except TypeError:
+        hw = None
+    if hw is None or len(hw) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+                                             and v % multiple == 0 for v in hw):
+        shown = list(value) if isinstance(value, tuple) else value
+        rest = f", multiples of {multiple}" if multiple > 1 else ""
+        raise ConfigError(f"{key}={shown!r} is not allowed: [H, W], two integers >= {minimum}{rest}")
+    return hw[0], hw[1]
+
+
+def size_pair(minimum: int = 1) -> dict:
+    def test(value: Any) -> bool:
+        try:
+            return isinstance(value, list) and bool(hw_pair("", value, minimum))
+        except ConfigError:
+            return False
+
+    return rule(test, f"[H, W]: two integers >= {minimum}")
 
 
 def ordered_pair(low: float, high: float) -> dict:

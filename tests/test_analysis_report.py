@@ -393,7 +393,6 @@ def test_h3_and_h2_iso_on_hand_built_records_and_the_three_arm_cost_table(tmp_pa
     assert set(iso["decision"]) == set(plain["decision"]) == {"supported"}
     text = path.read_text()
     arms = text[text.index("## Arms and their cost"):]
-    det = arms[arms.index("### det"):]
     assert _arm_column(arms, "### det") == ["no SSM", "no SSM widened to iso-MAC", "SSM"] * 2  # both sizes, by GMACs
     assert _arm_column(arms, "### shapes") == ["fully visible", "causal"]
     # no unpaired cell of H2's comparison names the widened control: its scope leaves it out

@@ -67,7 +67,7 @@ def test_the_family_is_one_config_file_and_validates_like_any_model():
     assert family.tau('deit_small') == 2304 and family.seq_len((224, 224)) == 196  # PAPER.md §2
     with pytest.raises(ValueError, match=r"model.name='pico' is not allowed: one of: deit_tiny, deit_small"):
         validate(compose(['model=deit', 'model.name=pico']))
-    with pytest.raises(ValueError, match=r'task.image_size=\[30, 32\] is not allowed for deit_tiny'):
+    with pytest.raises(ValueError, match=r'task.image_size=\[30, 32\] is not allowed: \[H, W\], two integers >= 16, multiples of 16'):
         family.build(name='deit_tiny', image_size=(30, 32))
 
 

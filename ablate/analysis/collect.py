@@ -410,7 +410,7 @@ def fill_overrides(overrides: Sequence[str], factor: str, level: Any) -> str:
     keys, levels = components(factor), format_level(level).split(COMPOUND)
     for key, value in reversed(list(zip(keys, levels if len(keys) > 1 else [format_level(level)]))):
         switched = f"{key}={value}"
-        items = [switched if item.lstrip("+~").partition("=")[0] == key else item for item in items]
+        items = [switched if records.override_parts(item)[0] == key else item for item in items]
         if switched not in items:
             items.insert(0, switched)
     return " ".join(items)

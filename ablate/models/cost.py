@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .mambaout import image_hw
+from ablate.rules import hw_pair
+
 from .ssm import record_scans
 
 __all__ = ['Cost', 'count_cost', 'tau']
@@ -49,7 +50,7 @@ def count_cost(model: nn.Module, input_size: tuple[int, int] | None = None,
         raise ValueError(f'count_cost: give exactly one of input_size or inputs, got input_size={input_size!r} '
                          f'and inputs of type {type(inputs).__name__}')
     if inputs is None:
-        h, w = image_hw('input_size', input_size)
+        h, w = hw_pair('input_size', input_size)
         p = next(model.parameters())
         inputs = (torch.zeros(1, getattr(model, 'in_chans', 3), h, w, device=p.device, dtype=p.dtype),)
     elif not isinstance(inputs, tuple):

@@ -34,7 +34,7 @@ from timm.layers import DropPath, LayerNorm, calculate_drop_path_rates, trunc_no
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from ablate.rules import ConfigError, at_least, is_number, rule
+from ablate.rules import ConfigError, at_least, hw_pair, is_number, rule
 
 from .family import Family, Switch, checked, register
 from .ssm import SCAN_ORDERS, SelectiveSSM2d, scan_directions
@@ -68,21 +68,13 @@ EXPANSION_RATIO = 8 / 3  # MambaOut's Gated CNN hidden width h = int(8/3 * C)
 MATCH_TOLERANCE = 0.01  # match_macs: |MACs - SSM arm's MACs| <= 1% of the SSM arm's
 
 
-def image_hw(key: str, value: int | Sequence[int]) -> tuple[int, int]:
-    """(H, W) from an int or a pair of positive ints; ValueError naming `key` otherwise."""
-    hw = (value, value) if isinstance(value, int) else tuple(value)
-    if len(hw) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in hw):
-        raise ValueError(f'{key}={value!r} must be a positive int or a (height, width) pair of positive ints')
-    return hw
-
-
 def stage_grid(image_size: int | Sequence[int], stage: int = 2) -> tuple[int, int]:
     """(h, w) of stage `stage`'s token map (0-3: strides 4, 8, 16, 32) for an (H, W) input.
 
     Follows the convs: each maps n -> (n + 2p - k) // s + 1 = ceil(n / 2), so 200 px gives
     100, 50, 25, 13: stage 2 (stride 16) has 13 x 13 = 169 tokens, not (200 // 16)^2 = 144.
     """
-    hw = image_hw('image_size', image_size)
+    hw = hw_pair('image_size', image_size)
     if stage not in range(4):
         raise ValueError(f'stage={stage!r} must be 0, 1, 2 or 3')
     k, s, p = DOWNSAMPLE_CONV['kernel_size'], DOWNSAMPLE_CONV['stride'], DOWNSAMPLE_CONV['padding']
@@ -424,7 +416,7 @@ def build_model(
         if ssm:
             raise ConfigError('model.match_macs=true with model.ssm=true is not allowed: it widens the SSM-off arm '
                               'to the SSM arm\'s MACs; use it with model.ssm=false')
-        hw = image_hw('image_size', image_size)
+        hw = hw_pair('task.image_size', image_size)
         frozen = tuple(sorted((k, v) for k, v in settings.items() if k != 'init'))
         settings['expansion_ratio'] = iso_mac_expansion(name, hw, num_classes, frozen)
     return _create(name, num_classes=num_classes, ssm=ssm, **settings)

@@ -15,6 +15,8 @@ import sys
 
 from tabulate import tabulate
 
+from ablate.rules import hw_pair
+
 from .cost import count_cost, tau
 from .mambaout import VARIANTS, build_model, seq_len
 from .ssm import SCAN_ORDERS, scan_directions
@@ -28,8 +30,7 @@ def rows(size: tuple[int, int], variants: list[str], scan: str) -> list[dict]:
         if name not in VARIANTS:
             raise ValueError(f"model.name={name!r} is not a variant; choose from: {', '.join(VARIANTS)}")
     scan_directions(scan)
-    if len(size) != 2 or any(s <= 0 for s in size):
-        raise ValueError(f'size={tuple(size)!r} must be two positive integers H W')
+    hw_pair('--size', list(size))
     out = []
     tokens = seq_len(tuple(size))
     for name in variants:

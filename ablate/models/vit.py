@@ -17,7 +17,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from ablate.rules import is_number, rule
+from ablate.rules import hw_pair, is_number, rule
 
 from .family import Family, Switch, checked, register
 
@@ -80,9 +80,7 @@ def build_model(
     """The DeiT variant `name` at `image_size` (H, W: multiples of 16); num_classes=0: no classifier."""
     if name not in VARIANTS:
         raise ValueError(f"model.name={name!r} is not a variant; choose from: {', '.join(VARIANTS)}")
-    size = tuple(image_size)
-    if len(size) != 2 or any(not isinstance(s, int) or s < PATCH or s % PATCH for s in size):
-        raise ValueError(f'task.image_size={list(size)} is not allowed for {name}: [H, W], multiples of {PATCH}')
+    size = hw_pair('task.image_size', image_size, minimum=PATCH, multiple=PATCH)
     return CausalViT(causal=causal, img_size=size, patch_size=PATCH, num_classes=num_classes,
                      drop_path_rate=0.1 if drop_path_rate is None else drop_path_rate,
                      **VARIANTS[name], **overrides)

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ablate.config import ConfigError
+from ablate.rules import hw_pair
 from ablate.models import count_cost, family_of
 from ablate.tasks.base import DataError, SplitDatasetTask, TaskInfo
 
@@ -135,8 +136,7 @@ class ImageFolderClassification(SplitDatasetTask):
         mean: Sequence[float] = (0.485, 0.456, 0.406),
         std: Sequence[float] = (0.229, 0.224, 0.225),
     ):
-        if len(image_size) != 2 or min(image_size) <= 0:
-            raise ValueError(f"task.image_size={list(image_size)} must be [H, W] with positive sides")
+        image_size = hw_pair("task.image_size", list(image_size))
         self.info = TaskInfo(name=name, kind="classification", metric="top1", higher_is_better=True,
                              chance=100.0 / num_classes)
         self.root = Path(data_root)

@@ -32,7 +32,7 @@ from hydra.core.override_parser.types import QuotedString, Quote
 from hydra.core.utils import JobReturn
 from optuna.trial import FrozenTrial, TrialState
 
-from ablate.records import Status, write_json_atomic
+from ablate.records import Status, override_parts, write_json_atomic
 from ablate.tune import study as st
 from ablate.tune.errors import TuneConfigError
 from ablate.tune.outcome import Outcome, outcome_of
@@ -335,7 +335,7 @@ def _direction_failure(outcome: Outcome) -> Outcome:
 
 
 def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
+    return override_parts(override)[0]
 
 
 def _quote(text: str) -> str:

@@ -16,17 +16,16 @@ from timm.layers import LayerNorm2d
 from torch import nn
 
 from ablate.models import Family, family_of
+from ablate.rules import hw_pair
 from ablate.tasks.base import DataError
 
 HEAD_PREFIX = "head."  # the classifier's head; everything else in a classifier is the backbone
 
 
 def input_size(key: str, value: Sequence[int]) -> tuple[int, int]:
-    """A dense task's [H, W] setting `task.<key>` as two ints; one-line ValueError unless both >= 32
+    """A dense task's [H, W] setting `task.<key>` as two ints; one-line ConfigError unless both >= 32
     (the backbone's total stride)."""
-    if len(value) != 2 or min(value) < 32:
-        raise ValueError(f"task.{key}={list(value)} is not allowed; expected [H, W], two integers >= 32")
-    return int(value[0]), int(value[1])
+    return hw_pair(f"task.{key}", list(value) if isinstance(value, tuple) else value, minimum=32)
 
 
 class StageFeatures(nn.Module):
