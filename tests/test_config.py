@@ -153,3 +153,14 @@ def test_a_bad_setting_on_the_command_line_exits_2_with_one_line(tmp_path, tiny_
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "ERROR" in line or "Traceback" in line]
     assert len(errors) == 1 and "trainer.max_steps=0 is not allowed" in errors[0]
     assert not (tmp_path / "results" / "runs").exists()  # nothing written, nothing trained
+
+
+def test_every_task_file_has_one_shape_and_the_trainer_recipe_is_its_own_group():
+    for path in sorted((CONF_DIR / "task").glob("*.yaml")):
+        text = path.read_text()
+        assert "@package" not in text and "\ntrainer:" not in text, path.name
+    coco = compose(["task=coco"]).trainer
+    assert (coco.epochs, coco.sched, list(coco.decay_milestones), coco.lr) == (12, "multistep", [8, 11], 1e-4)
+    assert compose(["task=ade20k"]).trainer.max_steps == 160000
+    assert compose(["task=imagenet"]).trainer.epochs == 300  # no recipe file: the trainer defaults
+    assert compose(["task=coco", "trainer.lr=3e-4"]).trainer.lr == 3e-4  # the command line wins
