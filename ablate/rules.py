@@ -6,8 +6,16 @@ them, so a setting's allowed values are written once, next to the setting.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import collections.abc
+import functools
+import inspect
+import types
+import typing
+from collections.abc import Iterable
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Callable
+
+from omegaconf import MISSING
 
 
 class ConfigError(ValueError):
@@ -86,3 +94,74 @@ def ordered_pair(low: float, high: float) -> dict:
 def channel_values(positive: bool) -> dict:
     return rule(lambda v: isinstance(v, list) and len(v) == 3 and all(is_number(x) and (x > 0 or not positive) for x in v),
                 "three numbers, one per RGB channel" + (", each > 0" if positive else ""))
+
+
+# --- schemas from signatures -----------------------------------------------------------------------
+# A setting is declared once, as a keyword of the function (or constructor) that takes it:
+#     d_state: Annotated[int, at_least(1)] = 16        scan: Literal["cross", "raster"] = "cross"
+# `settings` reads those into (key, type, default, field metadata), and `schema` makes the typed
+# dataclass that Hydra's ConfigStore holds (conf/ YAML files extend it; `validate` applies the rules).
+
+
+def settings(fn: Callable[..., Any], skip: Iterable[str] = ()) -> list[tuple[str, Any, Any, dict]]:
+    """(key, OmegaConf type, default or MISSING, field metadata) of each keyword of `fn` but `skip`,
+    *args and **kwargs."""
+    skip = set(skip)
+    hints = typing.get_type_hints(fn, include_extras=True)
+    out = []
+    for name, parameter in inspect.signature(fn).parameters.items():
+        if name in skip or name == "self" or parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
+            continue
+        hint, metadata = hints.get(name, Any), {}
+        if typing.get_origin(hint) is typing.Annotated:
+            hint, *extras = typing.get_args(hint)
+            metadata = next((e for e in extras if isinstance(e, dict) and "rule" in e), {})
+        if typing.get_origin(hint) is typing.Literal:  # OmegaConf types Literal as its values' type, plus the rule
+            choices = typing.get_args(hint)
+            hint, metadata = type(choices[0]), one_of(choices)
+        default = MISSING if parameter.default is parameter.empty else parameter.default
+        out.append((name, _omegaconf_type(hint), default, metadata))
+    return out
+
+
+def constructor_settings(cls: type, skip: Iterable[str] = ()) -> list[tuple[str, Any, Any, dict]]:
+    """`settings` of a class's constructor and, while it passes **kwargs on, its bases' (bases first)."""
+    groups = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        groups.append(settings(init, skip))
+        if not any(p.kind == p.VAR_KEYWORD for p in inspect.signature(init).parameters.values()):
+            break
+    seen, out = set(), []
+    for group in reversed(groups):
+        for spec in group:
+            if spec[0] not in seen:
+                seen.add(spec[0])
+                out.append(spec)
+    return out
+
+
+def schema(name: str, specs: Iterable[tuple[str, Any, Any, dict]]) -> type:
+    """A dataclass with one field per (key, type, default, metadata); sequence defaults become lists."""
+    fields = []
+    for key, hint, default, metadata in specs:
+        if isinstance(default, (list, tuple)):
+            spec = field(default_factory=functools.partial(list, default), metadata=metadata)
+        else:
+            spec = field(default=default, metadata=metadata)
+        fields.append((key, hint, spec))
+    return make_dataclass(name, fields)
+
+
+def _omegaconf_type(hint: Any) -> Any:
+    """The type OmegaConf can hold: `X | None` -> Optional[X], Sequence[X] / tuple[X, ...] -> List[X]."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        kept = [a for a in args if a is not type(None)]
+        inner = _omegaconf_type(kept[0]) if len(kept) == 1 else Any
+        return typing.Optional[inner] if len(kept) < len(args) else inner
+    if origin in (list, tuple, collections.abc.Sequence):
+        return typing.List[args[0] if args else Any]
+    return hint

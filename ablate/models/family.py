@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import functools
 import inspect
-import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, make_dataclass
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 from omegaconf import MISSING
 from torch import nn
 
-from ablate.rules import ConfigError, one_of
+from ablate.rules import ConfigError, one_of, schema, settings
 
 __all__ = ['Family', 'Switch', 'TASK_ARGUMENTS', 'checked', 'families', 'family_of', 'register', 'variant_names']
 
@@ -57,22 +56,8 @@ class Switch:
 
 
 def _settings(build: Callable[..., nn.Module]) -> list[tuple[str, Any, Any, dict]]:
-    """(key, OmegaConf type, default, field metadata) for each setting of a build function."""
-    hints = typing.get_type_hints(build, include_extras=True)
-    out = []
-    for name, parameter in inspect.signature(build).parameters.items():
-        if name == 'name' or name in TASK_ARGUMENTS or parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
-            continue
-        hint, metadata = hints.get(name, Any), {}
-        if typing.get_origin(hint) is typing.Annotated:
-            hint, *extras = typing.get_args(hint)
-            metadata = next((e for e in extras if isinstance(e, dict) and 'rule' in e), {})
-        if typing.get_origin(hint) is Literal:  # OmegaConf types Literal as its values' type, plus the rule
-            choices = typing.get_args(hint)
-            hint, metadata = type(choices[0]), one_of(choices)
-        default = MISSING if parameter.default is parameter.empty else parameter.default
-        out.append((name, hint, default, metadata))
-    return out
+    """The `model.<key>` settings of a build function: every keyword but `name` and the task's."""
+    return settings(build, skip=('name', *TASK_ARGUMENTS))
 
 
 def checked(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -130,10 +115,8 @@ class Family:
     @functools.cached_property
     def schema(self) -> type:
         """The `model` config dataclass: `name` (one of the variants) and the build function's settings."""
-        variants = self.variants
-        specs = [('name', str, field(default=MISSING, metadata=one_of(variants)))]
-        specs += [(key, hint, field(default=default, metadata=meta)) for key, hint, default, meta in _settings(self.build)]
-        return make_dataclass(f'{self.name.capitalize()}ModelConfig', specs)
+        specs = [('name', str, MISSING, one_of(self.variants)), *_settings(self.build)]
+        return schema(f'{self.name.capitalize()}ModelConfig', specs)
 
 
 _BY_VARIANT: dict[str, Family] = {}
