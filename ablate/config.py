@@ -1,5 +1,8 @@
 """Typed configuration: the schemas behind conf/, registered in Hydra's ConfigStore.
 
+The trainer, logger and paths schemas are the dataclasses here; the model schemas are generated
+from each model family's build signature (ablate.models.family) and the task schemas from each Task
+class's constructor (TASK_SCHEMAS), so each setting is declared once.
 Every YAML file in conf/ extends one of these dataclasses, so a wrong type (`model.ssm=maybe`) or an
 unknown key (`trainer.lrr=1`) fails at composition with Hydra's own message, before any job starts.
 Values Hydra cannot type-check (ranges, choices, lengths) carry a `Rule` in their field's metadata,
@@ -10,6 +13,7 @@ allowed.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -19,8 +23,7 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ablate.rules import (ConfigError, above, at_least, channel_values, is_number, one_of, ordered_pair, rule,
-                          size_pair, within)
+from ablate.rules import ConfigError, above, at_least, constructor_settings, is_number, one_of, rule, schema
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -57,34 +60,12 @@ if not OmegaConf.has_resolver("short_dirname"):
 SCHEDULES = ("cosine", "multistep", "poly")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RERUN_CHOICES = ("all",)
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming", "random")
-
-
-def _generators() -> tuple[str, ...]:
-    from ablate.tasks.classification import EmbeddedClassification
-
-    return EmbeddedClassification.GENERATORS
 
 
 def _optimizers() -> tuple[str, ...]:
     from timm.optim import list_optimizers
 
     return tuple(list_optimizers())
-
-
-def _augment_policy(v: Any) -> bool:
-    """A policy string timm's create_transform accepts (rand-..., augmix-..., or an AutoAugment name)."""
-    from timm.data import auto_augment as aa
-
-    if not isinstance(v, str):
-        return False
-    build = (aa.rand_augment_transform if v.startswith("rand") else
-             aa.augment_and_mix_transform if v.startswith("augmix") else aa.auto_augment_transform)
-    try:
-        build(v, {"translate_const": 100, "img_mean": (124, 116, 104)})
-    except (AssertionError, ValueError, KeyError, IndexError):
-        return False
-    return True
 
 
 def _tracking() -> Any:
@@ -129,121 +110,6 @@ class TrainerConfig:
 
 
 @dataclass
-class TaskConfig:
-    _target_: str = MISSING  # the Task class
-    name: str = MISSING
-    data_root: str = MISSING
-    image_size: List[int] = field(default_factory=lambda: [224, 224], metadata=size_pair())  # sequence-length axis
-
-
-@dataclass
-class ClassificationTaskConfig(TaskConfig):
-    """ImageFolder classification through timm's data pipeline (defaults: PAPER.md §6 / DeiT)."""
-
-    num_classes: int = field(default=1000, metadata=at_least(2))
-    train_split: str = "train"
-    val_split: str = "val"
-    eval_batch_size: int = field(default=128, metadata=at_least(1))
-    auto_augment: Optional[str] = field(default="rand-m9-mstd0.5-inc1", metadata=rule(
-        _augment_policy, "a timm policy: rand-m<M>[-mstd<S>][-inc1]..., augmix-..., original, originalr, v0, v0r or 3a",
-        optional=True))
-    color_jitter: float = field(default=0.4, metadata=at_least(0))
-    hflip: float = field(default=0.5, metadata=within(0, 1))  # probability
-    scale: List[float] = field(default_factory=lambda: [0.08, 1.0], metadata=ordered_pair(0, 1))  # crop area
-    reprob: float = field(default=0.25, metadata=within(0, 1))
-    mixup: float = field(default=0.8, metadata=at_least(0))  # Beta(alpha, alpha); 0 = off
-    cutmix: float = field(default=1.0, metadata=at_least(0))
-    label_smoothing: float = field(default=0.1, metadata=rule(lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)"))
-    crop_pct: float = field(default=1.0, metadata=rule(lambda v: is_number(v) and 0 < v <= 1, "a number in (0, 1]"))
-    interpolation: str = field(default="bicubic", metadata=one_of(INTERPOLATIONS))
-    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406], metadata=channel_values(positive=False))
-    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225], metadata=channel_values(positive=True))
-
-
-@dataclass
-class EmbeddedClassificationTaskConfig(ClassificationTaskConfig):
-    """A procedural dataset generated into data_root (ImageFolder layout) on first use."""
-
-    generator: str = field(default=MISSING, metadata=one_of(_generators))
-    train_size: int = field(default=1000, metadata=at_least(1))  # images in total
-    val_size: int = field(default=200, metadata=at_least(1))
-    data_seed: int = field(default=0, metadata=at_least(0))  # fixed across run seeds: vary init and order, not data
-    # pathfinder only (null for shapes): curves besides the two main ones (null: side / 16), and
-    # curve length in units of the image side (null: 1.0). Both keep their meaning at every size.
-    distractors: Optional[int] = field(default=None, metadata=at_least(0, optional=True))
-    curve_length: Optional[float] = field(default=None, metadata=above(0, optional=True))
-
-
-@dataclass
-class DetectionTaskConfig(TaskConfig):
-    """COCO instance detection/segmentation with Mask R-CNN + FPN on the four stages (torchvision parts).
-
-    image_size [H, W] is the nominal input: MACs and seq_len are taken there; images are resized to
-    shorter side H, longer side <= H * 5 // 3 (800 -> 1333).
-    """
-
-    num_classes: int = field(default=80, metadata=at_least(1))
-    backbone_ckpt: Optional[str] = None  # classification checkpoint.pt of the same arm, or safetensors
-    train_split: str = "train2017"
-    val_split: str = "val2017"
-    fpn_channels: int = field(default=256, metadata=at_least(1))
-    roi_batch_size: int = field(default=512, metadata=at_least(1))
-    hflip: float = field(default=0.5, metadata=within(0, 1))
-    eval_batch_size: int = field(default=4, metadata=at_least(1))
-    eval_workers: int = field(default=0, metadata=at_least(0))
-    cost_size: List[int] = field(default_factory=lambda: [800, 1280], metadata=size_pair())  # whole-detector MACs
-    cost_proposals: int = field(default=1000, metadata=at_least(1))
-    cost_mask_rois: int = field(default=100, metadata=at_least(1))
-    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406], metadata=channel_values(positive=False))
-    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225], metadata=channel_values(positive=True))
-
-
-@dataclass
-class EmbeddedSceneFields:
-    """Generator settings shared by the embedded COCO- and ADE20K-format tasks."""
-
-    train_size: int = field(default=64, metadata=at_least(1))
-    val_size: int = field(default=16, metadata=at_least(1))
-    data_seed: int = field(default=0, metadata=at_least(0))
-    source_size: List[int] = field(default_factory=lambda: [96, 128], metadata=size_pair())  # generated images
-    max_objects: int = field(default=3, metadata=at_least(1))
-
-
-@dataclass
-class EmbeddedDetectionTaskConfig(DetectionTaskConfig, EmbeddedSceneFields):
-    pass
-
-
-@dataclass
-class SegmentationTaskConfig(TaskConfig):
-    """ADE20K semantic segmentation with UperNet (+ auxiliary FCN head) on the four stages.
-
-    image_size [H, W] is the test scale (shorter side <= min, longer <= max); training crops are
-    min(H, W) squared (512 x 512 at [512, 2048]).
-    """
-
-    num_classes: int = field(default=150, metadata=at_least(1))
-    backbone_ckpt: Optional[str] = None
-    channels: int = field(default=512, metadata=at_least(1))
-    aux_channels: int = field(default=256, metadata=at_least(1))
-    aux_weight: float = field(default=0.4, metadata=at_least(0))
-    ratio_range: List[float] = field(default_factory=lambda: [0.5, 2.0], metadata=ordered_pair(0, float("inf")))
-    cat_max_ratio: float = field(default=0.75, metadata=rule(lambda v: is_number(v) and 0 < v <= 1, "a number in (0, 1]"))
-    hflip: float = field(default=0.5, metadata=within(0, 1))
-    photometric: bool = True
-    multiscale_eval: bool = True
-    eval_workers: int = field(default=0, metadata=at_least(0))
-    cost_size: List[int] = field(default_factory=lambda: [512, 2048], metadata=size_pair())
-    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406], metadata=channel_values(positive=False))
-    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225], metadata=channel_values(positive=True))
-
-
-@dataclass
-class EmbeddedSegmentationTaskConfig(SegmentationTaskConfig, EmbeddedSceneFields):
-    pass
-
-
-@dataclass
 class LoggerConfig:
     kind: str = field(default="none", metadata=one_of(lambda: _tracking().KINDS))
     project: str = "ablate"
@@ -271,17 +137,28 @@ class Config:
     sweep: str = "${now:%Y-%m-%d_%H-%M-%S}"
 
 
+# conf/task's schemas: a task file's defaults name one, and it is the constructor's signature of its
+# Task class (settings, types, defaults and Rules declared there, once).
+TASK_SCHEMAS = {
+    "classification_schema": "ablate.tasks.classification.ImageFolderClassification",
+    "embedded_classification_schema": "ablate.tasks.classification.EmbeddedClassification",
+    "detection_schema": "ablate.tasks.detection.CocoDetection",
+    "embedded_detection_schema": "ablate.tasks.detection.EmbeddedCocoDetection",
+    "segmentation_schema": "ablate.tasks.segmentation.ADE20KSegmentation",
+    "embedded_segmentation_schema": "ablate.tasks.segmentation.EmbeddedADE20K",
+}
+
+
 def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
     store.store(group="trainer", name="schema", node=TrainerConfig)
     store.store(group="logger", name="schema", node=LoggerConfig)
-    store.store(group="task", name="classification_schema", node=ClassificationTaskConfig)
-    store.store(group="task", name="embedded_classification_schema", node=EmbeddedClassificationTaskConfig)
-    store.store(group="task", name="detection_schema", node=DetectionTaskConfig)
-    store.store(group="task", name="embedded_detection_schema", node=EmbeddedDetectionTaskConfig)
-    store.store(group="task", name="segmentation_schema", node=SegmentationTaskConfig)
-    store.store(group="task", name="embedded_segmentation_schema", node=EmbeddedSegmentationTaskConfig)
+    for name, target in TASK_SCHEMAS.items():  # each generated from the Task class's constructor
+        module, _, cls = target.rpartition(".")
+        task = getattr(importlib.import_module(module), cls)
+        store.store(group="task", name=name, node=schema(f"{cls}Config", [
+            ("_target_", str, MISSING, {}), *constructor_settings(task)]))
     from ablate.models import families  # each family's schema comes from its build signature
 
     for family in families():

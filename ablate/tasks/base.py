@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Annotated, Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ablate.rules import at_least, size_pair
 
 
 class DataError(ValueError):
@@ -159,11 +161,11 @@ class GeneratedScenesMixin:
 
     def __init__(
         self,
-        train_size: int = 64,
-        val_size: int = 16,
-        data_seed: int = 0,
-        source_size: Sequence[int] = (96, 128),
-        max_objects: int = 3,
+        train_size: Annotated[int, at_least(1)] = 64,
+        val_size: Annotated[int, at_least(1)] = 16,
+        data_seed: Annotated[int, at_least(0)] = 0,
+        source_size: Annotated[Sequence[int], size_pair()] = (96, 128),  # generated images
+        max_objects: Annotated[int, at_least(1)] = 3,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Annotated, Any, Literal, Mapping, Sequence
 
 import torch
 from PIL import Image, ImageOps
@@ -19,8 +19,8 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ablate.config import ConfigError
-from ablate.rules import hw_pair
+from ablate.rules import (ConfigError, above, at_least, channel_values, hw_pair, is_number, ordered_pair, rule,
+                          size_pair, within)
 from ablate.models import count_cost, family_of
 from ablate.tasks.base import DataError, SplitDatasetTask, TaskInfo
 
@@ -111,6 +111,25 @@ class ImageFiles(Dataset):
         return self.transform(img), self.samples[index][1], replaced
 
 
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming", "random")
+GENERATORS = ("shapes", "pathfinder")  # the embedded datasets (ablate/tasks/toydata)
+
+
+def _augment_policy(v: Any) -> bool:
+    """A policy string timm's create_transform accepts (rand-..., augmix-..., or an AutoAugment name)."""
+    from timm.data import auto_augment as aa
+
+    if not isinstance(v, str):
+        return False
+    build = (aa.rand_augment_transform if v.startswith("rand") else
+             aa.augment_and_mix_transform if v.startswith("augmix") else aa.auto_augment_transform)
+    try:
+        build(v, {"translate_const": 100, "img_mean": (124, 116, 104)})
+    except (AssertionError, ValueError, KeyError, IndexError):
+        return False
+    return True
+
+
 class ImageFolderClassification(SplitDatasetTask):
     """Classification with the DeiT recipe's data pipeline (PAPER.md §6), top-1/top-5 evaluation."""
 
@@ -118,23 +137,25 @@ class ImageFolderClassification(SplitDatasetTask):
         self,
         name: str,
         data_root: str,
-        image_size: Sequence[int],
-        num_classes: int,
+        image_size: Annotated[Sequence[int], size_pair()],  # [H, W]: the sequence-length axis
+        num_classes: Annotated[int, at_least(2)] = 1000,
         train_split: str = "train",
         val_split: str = "val",
-        eval_batch_size: int = 128,
-        auto_augment: str | None = "rand-m9-mstd0.5-inc1",
-        color_jitter: float = 0.4,
-        hflip: float = 0.5,
-        scale: Sequence[float] = (0.08, 1.0),
-        reprob: float = 0.25,
-        mixup: float = 0.8,
-        cutmix: float = 1.0,
-        label_smoothing: float = 0.1,
-        crop_pct: float = 1.0,
-        interpolation: str = "bicubic",
-        mean: Sequence[float] = (0.485, 0.456, 0.406),
-        std: Sequence[float] = (0.229, 0.224, 0.225),
+        eval_batch_size: Annotated[int, at_least(1)] = 128,
+        auto_augment: Annotated[str | None, rule(
+            _augment_policy, "a timm policy: rand-m<M>[-mstd<S>][-inc1]..., augmix-..., original, originalr, v0, "
+            "v0r or 3a", optional=True)] = "rand-m9-mstd0.5-inc1",
+        color_jitter: Annotated[float, at_least(0)] = 0.4,
+        hflip: Annotated[float, within(0, 1)] = 0.5,  # probability
+        scale: Annotated[Sequence[float], ordered_pair(0, 1)] = (0.08, 1.0),  # crop area
+        reprob: Annotated[float, within(0, 1)] = 0.25,
+        mixup: Annotated[float, at_least(0)] = 0.8,  # Beta(alpha, alpha); 0 = off
+        cutmix: Annotated[float, at_least(0)] = 1.0,
+        label_smoothing: Annotated[float, rule(lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)")] = 0.1,
+        crop_pct: Annotated[float, rule(lambda v: is_number(v) and 0 < v <= 1, "a number in (0, 1]")] = 1.0,
+        interpolation: Literal[INTERPOLATIONS] = "bicubic",
+        mean: Annotated[Sequence[float], channel_values(positive=False)] = (0.485, 0.456, 0.406),
+        std: Annotated[Sequence[float], channel_values(positive=True)] = (0.229, 0.224, 0.225),
     ):
         image_size = hw_pair("task.image_size", list(image_size))
         self.info = TaskInfo(name=name, kind="classification", metric="top1", higher_is_better=True,
@@ -237,11 +258,19 @@ class ImageFolderClassification(SplitDatasetTask):
 class EmbeddedClassification(ImageFolderClassification):
     """A procedural dataset (toydata.shapes / toydata.pathfinder) generated on first use, then cached."""
 
-    GENERATORS = ("shapes", "pathfinder")
+    GENERATORS = GENERATORS
 
     def __init__(
-        self, generator: str, train_size: int = 1000, val_size: int = 200, data_seed: int = 0,
-        distractors: int | None = None, curve_length: float | None = None, **kwargs: Any
+        self,
+        generator: Literal[GENERATORS],
+        train_size: Annotated[int, at_least(1)] = 1000,  # images in total
+        val_size: Annotated[int, at_least(1)] = 200,
+        data_seed: Annotated[int, at_least(0)] = 0,  # fixed across run seeds: vary init and order, not data
+        # pathfinder only (null for shapes): curves besides the two main ones (null: side / 16), and
+        # curve length in units of the image side (null: 1.0). Both keep their meaning at every size.
+        distractors: Annotated[int | None, at_least(0, optional=True)] = None,
+        curve_length: Annotated[float | None, above(0, optional=True)] = None,
+        **kwargs: Any,
     ):
         if generator not in self.GENERATORS:
             raise ValueError(f"task.generator={generator!r} is not known; choose from: {', '.join(self.GENERATORS)}")

@@ -19,7 +19,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Annotated, Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
 from ablate.models import count_cost
+from ablate.rules import at_least, channel_values, size_pair, within
 from ablate.tasks.base import DataError, GeneratedScenesMixin, SplitDatasetTask, TaskInfo
 from ablate.tasks.heads import BackboneWithFPN, build_backbone, input_size, no_weight_decay
 
@@ -237,21 +238,21 @@ class CocoDetection(SplitDatasetTask):
         self,
         name: str,
         data_root: str,
-        image_size: Sequence[int] = (800, 1280),
-        num_classes: int = 80,
-        backbone_ckpt: str | None = None,
+        image_size: Annotated[Sequence[int], size_pair()] = (800, 1280),  # nominal input: MACs and L taken here
+        num_classes: Annotated[int, at_least(1)] = 80,
+        backbone_ckpt: str | None = None,  # classification checkpoint.pt of the same arm, or safetensors
         train_split: str = "train2017",
         val_split: str = "val2017",
-        fpn_channels: int = 256,
-        roi_batch_size: int = 512,
-        hflip: float = 0.5,
-        eval_batch_size: int = 4,
-        eval_workers: int = 0,
-        cost_size: Sequence[int] = (800, 1280),
-        cost_proposals: int = 1000,
-        cost_mask_rois: int = 100,
-        mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-        std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        fpn_channels: Annotated[int, at_least(1)] = 256,
+        roi_batch_size: Annotated[int, at_least(1)] = 512,
+        hflip: Annotated[float, within(0, 1)] = 0.5,
+        eval_batch_size: Annotated[int, at_least(1)] = 4,
+        eval_workers: Annotated[int, at_least(0)] = 0,
+        cost_size: Annotated[Sequence[int], size_pair()] = (800, 1280),  # whole-detector MACs
+        cost_proposals: Annotated[int, at_least(1)] = 1000,
+        cost_mask_rois: Annotated[int, at_least(1)] = 100,
+        mean: Annotated[Sequence[float], channel_values(positive=False)] = IMAGENET_DEFAULT_MEAN,
+        std: Annotated[Sequence[float], channel_values(positive=True)] = IMAGENET_DEFAULT_STD,
     ):
         self.info = TaskInfo(name=name, kind="detection", metric="bbox_AP", higher_is_better=True)
         self.root = Path(data_root)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Annotated, Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from ablate.models import count_cost
+from ablate.rules import at_least, channel_values, is_number, ordered_pair, rule, size_pair, within
 from ablate.tasks.base import DataError, GeneratedScenesMixin, SplitDatasetTask, TaskInfo
 from ablate.tasks.heads import UperNet, build_backbone, input_size
 
@@ -188,21 +189,21 @@ class ADE20KSegmentation(SplitDatasetTask):
         self,
         name: str,
         data_root: str,
-        image_size: Sequence[int] = (512, 2048),
-        num_classes: int = 150,
+        image_size: Annotated[Sequence[int], size_pair()] = (512, 2048),  # test scale; crops min(H, W) squared
+        num_classes: Annotated[int, at_least(1)] = 150,
         backbone_ckpt: str | None = None,
-        channels: int = 512,
-        aux_channels: int = 256,
-        aux_weight: float = 0.4,
-        ratio_range: Sequence[float] = (0.5, 2.0),
-        cat_max_ratio: float = 0.75,
-        hflip: float = 0.5,
+        channels: Annotated[int, at_least(1)] = 512,
+        aux_channels: Annotated[int, at_least(1)] = 256,
+        aux_weight: Annotated[float, at_least(0)] = 0.4,
+        ratio_range: Annotated[Sequence[float], ordered_pair(0, float("inf"))] = (0.5, 2.0),
+        cat_max_ratio: Annotated[float, rule(lambda v: is_number(v) and 0 < v <= 1, "a number in (0, 1]")] = 0.75,
+        hflip: Annotated[float, within(0, 1)] = 0.5,
         photometric: bool = True,
         multiscale_eval: bool = True,
-        eval_workers: int = 0,
-        cost_size: Sequence[int] = (512, 2048),
-        mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-        std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        eval_workers: Annotated[int, at_least(0)] = 0,
+        cost_size: Annotated[Sequence[int], size_pair()] = (512, 2048),
+        mean: Annotated[Sequence[float], channel_values(positive=False)] = IMAGENET_DEFAULT_MEAN,
+        std: Annotated[Sequence[float], channel_values(positive=True)] = IMAGENET_DEFAULT_STD,
     ):
         if not 1 < num_classes < IGNORE:
             raise ValueError(f"task.num_classes={num_classes} is not allowed; expected 2..{IGNORE - 1}")
