@@ -170,6 +170,18 @@ register_configs()
 VALIDATED_GROUPS = ("model", "trainer", "task", "logger")
 
 
+def setting_error(cfg: DictConfig) -> ConfigError | None:
+    """The ConfigError a job of `cfg` would stop at (None when valid, or for an app that is not ablate's,
+    without its validated groups): what a launcher checks before it queues the job."""
+    if not all(group in cfg for group in VALIDATED_GROUPS):
+        return None
+    try:
+        validate(cfg)
+    except ConfigError as exc:
+        return exc
+    return None
+
+
 def validate(cfg: DictConfig) -> None:
     """Check every Rule and reject keys the group's schema does not have; raise ConfigError (one line)."""
     rerun = cfg.get("rerun")

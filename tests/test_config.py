@@ -164,3 +164,14 @@ def test_every_task_file_has_one_shape_and_the_trainer_recipe_is_its_own_group()
     assert compose(["task=ade20k"]).trainer.max_steps == 160000
     assert compose(["task=imagenet"]).trainer.epochs == 300  # no recipe file: the trainer defaults
     assert compose(["task=coco", "trainer.lr=3e-4"]).trainer.lr == 3e-4  # the command line wins
+
+
+def test_a_launcher_can_tell_a_bad_setting_before_it_queues_the_job():
+    from omegaconf import OmegaConf
+
+    from ablate.config import setting_error
+
+    error = setting_error(compose(["model=pico", "model.scan=spiral"]))
+    assert str(error) == "model.scan='spiral' is not allowed: one of: cross, bidirectional, raster"
+    assert setting_error(compose(["model=pico", "task=shapes"])) is None
+    assert setting_error(OmegaConf.create({"steps": 3})) is None  # another app's config: not ablate's to judge

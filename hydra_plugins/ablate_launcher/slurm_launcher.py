@@ -7,6 +7,10 @@ This subclass submits exactly as the stock one does (one Slurm array, the same p
 same requeue on preemption or time-out through ``checkpoint()``) and waits for every job, handing
 back a FAILED ``JobReturn`` with submitit's error for a job that ended without a result.
 
+Before submitting, it composes each job's config and checks its settings (ablate.config.validate):
+a job whose settings are not allowed (``model.scan=foo``) is not queued; it fails at once with its
+one-line error, instead of after a wait in the queue, and the other jobs are submitted.
+
 Configured by conf/hydra/launcher/slurm.yaml (``defaults: [submitit_slurm]`` plus our defaults).
 """
 import logging
@@ -32,6 +36,8 @@ class AblateSlurmLauncher(SlurmLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import submitit  # here, not at module level: Hydra's plugin scan stays fast
 
+        from ablate.config import setting_error  # (imports the model and task modules)
+
         assert self.config is not None
         executor = submitit.AutoExecutor(
             cluster="slurm", folder=self.params["submitit_folder"],
@@ -46,13 +52,21 @@ class AblateSlurmLauncher(SlurmLauncher):
 
         numbers = [initial_job_idx + n for n in range(len(job_overrides))]
         overrides = [list(job) for job in job_overrides]
+        refused = {}
         for number, job in zip(numbers, overrides):
             log.info(f"\t#{number} : {' '.join(filter_overrides(job))}")
+            error = setting_error(self.hydra_context.config_loader.load_sweep_config(self.config, job))
+            if error is not None:
+                log.error(f"\t#{number} not submitted: config error: {error}")
+                refused[number] = failed_return(job, error)
+        queued = [(n, job) for n, job in zip(numbers, overrides) if n not in refused]
         state = Singleton.get_state()
         # The arguments of each job's __call__ (inherited): overrides, job_dir_key, job_num, job_id, singletons.
-        jobs = executor.map_array(self, overrides, ["hydra.sweep.dir"] * len(numbers), numbers,
-                                  [f"job_id_for_{n}" for n in numbers], [state] * len(numbers))
-        return [_outcome(job, job_overrides) for job, job_overrides in zip(jobs, overrides)]
+        jobs = executor.map_array(self, [job for _, job in queued], ["hydra.sweep.dir"] * len(queued),
+                                  [n for n, _ in queued], [f"job_id_for_{n}" for n, _ in queued],
+                                  [state] * len(queued)) if queued else []
+        outcomes = {n: _outcome(job, overrides) for (n, overrides), job in zip(queued, jobs)}
+        return [refused.get(n) or outcomes[n] for n in numbers]
 
 
 def _job_parameters(params: Dict[str, Any]) -> Dict[str, Any]:
