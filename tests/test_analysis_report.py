@@ -161,8 +161,7 @@ def test_a_hypothesis_on_another_factor_gets_its_own_tables_and_no_ssm_words(tmp
     text = report.write_report([sweep], tmp_path / "out", hypotheses).read_text()
     body = text[text.index("## Results per task"):text.index("## Tuning protocol")]
     problems = text[text.index("## Problems"):]
-    assert "Both arms of trainer.epochs in every cell group: one epoch (control, trainer.epochs=1) and three " \
-           "epochs (treatment, 3)" in body
+    assert "Arms of trainer.epochs: one epoch (control, 1) and three epochs (treatment, 3)." in body
     header = next(line for line in body.splitlines() if line.startswith("| cell group") and "pairs" in line)
     assert [c.strip() for c in header.split("|")[4:6]] == ["top1, one epoch", "top1, three epochs"]
     assert "+10.333" in body  # mean paired diff (10 + 9 + 12) / 3
@@ -395,5 +394,10 @@ def test_h3_and_h2_iso_on_hand_built_records_and_the_three_arm_cost_table(tmp_pa
     arms = text[text.index("## Arms and their cost"):]
     assert _arm_column(arms, "### det") == ["no SSM", "no SSM widened to iso-MAC", "SSM"] * 2  # both sizes, by GMACs
     assert _arm_column(arms, "### shapes") == ["fully visible", "causal"]
+    # each task's tables compare its own hypothesis' arms: det SSM vs no SSM (H2), shapes causal (H3)
+    results = text[text.index("## Results per task"):text.index("## Arms and their cost")]
+    assert "Arms of model.ssm: no SSM (control, false) and SSM (treatment, true)." in results
+    assert "Arms of model.causal: fully visible (control, false) and causal (treatment, true)." in results
+    assert "| top1, fully visible " in results and "| top1, causal " in results
     # no unpaired cell of H2's comparison names the widened control: its scope leaves it out
     assert "model.ssm=true model.match_macs=true" not in text

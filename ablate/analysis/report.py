@@ -53,13 +53,14 @@ class Comparison:
 
 
 def comparison(hypotheses: Sequence[Hypothesis], runs: pd.DataFrame,
-               verdicts: Sequence[Verdict] = ()) -> Comparison:
-    """The factor and levels of the first hypothesis (file order) whose verdict has paired seeds, else of
-    the first hypothesis, or, without hypotheses, the first switch of the records' model family. Arm
-    names: the hypothesis' `labels`, else the family switch's, else key=level."""
+               verdicts: Sequence[Verdict] = (), task: str | None = None) -> Comparison:
+    """The factor and levels of the first hypothesis (file order) whose verdict has paired seeds (in
+    `task`, when given), else of the first hypothesis, or, without hypotheses, the first switch of the
+    records' model family. Arm names: the hypothesis' `labels`, else the family switch's, else key=level."""
     family = _family(runs)
     if hypotheses:
-        paired = [v.hypothesis for v in verdicts if len(v.pairing.pairs)]
+        paired = [v.hypothesis for v in verdicts
+                  if len(v.pairing.pairs) and (task is None or (v.pairing.pairs["task"] == task).any())]
         h = paired[0] if paired else hypotheses[0]
         factor, treatment, control, labels = h.factor, h.treatment, h.control, dict(h.labels)
     elif family is not None and family.switches:
@@ -77,6 +78,28 @@ def comparison(hypotheses: Sequence[Hypothesis], runs: pd.DataFrame,
         return f"{factor}={format_level(level)}"
 
     return Comparison(factor, treatment, control, {"t": name(treatment), "c": name(control)})
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """One task's descriptive sections: the comparison they show, its arm summary and sequence points."""
+
+    task: str
+    compared: Comparison
+    summary: pd.DataFrame
+    points: pd.DataFrame
+
+
+def _per_task(collection: Collection, hypotheses: Sequence[Hypothesis], verdicts: Sequence[Verdict]) -> list[TaskView]:
+    """Each task compared on the first hypothesis with pairs there: shapes swept over model.causal shows
+    causal vs fully visible even when pathfinder in the same report shows SSM vs no SSM."""
+    views = []
+    for task in sorted(collection.runs["task"].dropna().unique()):
+        runs = collection.runs[collection.runs["task"] == task]
+        compared = comparison(hypotheses, runs, verdicts, task)
+        pairing = pair(runs, collection.factors, compared.factor, compared.treatment, compared.control)
+        views.append(TaskView(task, compared, summaries.arm_summary(runs, pairing), summaries.sequence_points(pairing)))
+    return views
 
 
 def _family(runs: pd.DataFrame) -> Family | None:
@@ -117,10 +140,11 @@ def write_report(
             collection.notes.append(line)
     compared = comparison(hypotheses, collection.runs, verdicts)
     pairing = pair(collection.runs, collection.factors, compared.factor, compared.treatment, compared.control)
-    summary = summaries.arm_summary(collection.runs, pairing)
-    points = summaries.sequence_points(pairing)
-    drawn = _draw(out, summary, points, compared.names)
-    curves, curve_files = _curves_section(collection, out, compared)
+    tasks = _per_task(collection, hypotheses, verdicts)
+    drawn = {}
+    for view in tasks:
+        drawn.update(_draw(out, view.summary, view.points, view.compared.names))
+    curves, curve_files = _curves_section(collection, out, tasks)
     _write_csvs(out, collection.runs, verdicts)
     sections = [
         f"# Ablation report: {', '.join(s.name for s in collection.sweeps) or 'all runs'}",
@@ -128,10 +152,10 @@ def write_report(
         _what_was_run(collection, results_root, hypotheses, hypotheses_dir),
         _verdict_section(verdicts),
         _paragraphs(verdicts),
-        _task_sections(summary, drawn, compared),
+        _task_sections(tasks, drawn),
         _arms_section(collection.runs, hypotheses),
         curves,
-        _sequence_section(points, drawn, compared.names),
+        _sequence_section(tasks, drawn),
         _tuning_section(collection),
         _problems_section(collection, pairing, verdicts, compared),
         _files_section(drawn, curve_files),
@@ -379,24 +403,28 @@ def _part_sentence(h: Hypothesis, part: str, frame: pd.DataFrame, decision: str)
     return sentence
 
 
-def _task_sections(summary: pd.DataFrame, drawn: dict, compared: Comparison) -> str:
-    c, t = compared.names["c"], compared.names["t"]
+def _task_sections(tasks: Sequence[TaskView], drawn: dict) -> str:
     blocks = ["## Results per task",
-              f"Both arms of {compared.factor} in every cell group: {c} (control, {compared.factor}="
-              f"{format_level(compared.control)}) and {t} (treatment, {format_level(compared.treatment)}). Means ± sd "
-              f"over completed seeds; diff = {t} - {c} over paired seeds with its 95% bootstrap CI; GMACs per image "
-              "at the evaluated size; throughput in evaluated images/s."]
-    if summary.empty:
+              "Each task compares the two arms of the first hypothesis with paired seeds there (named under its "
+              "heading). Means ± sd over completed seeds; diff = treatment - control over paired seeds with its 95% "
+              "bootstrap CI; GMACs per image at the evaluated size; throughput in evaluated images/s."]
+    if not any(len(view.summary) for view in tasks):
         blocks.append("No completed record.")
-    for task, frame in (summary.groupby("task", sort=True) if len(summary) else []):
+    for view in tasks:
+        if view.summary.empty:
+            continue
+        compared, frame = view.compared, view.summary
+        c, t = compared.names["c"], compared.names["t"]
         first = frame.iloc[0]
         direction = "higher is better" if first["higher_is_better"] else "lower is better"
         metric = first["metric"]
-        blocks += [f"### {task} ({first['task_kind']}; {metric}, {direction})",
+        blocks += [f"### {view.task} ({first['task_kind']}; {metric}, {direction})",
+                   f"Arms of {compared.factor}: {c} (control, {format_level(compared.control)}) and {t} (treatment, "
+                   f"{format_level(compared.treatment)}).",
                    md_table(_results_table(frame, metric, compared.names)),
                    md_table(_cost_table(frame, metric, compared.names))]
-        files = drawn.get(task, {})
-        blocks.append(" ".join(f"![{task}: {kind}]({files[kind]})" for kind in ("gmacs", "bars") if kind in files))
+        files = drawn.get(view.task, {})
+        blocks.append(" ".join(f"![{view.task}: {kind}]({files[kind]})" for kind in ("gmacs", "bars") if kind in files))
     return "\n\n".join(blocks)
 
 
@@ -488,19 +516,20 @@ def _cost_table(frame: pd.DataFrame, metric: str, names: dict[str, str]) -> pd.D
     })
 
 
-def _sequence_section(points: pd.DataFrame, drawn: dict, names: dict[str, str]) -> str:
+def _sequence_section(tasks: Sequence[TaskView], drawn: dict) -> str:
     blocks = ["## Sequence length",
               "Tokens L at stride 16 against τ = 6·D (D: stage-3 width); PAPER.md §2 calls a task long when L > τ. "
-              f"diff = {names['t']} - {names['c']} (mean over paired seeds, "
-              f"95% bootstrap CI); a crossover L* is where {names['t']}'s mean advantage changes sign, interpolated "
-              "linearly in log L between the "
-              "two bracketing sizes; it is clear when the CIs at both of them exclude 0 (otherwise it may be noise "
-              "around a null effect)."]
-    if points.empty:
+              "diff = treatment - control of the task's comparison (mean over paired seeds, 95% bootstrap CI); a "
+              "crossover L* is where the treatment's mean advantage changes sign, interpolated linearly in log L "
+              "between the two bracketing sizes; it is clear when the CIs at both of them exclude 0 (otherwise it "
+              "may be noise around a null effect)."]
+    swept = [view for view in tasks if len(view.points)]
+    if not swept:
         blocks.append("No task was swept over two or more image sizes.")
         return "\n\n".join(blocks)
-    crossings = summaries.crossover_table(points)
-    for task, frame in points.groupby("task", sort=True):
+    for view in swept:
+        task, frame, names = view.task, view.points, view.compared.names
+        crossings = summaries.crossover_table(frame)
         table = pd.DataFrame({
             "series": frame["series_label"].map(_without_task), "image size": frame["image_size"],
             "L": frame["seq_len"], "L/τ": column(frame["seq_len"] / frame["tau"], ".2f"), "regime": frame["regime"],
@@ -514,7 +543,8 @@ def _sequence_section(points: pd.DataFrame, drawn: dict, names: dict[str, str]) 
             "CIs exclude 0 on both sides": found["clear"].map({True: "yes", False: "no"}),
         })
         no_change = "No sign change of the mean difference across the swept sizes."
-        blocks += [f"### {task}", md_table(table), "Crossovers:", md_table(crossing_table) if len(found) else no_change]
+        blocks += [f"### {task}", f"diff = {names['t']} - {names['c']}.", md_table(table), "Crossovers:",
+                   md_table(crossing_table) if len(found) else no_change]
         if "length" in drawn.get(task, {}):
             blocks.append(f"![{task}: difference vs L]({drawn[task]['length']})")
     return "\n\n".join(blocks)
@@ -555,9 +585,12 @@ def _with_arms(collection: Collection, compared: Comparison) -> pd.DataFrame:
                        arm=[compared.names[k] if k else format_level(v) for k, v in zip(keys, runs[factor])])
 
 
-def _curves_section(collection: Collection, out: Path, compared: Comparison) -> tuple[str, list[str]]:
-    """One training-curve figure per cell group with curves (both arms, every seed); the section, the files."""
-    runs = _with_arms(collection, compared)
+def _curves_section(collection: Collection, out: Path, tasks: Sequence[TaskView]) -> tuple[str, list[str]]:
+    """One training-curve figure per cell group with curves (both arms of its task's comparison, every
+    seed); the section, the files."""
+    views = [arms[arms["task"] == view.task] for view in tasks for arms in [_with_arms(collection, view.compared)]]
+    runs = pd.concat(views) if views else collection.runs.iloc[:0].assign(arm_key=None, arm=None, cell=None)
+    names = {view.task: view.compared.names for view in tasks}
     runs = runs[runs["arm_key"].notna() & (runs["curve.points"].fillna(0) > 0)]
     blocks, files = ["## Training curves",
                      "Training loss (mean over each logging window) against optimizer step, every seed of both arms; "
@@ -567,7 +600,7 @@ def _curves_section(collection: Collection, out: Path, compared: Comparison) -> 
         curves = [json.loads((Path(f).parent / name).read_text()) for f, name in zip(group["file"], group["curve.file"])]
         label = group["label"].iloc[0]
         name = figures.training_curves(group, curves, label, out, f"curves_{index:03d}_{figures.slug(label)[:60]}.png",
-                                       compared.names)
+                                       names[group["task"].iloc[0]])
         files.append(name)
         blocks.append(f"![training curves: {label}]({name})")
     if not files:
