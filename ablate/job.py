@@ -125,19 +125,8 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
 
 
 def _new_record(config: dict, overrides: list[str], run_id: str) -> dict[str, Any]:
-    return {
-        "schema": records.SCHEMA, "run_id": run_id, "sweep": config["sweep"], "status": records.Status.FAILED, "error": None,
-        "config": config, "overrides": list(overrides),
-        "factors": records.factors(config, overrides, always=_recorded_model_keys(config)),
-        "task": {"name": config["task"]["name"], "kind": None, "metric": None, "higher_is_better": True, "chance": None},
-        "metrics": {},
-        "data": {},
-        "curve": Curve().summary(),
-        "cost": {"params": None, "macs": None, "macs_ssm": None, "input_size": list(config["task"]["image_size"]),
-                 "seq_len": None, "tau": None, "train_throughput": None, "eval_throughput": None},
-        "tuning": config.get("tuning"),
-        "env": _environment(),
-    }
+    return records.new_record(config, overrides, run_id, model_keys=_recorded_model_keys(config), env=_environment(),
+                              curve=Curve().summary())
 
 
 def _family(model: Mapping[str, Any]) -> Optional[Family]:

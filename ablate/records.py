@@ -147,6 +147,28 @@ def factors(config: Mapping[str, Any], overrides: Iterable[str], always: Iterabl
     return out
 
 
+def new_record(config: dict, overrides: list[str], run_id: str, model_keys: Iterable[str] = (),
+               env: Mapping[str, Any] | None = None, curve: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A job's record before it has run: status failed (until the job says otherwise), every key present.
+
+    model_keys: the model family's record keys as dotted factors (e.g. model.ssm); env and curve: the
+    `env` block and the empty training curve's summary, from the stages that own them.
+    """
+    return {
+        "schema": SCHEMA, "run_id": run_id, "sweep": config["sweep"], "status": Status.FAILED, "error": None,
+        "config": config, "overrides": list(overrides),
+        "factors": factors(config, overrides, always=model_keys),
+        "task": {"name": config["task"]["name"], "kind": None, "metric": None, "higher_is_better": True, "chance": None},
+        "metrics": {},
+        "data": {},
+        "curve": dict(curve or {}),
+        "cost": {"params": None, "macs": None, "macs_ssm": None, "input_size": list(config["task"]["image_size"]),
+                 "seq_len": None, "tau": None, "train_throughput": None, "eval_throughput": None},
+        "tuning": config.get("tuning"),
+        "env": dict(env or {}),
+    }
+
+
 def _non_semantic(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in NON_SEMANTIC_KEYS)
 

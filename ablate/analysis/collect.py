@@ -37,8 +37,7 @@ ENV_KEYS = ("git_commit", "device", "hostname", "started_at", "finished_at")
 CURVE_KEYS = ("file", "points", "first_loss", "last_loss")  # the record's curve summary
 # Columns present even when no record has them (the analysis reads them).
 ALWAYS_COLUMNS = (
-    "cost.params", "cost.macs", "cost.macs_ssm", "cost.seq_len", "cost.tau", "cost.eval_throughput",
-    "cost.train_throughput", "tuning.study", "tuning.trial", "tuning.storage", "tuning.role",
+    *(f"cost.{k}" for k in records.NUMERIC_COST), "tuning.study", "tuning.trial", "tuning.storage", "tuning.role",
     *(f"env.{k}" for k in ENV_KEYS), *(f"curve.{k}" for k in CURVE_KEYS),
 )
 
