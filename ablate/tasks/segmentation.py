@@ -27,7 +27,6 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from ablate.models import count_cost
 from ablate.rules import at_least, channel_values, is_number, ordered_pair, rule, size_pair, within
@@ -264,6 +263,9 @@ class ADE20KSegmentation(SplitDatasetTask):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        # here, not at module level: ablate.config imports this module for its schema (1.5 s of torchmetrics)
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
         _, val = self._require_prepared()
         model.eval()
         modes = {"": (1.0,), "_ms": MS_RATIOS} if self.multiscale_eval else {"": (1.0,)}
