@@ -1,7 +1,7 @@
 """What a setting allows: `Rule`s, and the helpers that make them (field metadata of a schema).
 
-The typed schemas (ablate/config.py, and each model family's build signature through
-`typing.Annotated`) carry these; `ablate.config.validate` and `ablate.models.family.checked` apply
+The typed schemas (ablate/config.py's dataclasses, and the schemas generated below from each model
+family's build signature and each Task constructor, through `typing.Annotated`) carry these; `ablate.config.validate` and `ablate.models.family.checked` apply
 them, so a setting's allowed values are written once, next to the setting.
 """
 from __future__ import annotations

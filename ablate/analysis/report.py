@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -588,7 +588,8 @@ def _with_arms(collection: Collection, compared: Comparison) -> pd.DataFrame:
 def _curves_section(collection: Collection, out: Path, tasks: Sequence[TaskView]) -> tuple[str, list[str]]:
     """One training-curve figure per cell group with curves (both arms of its task's comparison, every
     seed); the section, the files."""
-    views = [arms[arms["task"] == view.task] for view in tasks for arms in [_with_arms(collection, view.compared)]]
+    views = [_with_arms(replace(collection, runs=collection.runs[collection.runs["task"] == view.task]), view.compared)
+             for view in tasks]
     runs = pd.concat(views) if views else collection.runs.iloc[:0].assign(arm_key=None, arm=None, cell=None)
     names = {view.task: view.compared.names for view in tasks}
     runs = runs[runs["arm_key"].notna() & (runs["curve.points"].fillna(0) > 0)]
