@@ -178,27 +178,64 @@ def test_low_precision_input_runs_in_fp32(backend):
     assert_rel_close(out.float(), ref, rtol=1e-2)
 
 
+def op_inputs(Bt: int, G: int, H: int, L: int, N: int, walks: bool, seed: int = 0) -> tuple:
+    """Inputs of the `ablate::selective_scan` op. walks=False: contiguous, one input per group, the
+    identity order. walks=True: the 2-D mixer's layout: one u shared by the G groups, each walking
+    its own random permutation, delta a transposed view, Bm and Cm column slices of one tensor."""
+    g = torch.Generator().manual_seed(seed)
+    A = (-torch.rand(G, H, N, generator=g)).requires_grad_()
+    D = torch.randn(G, H, generator=g).requires_grad_()
+    if not walks:
+        return (torch.randn(Bt, G, H, L, generator=g).requires_grad_(),
+                (torch.rand(Bt, G, H, L, generator=g) + 0.1).requires_grad_(), A,
+                torch.randn(Bt, G, L, N, generator=g).requires_grad_(),
+                torch.randn(Bt, G, L, N, generator=g).requires_grad_(), D, None)
+    u = torch.randn(Bt, 1, H, L, generator=g).requires_grad_()
+    delta_lh = (torch.rand(Bt, G, L, H, generator=g) + 0.1).requires_grad_()
+    bc = torch.randn(Bt, G, L, 3 * N, generator=g).requires_grad_()
+    order = torch.stack([torch.randperm(L, generator=g) for _ in range(G)]).int()
+    return u, delta_lh.transpose(-1, -2), A, bc[..., :N], bc[..., 2 * N:], D, order
+
+
+@pytest.mark.parametrize('walks', [False, True])
 @pytest.mark.parametrize('length,d_state', [(5, 4), (70, 16)])  # 70: two backward chunks of the kernel
-def test_custom_op_registration_is_consistent(backend, length, d_state):
-    Bt, G, H = 2, 2, 3
-    g = torch.Generator().manual_seed(0)
-    args = (torch.randn(Bt, G, H, length, generator=g).requires_grad_(),
-            (torch.rand(Bt, G, H, length, generator=g) + 0.1).requires_grad_(),
-            (-torch.rand(G, H, d_state, generator=g)).requires_grad_(),
-            torch.randn(Bt, G, d_state, length, generator=g).requires_grad_(),
-            torch.randn(Bt, G, d_state, length, generator=g).requires_grad_())
-    torch.library.opcheck(ssm_mod._scan, args)
+def test_custom_op_registration_is_consistent(backend, length, d_state, walks):
+    torch.library.opcheck(ssm_mod._scan, op_inputs(2, 2, 3, length, d_state, walks))
 
 
-def test_backends_agree_on_the_mixer(monkeypatch):
+def test_walks_equal_the_reference_on_gathered_sequences(backend):
+    """Group g walking order[g] over a shared u equals the reference scan of the gathered sequence,
+    its outputs put back at their positions and summed over the groups; gradients included."""
+    u, delta, A, Bm, Cm, D, order = op_inputs(2, 3, 5, 37, 16, walks=True, seed=1)
+    leaves = (u, delta, A, Bm, Cm, D)
+    y, last, _ = ssm_mod._scan(u, delta, A, Bm, Cm, D, order)
+    want, want_last = 0, []
+    for k in range(order.shape[0]):
+        idx = order[k].long()
+        yk, hk = reference_scan(u[:, 0, :, idx], delta[:, k][..., idx], A[k], Bm[:, k, idx].transpose(-1, -2),
+                                Cm[:, k, idx].transpose(-1, -2), D[k], return_last_state=True)
+        want = want + torch.zeros_like(yk).index_copy(-1, idx, yk)
+        want_last.append(hk)
+    assert_rel_close(y[:, 0], want, rtol=1e-5)
+    assert_rel_close(last, torch.stack(want_last, 1), rtol=1e-5)
+    got = torch.autograd.grad((y * y).sum() + last.sum(), leaves)
+    ref = torch.autograd.grad((want * want).sum() + sum(h.sum() for h in want_last), leaves)
+    for a, b in zip(got, ref):
+        assert_rel_close(a, b, rtol=1e-5)
+
+
+@pytest.mark.parametrize('scan', ['cross', 'bidirectional', 'raster'])
+def test_backends_agree_on_the_mixer(monkeypatch, scan):
+    """The compiled kernel's walks over one map (cpp) against the direction copies (torch): values and
+    the grads of the input and of every parameter."""
     torch.manual_seed(0)
-    m = SelectiveSSM2d(24, scan='cross')
+    m = SelectiveSSM2d(24, scan=scan)
     x = torch.randn(2, 24, 7, 9, requires_grad=True)
     results = {}
     for name in ('cpp', 'torch'):
         monkeypatch.setenv('ABLATE_SCAN_BACKEND', name)
         out = m(x)
-        results[name] = (out, *torch.autograd.grad((out * out).sum(), [x, m.A_log, m.x_proj_weight]))
+        results[name] = (out, *torch.autograd.grad((out * out).sum(), [x, *m.parameters()]))
     for got, want in zip(results['cpp'], results['torch']):
         assert_rel_close(got, want.double(), rtol=1e-5)
 

@@ -249,69 +249,101 @@ def _torch_scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
 # jit tracing (fvcore) records one opaque `ablate::selective_scan` node instead of thousands of
 # loop steps, and the fake (meta) kernel gives shapes without computing. Its CPU/CUDA body runs
 # the compiled kernel (csrc/selective_scan.cpp) or the chunked PyTorch scan, see scan_backend().
-@torch.library.custom_op('ablate::selective_scan', mutates_args=())
-def _scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor,
-          Cm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """u, delta: (Bt, G, H, L) fp32; A: (G, H, N); Bm, Cm: (Bt, G, N, L).
+#
+# One op serves the 1-D scan and the 2-D mixer's directions: group g walks the positions
+# order[g] (a permutation of 0..L-1; None: 0, 1, ..., L-1) of input group g % Gu, so the mixer
+# passes its token map and the directions' orders instead of K flipped copies; with Gu < G
+# several groups walk one input and their outputs are summed, as the mixer's directions are.
+def _walked(x: torch.Tensor, order: torch.Tensor | None, groups: int) -> torch.Tensor:
+    """(Bt, Gu, rows, L) position-indexed, Gu dividing groups -> (Bt, groups, rows, L): step t of
+    group g at x[:, g % Gu, :, order[g, t]]."""
+    if x.shape[1] != groups:
+        x = x.repeat(1, groups // x.shape[1], 1, 1)
+    return x if order is None else x.gather(-1, order.long()[None, :, None].expand(x.shape))
 
-    Returns y = sum_n C_t h_t (Bt, G, H, L), the last state (Bt, G, H, N), and what backward
-    starts from besides the inputs: the compiled kernel's states before each of its chunks
-    (Bt, G, H, ceil(L / chunk), N), or an empty tensor from the torch path, whose backward
-    recomputes all. D, z, delta_bias and softplus are plain autograd ops around this.
+
+def _placed(x: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+    """The inverse of _walked: (Bt, G, rows, L) in step order -> position-indexed."""
+    return x if order is None else x.gather(-1, order.long().argsort(-1)[None, :, None].expand(x.shape))
+
+
+def _summed_to(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(Bt, G, ...) -> (Bt, groups, ...): the walks of each input group (g % groups) summed."""
+    return x.unflatten(1, (-1, groups)).sum(1) if groups < x.shape[1] else x
+
+
+@torch.library.custom_op('ablate::selective_scan', mutates_args=())
+def _scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
+          D: torch.Tensor, order: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """u: (Bt, Gu, H, L) fp32, group g reading u group g % Gu; delta: (Bt, G, H, L)
+    (dense, any stride order); A: (G, H, N); Bm, Cm: (Bt, G, L, N), unit stride over N;
+    D: (G, H); order: (G, L) int32 or None.
+
+    Returns y = sum_n C_t h_t + D u_t at each position (Bt, Gu, H, L, summed over the groups when
+    shared), the last state (Bt, G, H, N), and what backward starts from besides the inputs: the
+    compiled kernel's states before each of its chunks (Bt, G, H, ceil(L / chunk), N), or an empty
+    tensor from the torch path, whose backward recomputes all.
     """
+    G, L = delta.shape[1], delta.shape[-1]
     if _cpu_backend(u.device) == 'cpp':
-        # the kernel reads the N states of a step as one vector: B, C time-major per group
-        # (free for SelectiveSSM2d, whose B and C are transposes of (Bt, G, L, N) tensors)
-        return _compiled()[0].fwd(u, delta, A, Bm.transpose(-1, -2).contiguous(), Cm.transpose(-1, -2).contiguous())
-    length = u.shape[-1]
-    T = _chunk_len(length)
-    y, last = _torch_scan(*(_to_time_major(t, T) for t in (u, delta)), A, *(_to_time_major(t, T) for t in (Bm, Cm)))
-    return _from_time_major(y, length).contiguous(), last, u.new_empty(0)
+        if order is None:
+            order = torch.arange(L, dtype=torch.int32).expand(G, L).contiguous()
+        return _compiled()[0].fwd(u, delta, A, Bm, Cm, D, order)
+    T = _chunk_len(L)
+    walked = [_walked(t, order, G) for t in (u, delta, Bm.transpose(-1, -2), Cm.transpose(-1, -2))]
+    y, last = _torch_scan(*(_to_time_major(t, T) for t in walked[:2]), A,
+                          *(_to_time_major(t, T) for t in walked[2:]))
+    y = _placed(_from_time_major(y, L), order) + D[..., None] * u
+    return _summed_to(y, u.shape[1]).contiguous(), last, u.new_empty(0)
 
 
 @torch.library.custom_op('ablate::selective_scan_backward', mutates_args=())
 def _scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
-                   states: torch.Tensor, gy: torch.Tensor,
-                   glast: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                   torch.Tensor, torch.Tensor]:
-    """Grads of u, delta, A, Bm, Cm (layout of _scan) given those of y and of the last state;
-    states: _scan's third output."""
+                   D: torch.Tensor, order: torch.Tensor | None, states: torch.Tensor, gy: torch.Tensor,
+                   glast: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                 torch.Tensor, torch.Tensor]:
+    """Grads of u, delta, A, Bm, Cm, D (layouts of _scan; ddelta has delta's strides) given those of
+    y and of the last state; states: _scan's third output."""
+    G, L = delta.shape[1], delta.shape[-1]
     if _cpu_backend(u.device) == 'cpp':
-        du, ddelta, dA, dB, dC = _compiled()[0].bwd(u, delta, A, Bm.transpose(-1, -2).contiguous(),
-                                                    Cm.transpose(-1, -2).contiguous(), states, gy, glast)
-        return du, ddelta, dA, dB.transpose(-1, -2).contiguous(), dC.transpose(-1, -2).contiguous()
-    length = u.shape[-1]
-    T = _chunk_len(length)
-    grads = _torch_scan_backward(*(_to_time_major(t, T) for t in (u, delta)), A,
-                                 *(_to_time_major(t, T) for t in (Bm, Cm, gy)), glast)
-    du, ddelta, dA, dB, dC = grads
-    return (*(_from_time_major(t, length).contiguous() for t in (du, ddelta)), dA,
-            *(_from_time_major(t, length).contiguous() for t in (dB, dC)))
+        if order is None:
+            order = torch.arange(L, dtype=torch.int32).expand(G, L).contiguous()
+        return _compiled()[0].bwd(u, delta, A, Bm, Cm, D, order, states, gy, glast)
+    T = _chunk_len(L)
+    walked = [_walked(t, order, G) for t in (u, delta, Bm.transpose(-1, -2), Cm.transpose(-1, -2), gy)]
+    du, dd, dA, dB, dC = _torch_scan_backward(*(_to_time_major(t, T) for t in walked[:2]), A,
+                                              *(_to_time_major(t, T) for t in walked[2:]), glast)
+    du, dd, dB, dC = (_placed(_from_time_major(t, L), order) for t in (du, dd, dB, dC))
+    gy_g = _walked(gy, None, G)
+    du = _summed_to(du + gy_g * D[..., None], u.shape[1]).contiguous()
+    dD = (gy_g * _walked(u, None, G)).sum((0, 3))
+    return (du, torch.empty_like(delta).copy_(dd), dA, dB.transpose(-1, -2).contiguous(),
+            dC.transpose(-1, -2).contiguous(), dD)
 
 
 @_scan.register_fake
-def _(u, delta, A, Bm, Cm):
-    Bt, G, H, L = u.shape
+def _(u, delta, A, Bm, Cm, D, order):
+    Bt, G, H, L = delta.shape
     N = A.shape[-1]
     states = (u.new_empty(Bt, G, H, -(-L // _compiled()[0].chunk()), N) if _cpu_backend(u.device) == 'cpp'
               else u.new_empty(0))
-    return torch.empty_like(u), u.new_empty(Bt, G, H, N), states
+    return u.new_empty(u.shape), u.new_empty(Bt, G, H, N), states
 
 
 @_scan_backward.register_fake
-def _(u, delta, A, Bm, Cm, states, gy, glast):
-    return tuple(torch.empty_like(t) for t in (u, delta, A, Bm, Cm))
+def _(u, delta, A, Bm, Cm, D, order, states, gy, glast):
+    return (u.new_empty(u.shape), torch.empty_like(delta), *(t.new_empty(t.shape) for t in (A, Bm, Cm, D)))
 
 
 def _scan_setup(ctx, inputs, output) -> None:
-    ctx.save_for_backward(*inputs, output[2])
+    ctx.save_for_backward(*inputs, output[2])  # order may be None
 
 
 def _scan_grad(ctx, gy, glast, gstates):
-    u, A = ctx.saved_tensors[0], ctx.saved_tensors[2]
+    u, delta, A, Bm, Cm, D, order, states = ctx.saved_tensors
     gy = torch.zeros_like(u) if gy is None else gy
-    glast = u.new_zeros(u.shape[:3] + (A.shape[-1],)) if glast is None else glast
-    return _scan_backward(*ctx.saved_tensors, gy.contiguous(), glast.contiguous())
+    glast = delta.new_zeros(delta.shape[:3] + (A.shape[-1],)) if glast is None else glast
+    return (*_scan_backward(u, delta, A, Bm, Cm, D, order, states, gy.contiguous(), glast.contiguous()), None)
 
 
 _scan.register_autograd(_scan_grad, setup_context=_scan_setup)
@@ -474,11 +506,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         # B and C share one group structure inside the kernel; a 3-D or coarser one is expanded
         # to the finer group count (cheap: these are (batch, G, N, L), not per channel).
         G = max(groups)
+        Dg = D.float() if D is not None else u.new_zeros(dim)
         y, last, _ = _scan(u.unflatten(1, (G, -1)).contiguous(), delta.unflatten(1, (G, -1)).contiguous(),
-                        A.unflatten(0, (G, -1)).contiguous(), _groups(B.float(), G), _groups(C.float(), G))
+                           A.unflatten(0, (G, -1)).contiguous(), _groups(B.float(), G), _groups(C.float(), G),
+                           Dg.unflatten(0, (G, -1)).contiguous(), None)
         out = y.flatten(1, 2)
-        if D is not None:
-            out = out + u * D.float()[:, None]
         if z is not None:
             out = out * F.silu(z.float())
     out = out.to(dtype_in)
@@ -486,10 +518,12 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
 
 def _groups(m: torch.Tensor, groups: int) -> torch.Tensor:
-    """(b, N, L) or (b, g, N, L) -> (b, groups, N, L); each of the g groups repeats groups/g times."""
+    """(b, N, L) or (b, g, N, L) -> (b, groups, L, N) contiguous, the kernel's layout (the N states
+    of a step together); each of the g groups repeats groups/g times."""
     if m.dim() == 3:
         m = m.unsqueeze(1)
-    return m.repeat_interleave(groups // m.shape[1], dim=1) if m.shape[1] != groups else m
+    m = m.repeat_interleave(groups // m.shape[1], dim=1) if m.shape[1] != groups else m
+    return m.transpose(-1, -2).contiguous()
 
 
 # --------------------------------------------------------------------------- 2-D token mixer
@@ -518,6 +552,14 @@ def _from_sequences(y: torch.Tensor, size: tuple[int, int], scan: str) -> torch.
         cols = y[:, 1] + y[:, 3].flip(-1)
         rows = rows + cols.unflatten(-1, (W, H)).transpose(-1, -2).flatten(-2)
     return rows.unflatten(-1, (H, W))
+
+
+@functools.lru_cache(maxsize=64)
+def _walk_orders(directions: int, maps: int, length: int) -> torch.Tensor:
+    """(directions, length) int32: direction k walks its map (k % maps) forwards when k < maps, else
+    backwards; with maps = the row-major and column-major token maps this is _to_sequences' order."""
+    forward = torch.arange(length, dtype=torch.int32)
+    return torch.stack([forward if k < maps else forward.flip(0) for k in range(directions)])
 
 
 # a leaf of torch.fx traces (timm's feature extraction): its scan takes Python ints from shapes
@@ -578,6 +620,8 @@ class SelectiveSSM2d(nn.Module):
         self.D.fill_(1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if scan_backend(x.device) == 'cpp' and not _SKIPPING:
+            return self._forward_walks(x)
         size = x.shape[-2:]
         N, R = self.d_state, self.dt_rank
         xs = _to_sequences(x, self.scan)  # (B, K, C, L)
@@ -596,6 +640,33 @@ class SelectiveSSM2d(nn.Module):
             delta_softplus=True,
         )
         return _from_sequences(y.unflatten(1, (-1, self.dim)), size, self.scan)
+
+    def _forward_walks(self, x: torch.Tensor) -> torch.Tensor:
+        """forward() by the compiled kernel walking the token maps in place: direction k reads map
+        k % M forwards or backwards (M = 2 maps for cross: row- and column-major; else 1), so the
+        K directions need M copies instead of K, and no merge. Same values as forward()."""
+        Bt, C, H, W = x.shape
+        K, N, R = scan_directions(self.scan), self.d_state, self.dt_rank
+        for calls in _RECORDERS:
+            calls.append(ScanCall(Bt, K * C, H * W, N, True, False))
+        maps = [x.flatten(2)] + ([x.transpose(2, 3).flatten(2)] if self.scan == 'cross' else [])
+        M = len(maps)
+        tokens = torch.stack(maps, 1)  # (B, M, C, L)
+        # projections of direction k = i*M + j from map j: (B, 1, M, L, C) @ (K/M, M, C, R+2N)
+        x_dbl = torch.matmul(tokens.transpose(-1, -2).unsqueeze(1),
+                             self.x_proj_weight.unflatten(0, (-1, M)).transpose(-1, -2)).flatten(1, 2)
+        dt, Bs, Cs = x_dbl.split((R, N, N), dim=-1)  # (B, K, L, .) views; B, C stay in this layout
+        dt = torch.matmul(self.dt_proj_weight, dt.transpose(-1, -2))  # (B, K, C, L)
+        no_autocast = (torch.autocast(x.device.type, enabled=False)
+                       if torch.amp.is_autocast_available(x.device.type) else contextlib.nullcontext())
+        with no_autocast:  # the scan runs in fp32
+            delta = F.softplus(dt.float() + self.dt_proj_bias.float().view(K, C, 1))
+            y, _, _ = _scan(tokens.float(), delta, -torch.exp(self.A_log.float()).view(K, C, N), Bs.float(),
+                            Cs.float(), self.D.float().view(K, C), _walk_orders(K, M, H * W))
+        out = y[:, 0].unflatten(-1, (H, W))
+        if M == 2:
+            out = out + y[:, 1].unflatten(-1, (W, H)).transpose(-1, -2)
+        return (out / 2 if self.scan == 'bidirectional' else out).to(x.dtype)  # cross sums its directions
 
     def extra_repr(self) -> str:
         return f'dim={self.dim}, d_state={self.d_state}, dt_rank={self.dt_rank}, scan={self.scan!r}'
