@@ -45,7 +45,7 @@ def train_step(model: torch.nn.Module, batch: int, size: int) -> Callable[[], No
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--quick', action='store_true', help='pico batch 4 at 64x64 only')
-    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--repeats', type=int, default=5)
     args = parser.parse_args(argv)
     cases = [('pico', 4, 64)] if args.quick else [('pico', 32, 208), ('femto', 4, 224)]
     print(f'scan backend: {scan_backend()}, {torch.get_num_threads()} threads, best of {args.repeats}')

@@ -23,6 +23,10 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace {
 
 constexpr int64_t kChunk = 32;  // steps recomputed per backward chunk: 2 x 32 x kRows x N floats stay in L1
@@ -89,6 +93,48 @@ template <typename V> static inline V fast_exp(V x) {
   return p * scale;
 }
 
+#if defined(__AVX512F__)
+// AVX-512: the same reduction and polynomial, with the scaling by 2^n done by vscalefps, which also
+// gives 0 and inf past the float range: no clamps and no integer exponent arithmetic (5 fewer ops).
+template <> inline Vec16 fast_exp<Vec16>(Vec16 x) {
+  const Vec16 fx = reinterpret_cast<Vec16>(_mm512_roundscale_ps(reinterpret_cast<__m512>(x * 1.44269504088896341f),
+                                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  x = x - fx * 0.693359375f + fx * 2.12194440e-4f;
+  Vec16 p = splat<Vec16>(1.9875691500e-4f);
+  p = p * x + 1.3981999507e-3f;
+  p = p * x + 8.3334519073e-3f;
+  p = p * x + 4.1665795894e-2f;
+  p = p * x + 1.6666665459e-1f;
+  p = p * x + 5.0000001201e-1f;
+  p = p * x * x + x + 1.0f;
+  return reinterpret_cast<Vec16>(_mm512_scalef_ps(reinterpret_cast<__m512>(p), reinterpret_cast<__m512>(fx)));
+}
+#endif
+
+// out[r] = the sum of the lanes of v[r], for R rows at once.
+template <typename V, int R> static inline void row_sums(const V* v, float* out) {
+  for (int r = 0; r < R; ++r) out[r] = Lanes<V>::sum(v[r]);
+}
+#if defined(__AVX512F__)
+// 4 rows of 16 lanes share their shuffles: 6 shuffles and 6 adds for the 4 sums instead of 4 x 7.
+template <> inline void row_sums<Vec16, 4>(const Vec16* v, float* out) {
+  const __m512 a = reinterpret_cast<__m512>(v[0]), b = reinterpret_cast<__m512>(v[1]);
+  const __m512 c = reinterpret_cast<__m512>(v[2]), d = reinterpret_cast<__m512>(v[3]);
+  // 128-bit quarters: ab = (a0+a2, a1+a3, b0+b2, b1+b3), cd likewise
+  const __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                                  _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, _MM_SHUFFLE(1, 0, 1, 0)),
+                                  _mm512_shuffle_f32x4(c, d, _MM_SHUFFLE(3, 2, 3, 2)));
+  // quarter r: the 4 partial sums of row r; then sum within each quarter
+  __m512 q = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, _MM_SHUFFLE(2, 0, 2, 0)),
+                           _mm512_shuffle_f32x4(ab, cd, _MM_SHUFFLE(3, 1, 3, 1)));
+  q = _mm512_add_ps(q, _mm512_permute_ps(q, _MM_SHUFFLE(1, 0, 3, 2)));
+  q = _mm512_add_ps(q, _mm512_permute_ps(q, _MM_SHUFFLE(2, 3, 0, 1)));
+  const Vec16 sums = reinterpret_cast<Vec16>(q);
+  for (int r = 0; r < 4; ++r) out[r] = sums[4 * r];
+}
+#endif
+
 // Where R channels of one (batch, group) read their inputs: channel r, position p of u at
 // u[r * u_h + p * u_l] (delta likewise), B and C of position p at Bm[p * bc_l], A and D rows at r*N, r.
 struct Walk {
@@ -130,9 +176,11 @@ void forward_rows(const Walk& w, float* __restrict__ y, bool accumulate, float* 
         acc[r] += c * hk;
       }
     }
+    float sums[R];
+    row_sums<V, R>(acc, sums);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const float out = Lanes<V>::sum(acc[r]) + w.D[r] * up[r];
+      const float out = sums[r] + w.D[r] * up[r];
       y[r * L + p] = accumulate ? y[r * L + p] + out : out;
     }
   }
@@ -213,12 +261,15 @@ void backward_rows(const Walk& w, const float* __restrict__ states, const float*
         store(dCp + k, load<V>(dCp + k) + dck);
         store(dBp + k, load<V>(dBp + k) + dbk);
       }
+      float sgbs[R], sgas[R];
+      row_sums<V, R>(gb, sgbs);
+      row_sums<V, R>(ga, sgas);
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
-        const float sgb = Lanes<V>::sum(gb[r]);
+        const float sgb = sgbs[r];
         const float g_u = sgb * dt[r] + gyt[r] * w.D[r];
         du[r * L + p] = accumulate ? du[r * L + p] + g_u : g_u;
-        ddl[r * w.dl_h + p * w.dl_l] = sgb * ut[r] + Lanes<V>::sum(ga[r]);
+        ddl[r * w.dl_h + p * w.dl_l] = sgb * ut[r] + sgas[r];
       }
     }
   }
