@@ -20,11 +20,9 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# Two legs into one named sweep (see experiments/demo.yaml); the report is rewritten after each.
+# One sweep, a union of two grids (see experiments/demo.yaml), then its report.
 demo: $(STAMP)
-	$(PY) run.py -m +experiment=demo task=shapes
-	$(PY) run.py -m +experiment=demo task=pathfinder 'task.image_size=[64,64],[208,208]' \
-	  task.train_size=1000 task.val_size=200 trainer.epochs=1 task.distractors=0 task.curve_length=0.5
+	$(PY) run.py -m +experiment=demo
 	@echo "demo: records under results/runs/, report at reports/demo/report.md"
 
 # The published small-scale study (experiments/cpu_study.yaml, ~75 min on 2 cores): report at reports/cpu_study/.

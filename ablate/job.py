@@ -124,6 +124,32 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
         return record
 
 
+def record_death(cfg: DictConfig, overrides: list[str], error: BaseException) -> dict[str, Any]:
+    """The failed record of a cell whose job process ended without writing one (killed by a signal
+    or the OOM killer, a Slurm job cancelled or lost), written by the sweep's driver: `error` says how
+    it ended. A completed record, or one the job wrote itself, is kept and returned."""
+    try:
+        validate(cfg)
+        valid = True
+    except ConfigError:
+        valid = False
+    config, run_id = cell.resolve(cfg, scale_lr=valid)
+    overrides, config = secrets.redact_tree(list(overrides)), secrets.redact_tree(config)
+    run_dir = Path(cfg.paths.results) / "runs" / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(run_dir):  # a dead process holds no lock; a live one of the same cell is waited for
+        previous = _read_previous(run_dir / "result.json")
+        if previous is not None:  # the job wrote its record (it died on the way out) or the cell is done
+            return previous
+        record = _new_record(config, overrides, run_id)
+        record["error"] = _error(error)
+        record["curve"] = Curve.read(run_dir).summary()
+        record["env"]["finished_at"] = _now()
+        records.write_json_atomic(run_dir / "result.json", record)
+    log.error("cell %s failed: %s: %s", run_id, record["error"]["type"], record["error"]["message"])
+    return record
+
+
 def _new_record(config: dict, overrides: list[str], run_id: str) -> dict[str, Any]:
     return records.new_record(config, overrides, run_id, model_keys=_recorded_model_keys(config), env=_environment(),
                               curve=Curve().summary())

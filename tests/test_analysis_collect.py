@@ -21,7 +21,7 @@ def test_a_sweep_becomes_one_row_per_record_with_factors_and_costs(tmp_path: Pat
     assert {"model.ssm", "seed", "task", "task.image_size", "cost.macs", "cost.seq_len", "metrics.top1"} <= set(runs)
     assert sorted(runs["value"]) == [80.0, 80.5, 81.0, 81.5]
     assert collection.sweeps[0].jobs == 4
-    assert collection.sweeps[0].command == "python run.py -m model.ssm=true,false"
+    assert collection.sweeps[0].commands == ("python run.py -m model.ssm=true,false",)
 
 
 def test_pairs_match_on_every_other_factor_and_seed(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 # Cells of the last multirun's sweep that failed or left no record (None before any multirun ended).
 _UNFINISHED: int | None = None
@@ -49,6 +49,20 @@ class ReportCallback(Callback):
     def __init__(self, out_dir: str | None = None, hypotheses_dir: str | None = None) -> None:
         self.out_dir = Path(out_dir) if out_dir else None
         self.hypotheses_dir = Path(hypotheses_dir) if hypotheses_dir else None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Add this leg's command to the sweep folder's legs file (the report lists every leg)."""
+        import datetime as dt
+
+        from ablate import secrets
+        from ablate.analysis.collect import command_line, record_leg
+
+        try:
+            hydra = OmegaConf.to_container(config.hydra, resolve=False)
+            record_leg(Path(str(config.hydra.sweep.dir)), secrets.redact(command_line(hydra)),
+                       dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        except Exception as exc:  # noqa: BLE001 - the sweep runs without it; the report shows multirun.yaml's
+            print(f"ablate: this leg's command was not recorded: {type(exc).__name__}: {exc}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         global _UNFINISHED

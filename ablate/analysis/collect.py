@@ -24,6 +24,9 @@ from ablate import records
 
 RESULT_FILE = "result.json"
 CELL_FILE = "cell.json"
+# One line per multirun (leg) run into a sweep folder: {"command", "started_at"}; Hydra's multirun.yaml
+# keeps only the last leg's.
+LEGS_FILE = "legs.jsonl"
 # Factors shown in every cell label, whether or not they vary (the rest are shown when they vary).
 LABEL_FACTORS = ("task", "model.name", "task.image_size")
 COMPLETED = records.Status.COMPLETED
@@ -49,7 +52,7 @@ class SweepInfo:
     name: str
     path: Path
     jobs: int  # job folders (with a cell.json or a .hydra/ folder)
-    command: str | None  # reconstructed from multirun.yaml, when present
+    commands: tuple[str, ...]  # the multirun command of each leg run into this folder, oldest first
 
 
 @dataclass
@@ -125,7 +128,7 @@ def _read_sweep(sweep_dir: Path, problems: list[tuple[str, str, str]]) -> tuple[
             jobs += 1
             problem = f"no {CELL_FILE}: the job stopped before its cell started ({' '.join(_job_overrides(job_dir))})"
             problems.append((shown_path(job_dir), MISSING_RECORD, problem))
-    return SweepInfo(sweep_dir.name, sweep_dir, jobs, _command(sweep_dir)), found
+    return SweepInfo(sweep_dir.name, sweep_dir, jobs, _commands(sweep_dir)), found
 
 
 def _job_overrides(job_dir: Path) -> list[str]:
@@ -136,18 +139,39 @@ def _job_overrides(job_dir: Path) -> list[str]:
         return []
 
 
-def _command(sweep_dir: Path) -> str | None:
-    """The multirun command line, from the multirun.yaml Hydra writes into the sweep folder."""
+def command_line(hydra: Mapping[str, Any]) -> str:
+    """`python run.py -m OVERRIDES` from a multirun's hydra config: its Hydra overrides (e.g.
+    hydra/launcher=local; not hydra.mode, which -m sets), then its task overrides."""
+    given = hydra.get("overrides") or {}
+    overrides = [o for o in given.get("hydra") or [] if not str(o).startswith("hydra.mode=")] + list(given.get("task") or [])
+    job = (hydra.get("job") or {}).get("name") or "run"
+    return " ".join([f"python {job}.py -m", *map(str, overrides)])
+
+
+def record_leg(sweep_dir: Path, command: str, started_at: str) -> None:
+    """Append one multirun's command (already redacted) to the sweep folder's legs file."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with open(sweep_dir / LEGS_FILE, "a") as handle:  # one short write per leg: lines never interleave
+        handle.write(json.dumps({"command": command, "started_at": started_at}) + "\n")
+
+
+def _commands(sweep_dir: Path) -> tuple[str, ...]:
+    """Every leg's command from the legs file, else the one in Hydra's multirun.yaml (a sweep run
+    before legs were recorded), else none."""
+    legs = sweep_dir / LEGS_FILE
+    if legs.exists():
+        try:
+            return tuple(json.loads(line)["command"] for line in legs.read_text().splitlines() if line.strip())
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return (f"(unreadable {LEGS_FILE}: {type(exc).__name__}: {exc})",)
     path = sweep_dir / "multirun.yaml"
     if not path.exists():
-        return None
+        return ()
     try:
         hydra = (yaml.safe_load(path.read_text()) or {}).get("hydra", {})
     except (OSError, yaml.YAMLError) as exc:
-        return f"(unreadable {path.name}: {' '.join(str(exc).split())})"
-    overrides = (hydra.get("overrides") or {}).get("task") or []
-    job = (hydra.get("job") or {}).get("name") or "run"
-    return " ".join([f"python {job}.py -m", *map(str, overrides)])
+        return (f"(unreadable {path.name}: {' '.join(str(exc).split())})",)
+    return (command_line(hydra),)
 
 
 def _load(sources: Iterable[Path], problems: list[tuple[str, str, str]]) -> list[tuple[Path, dict]]:

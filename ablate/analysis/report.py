@@ -285,7 +285,7 @@ def _what_was_run(collection: Collection, results_root: Path | None, hypotheses:
                   hypotheses_dir: Path | None) -> str:
     runs = collection.runs
     rows = [{"sweep": s.name, "folder": shown_path(s.path), "jobs": s.jobs,
-             "command": f"`{s.command}`" if s.command else "(no multirun.yaml)"} for s in collection.sweeps]
+             "command": "<br>".join(f"`{c}`" for c in s.commands) or "(no multirun.yaml)"} for s in collection.sweeps]
     if results_root is not None:
         rows.append({"sweep": "(every record)", "folder": shown_path(results_root), "jobs": "", "command": ""})
     sweeps = pd.DataFrame(rows, columns=["sweep", "folder", "jobs", "command"])

@@ -280,7 +280,7 @@ def _died(job: _Job, returncode: int) -> JobReturn:
         how = f"exited with code {returncode}"
     stderr = job.folder / STDERR_FILE
     tail = stderr.read_text(errors="replace").splitlines()[-20:] if stderr.exists() else []
-    message = f"job #{job.idx} ({' '.join(job.overrides)}) {how} without reporting a result; stderr: {stderr}"
+    message = f"job #{job.idx} {how} without reporting a result ({' '.join(job.overrides)}); stderr: {stderr}"
     if tail:
         message += "\n" + "\n".join(tail)
     return failed_return(job.overrides, JobProcessDied(message))
