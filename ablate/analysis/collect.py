@@ -338,10 +338,11 @@ def label_keys(runs: pd.DataFrame, keys: Sequence[str]) -> list[str]:
 
 def with_cells(runs: pd.DataFrame, keys: Sequence[str], key: str = "cell", label: str = "label") -> pd.DataFrame:
     """Add column `key` (a canonical key of the given factors) and `label` (its readable part)."""
-    shown = label_keys(runs, keys)
+    keys, shown = list(keys), label_keys(runs, keys)
+    rows = [dict(zip(keys, values)) for values in zip(*(runs[k].tolist() for k in keys))] if keys else [{}] * len(runs)
     return runs.assign(**{
-        key: [json.dumps([[k, row[k]] for k in keys], default=str) for _, row in runs.iterrows()],
-        label: [cell_label(row, shown) for _, row in runs.iterrows()],
+        key: [json.dumps([[k, row[k]] for k in keys], default=str) for row in rows],
+        label: [cell_label(row, shown) for row in rows],
     })
 
 
@@ -361,7 +362,7 @@ def with_factor(runs: pd.DataFrame, factor: str) -> pd.DataFrame:
         return runs
     keys = components(factor)
     if len(keys) > 1 and all(k in runs for k in keys):
-        joined = [COMPOUND.join(format_level(row[k]) for k in keys) for _, row in runs.iterrows()]
+        joined = [COMPOUND.join(map(format_level, levels)) for levels in zip(*(runs[k].tolist() for k in keys))]
         return runs.assign(**{factor: pd.Series(joined, index=runs.index, dtype=object)})
     return runs.assign(**{factor: None})
 
@@ -406,24 +407,21 @@ def _unpaired(
 ) -> pd.DataFrame:
     """Cells of `present` whose partner in the other arm is absent or did not complete."""
     have = set(zip(other["cell"], other["seed"]))
-    rows = []
-    for _, row in present.iterrows():
-        if (row["cell"], row["seed"]) in have:
-            continue
-        partner = runs[(runs["cell"] == row["cell"]) & (runs["seed"] == row["seed"]) & at_level(runs[factor], missing_level)]
-        status = "no record" if partner.empty else _status_text(partner.iloc[0])
-        rows.append({
-            "cell": row["cell"], "label": row["label"], "seed": row["seed"], "present": present_arm,
-            "missing": missing_arm, "missing_status": status,
-            "overrides": fill_overrides(row["overrides"], factor, missing_level),
-        })
+    partners = runs[at_level(runs[factor], missing_level)]
+    status: dict[tuple, str] = {}  # (cell, seed) -> the first partner record's status
+    for cell, seed, record_status in zip(partners["cell"], partners["seed"], partners["status"]):
+        status.setdefault((cell, seed), _status_text(record_status))
+    rows = [{
+        "cell": cell, "label": label, "seed": seed, "present": present_arm, "missing": missing_arm,
+        "missing_status": status.get((cell, seed), "no record"),
+        "overrides": fill_overrides(overrides, factor, missing_level),
+    } for cell, label, seed, overrides in zip(present["cell"], present["label"], present["seed"], present["overrides"])
+        if (cell, seed) not in have]
     return pd.DataFrame(rows, columns=["cell", "label", "seed", "present", "missing", "missing_status", "overrides"])
 
 
-def _status_text(record_row: Mapping[str, Any]) -> str:
-    if record_row["status"] == COMPLETED:
-        return "completed without the compared metric"
-    return str(record_row["status"])
+def _status_text(status: str) -> str:
+    return "completed without the compared metric" if status == COMPLETED else str(status)
 
 
 def fill_overrides(overrides: Sequence[str], factor: str, level: Any) -> str:
