@@ -12,7 +12,7 @@ import yaml
 from ablate import records
 from ablate.models import family_of
 
-STAGE3_WIDTH = {"femto": 192, "tiny": 384}  # tau = 6 x stage-3 width (PAPER.md §2)
+STAGE3_WIDTH = {"femto": 192, "tiny": 384}  # tau = 6 x stage-3 width (docs/study.md §2)
 RECORD_KEYS = [f"model.{key}" for key in family_of("femto").record_keys]  # what the job puts in every record
 
 

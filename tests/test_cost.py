@@ -10,7 +10,7 @@ from torch import nn
 from ablate.models import SCAN_ORDERS, VARIANTS, build_model, count_cost, seq_len, stage_grid, tau
 from ablate.models.summary import main as summary_main
 
-# PAPER.md section 4: params (M) and MACs (G) at 224x224, 1000 classes, no SSM
+# docs/study.md section 4: params (M) and MACs (G) at 224x224, 1000 classes, no SSM
 PAPER = {
     'femto': (7.30, 1.156),
     'kobe': (9.14, 1.515),

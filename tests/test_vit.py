@@ -8,7 +8,7 @@ from ablate.config import compose, validate
 from ablate.models import count_cost, family_of
 from ablate.models.vit import readout_causal_mask
 
-# timm name, params, MACs at 224: fvcore's count plus 2 * L^2 * D per block (L = 197), PAPER.md §7
+# timm name, params, MACs at 224: fvcore's count plus 2 * L^2 * D per block (L = 197), docs/study.md §7
 DEIT = {'deit_tiny': ('deit_tiny_patch16_224', 5_717_416, 1_079_579_328 + 12 * 2 * 197 ** 2 * 192),
         'deit_small': ('deit_small_patch16_224', 22_050_664, 4_250_674_560 + 12 * 2 * 197 ** 2 * 384)}
 
@@ -64,7 +64,7 @@ def test_the_family_is_one_config_file_and_validates_like_any_model():
     validate(cfg)
     assert dict(cfg.model) == {'name': 'deit_small', 'causal': True, 'drop_path_rate': None}
     family = family_of('deit_small')
-    assert family.tau('deit_small') == 2304 and family.seq_len((224, 224)) == 196  # PAPER.md §2
+    assert family.tau('deit_small') == 2304 and family.seq_len((224, 224)) == 196  # docs/study.md §2
     with pytest.raises(ValueError, match=r"model.name='pico' is not allowed: one of: deit_tiny, deit_small"):
         validate(compose(['model=deit', 'model.name=pico']))
     with pytest.raises(ValueError, match=r'task.image_size=\[30, 32\] is not allowed: \[H, W\], two integers >= 16, multiples of 16'):

@@ -518,7 +518,7 @@ def _cost_table(frame: pd.DataFrame, metric: str, names: dict[str, str]) -> pd.D
 
 def _sequence_section(tasks: Sequence[TaskView], drawn: dict) -> str:
     blocks = ["## Sequence length",
-              "Tokens L at stride 16 against τ = 6·D (D: stage-3 width); PAPER.md §2 calls a task long when L > τ. "
+              "Tokens L at stride 16 against τ = 6·D (D: stage-3 width); docs/study.md §2 calls a task long when L > τ. "
               "diff = treatment - control of the task's comparison (mean over paired seeds, 95% bootstrap CI); a "
               "crossover L* is where the treatment's mean advantage changes sign, interpolated linearly in log L "
               "between the two bracketing sizes; it is clear when the CIs at both of them exclude 0 (otherwise it "

@@ -100,7 +100,7 @@ def sequence_points(pairing: Pairing) -> pd.DataFrame:
 
 
 def regime(seq_len: float, tau: float) -> str:
-    """short (L < tau) | long (L > tau) | at τ; empty when tau is unknown (PAPER.md §2)."""
+    """short (L < tau) | long (L > tau) | at τ; empty when tau is unknown (docs/study.md §2)."""
     if tau is None or math.isnan(tau):
         return ""
     return "short" if seq_len < tau else "long" if seq_len > tau else "at τ"

@@ -1,5 +1,5 @@
 """DeiT-style ViTs (timm's VisionTransformer) with one switch, `causal`: a raster-order causal
-attention mask, the paper's second characteristic (PAPER.md §5: causal attention costs ViT-Ti 1.6
+attention mask, the paper's second characteristic (docs/study.md §5: causal attention costs ViT-Ti 1.6
 and ViT-S 0.9 ImageNet top-1 points).
 
 With causal=False this is timm's `deit_<size>_patch16_224` (same parameters, names and outputs;
@@ -96,7 +96,7 @@ FAMILY = register(Family(
     variants=tuple(VARIANTS),
     build=build_model,
     switches=(Switch('causal', labels=('fully visible', 'causal')),),
-    tau=lambda variant: 6 * VARIANTS[variant]['embed_dim'],  # PAPER.md §2: tau = 6 * D (2304 for ViT-S)
+    tau=lambda variant: 6 * VARIANTS[variant]['embed_dim'],  # docs/study.md §2: tau = 6 * D (2304 for ViT-S)
     seq_len=seq_len,
     record_keys=('causal',),
 ))

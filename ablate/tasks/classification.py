@@ -131,7 +131,7 @@ def _augment_policy(v: Any) -> bool:
 
 
 class ImageFolderClassification(SplitDatasetTask):
-    """Classification with the DeiT recipe's data pipeline (PAPER.md §6), top-1/top-5 evaluation."""
+    """Classification with the DeiT recipe's data pipeline (docs/study.md §6), top-1/top-5 evaluation."""
 
     def __init__(
         self,

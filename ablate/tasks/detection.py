@@ -7,7 +7,7 @@ GeneralizedRCNNTransform) on `BackboneWithFPN`. Evaluation: COCOeval box and mas
 
 Input size, i.e. the sequence-length axis. `image_size` = [H, W] is the nominal input: the size
 at which MACs are counted and from which the runner derives seq_len (ceil(H/16) * ceil(W/16); 800x1280 -> 4000
-tokens, PAPER.md §2). Images are resized as in the paper's recipe, scaled to H: shorter side H,
+tokens, docs/study.md §2). Images are resized as in the paper's recipe, scaled to H: shorter side H,
 longer side at most H*5//3 (800 -> 1333), then padded to a multiple of 32. So sweeping
 image_size=[400,640] / [800,1280] / [1024,1600] scales the whole recipe; W only enters the count.
 """
@@ -232,7 +232,7 @@ class MaskRCNNCounting(nn.Module):
 
 # -- the task ------------------------------------------------------------------------------------
 class CocoDetection(SplitDatasetTask):
-    """Mask R-CNN 1x on COCO 2017 (PAPER.md §6); primary metric box AP (percent)."""
+    """Mask R-CNN 1x on COCO 2017 (docs/study.md §6); primary metric box AP (percent)."""
 
     def __init__(
         self,

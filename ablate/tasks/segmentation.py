@@ -7,7 +7,7 @@ becomes the ignore index 255. `EmbeddedADE20K` first generates `ade20k-toy`
 original label resolution, single-scale and multi-scale + flip, through torchmetrics.
 
 Input size, i.e. the sequence-length axis. `image_size` = [H, W] (512x2048 in the paper: 4096
-tokens at stride 16, PAPER.md §2) is mmsegmentation's test scale: an image is resized, keeping its
+tokens at stride 16, docs/study.md §2) is mmsegmentation's test scale: an image is resized, keeping its
 aspect ratio, as large as fits shorter side <= min(H, W) and longer side <= max(H, W); that is the
 single-scale evaluation input, and MACs are counted at H x W. Training follows the recipe scaled
 the same way: random rescale of that size by a ratio in [0.5, 2.0], random min(H, W)-square crop
@@ -182,7 +182,7 @@ class ADE20KScenes(Dataset):
 
 # -- the task ------------------------------------------------------------------------------------
 class ADE20KSegmentation(SplitDatasetTask):
-    """UperNet 160k on ADE20K (PAPER.md §6); primary metric single-scale mIoU (percent)."""
+    """UperNet 160k on ADE20K (docs/study.md §6); primary metric single-scale mIoU (percent)."""
 
     def __init__(
         self,
