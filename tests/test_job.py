@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,9 @@ def test_tiny_job_writes_a_valid_record(tmp_path, tiny_args):
     assert record["env"]["torch"] and record["env"]["finished_at"] >= record["env"]["started_at"]
     run_dir = tmp_path / "results" / "runs" / record["run_id"]
     assert (run_dir / "checkpoint.pt").is_file() and "step 3/3" in (run_dir / "train.log").read_text()
+    # the last step's log line: this attempt's images/s (the record's train_throughput) and no time left
+    speed, eta = re.search(r" step 3/3 .* ([0-9.]+) img/s ETA (\S+)", (run_dir / "train.log").read_text()).groups()
+    assert abs(float(speed) - cost["train_throughput"]) <= 0.06 and eta == "0:00:00"
     curve = json.loads((run_dir / "curve.json").read_text())
     # 3 steps with log_every=10: one point, at the last step, the mean of the 3 losses; then the evaluation
     assert [point[0] for point in curve["train"]] == [3] and curve["eval"] == [[3, record["metrics"]]]
@@ -301,3 +305,9 @@ def test_wandb_server_that_accepts_but_never_answers_falls_back_offline_after_th
     wandb.teardown()
     assert tracker.run.settings.mode == "offline" and took < 60, took
     assert len(list((tmp_path / "wandb").glob("offline-run-*-0123456789abcdef-0"))) == 1
+
+
+def test_the_log_lines_eta_reads_hours_minutes_seconds():
+    from ablate.train.loop import _clock
+
+    assert [_clock(s) for s in (0, 59.6, 3661.4, 36000)] == ["0:00:00", "0:01:00", "1:01:01", "10:00:00"]

@@ -207,9 +207,13 @@ def fit(
                 lr = optimizer.param_groups[0]["lr"]
                 curve.train.append([step, sum(window) / len(window), lr])
                 window.clear()
-                log.info("step %d/%d epoch %d loss %.4f lr %.3g", step, total_steps, epoch, loss_value, lr)
+                speed = train_images / train_seconds  # this attempt's optimizer steps only (no eval, no saves)
+                eta = (total_steps - step) * train_seconds / (step - (resumed_from or 0))
+                log.info("step %d/%d epoch %d loss %.4f lr %.3g %.1f img/s ETA %s", step, total_steps, epoch,
+                         loss_value, lr, speed, _clock(eta))
                 if tracker is not None:
-                    tracker.log({"train/loss": loss_value, "train/lr": lr, "train/epoch": epoch}, step=step)
+                    tracker.log({"train/loss": loss_value, "train/lr": lr, "train/epoch": epoch,
+                                 "train/images_per_s": speed}, step=step)
             if step % cfg.checkpoint_every == 0 or preemption.requested():
                 save(step)
                 if preemption.requested():
@@ -240,6 +244,12 @@ def _evaluate(model, task, device, autocast, step, on_eval, tracker, curve: Curv
     if on_eval is not None:
         on_eval(step, metrics)
     return metrics
+
+
+def _clock(seconds: float) -> str:
+    """H:MM:SS (training time left: steps to go at this attempt's mean seconds per step)."""
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
 def _progress(cfg: Any, total: int, initial: int):
