@@ -89,6 +89,9 @@ def test_a_complete_sweep_exits_0_and_a_cell_without_a_record_counts_as_unfinish
     sweep = tmp_path / "results" / "sweeps" / "whole"
     (sweep / "9" / ".hydra").mkdir(parents=True)  # a job that died before its cell started
     assert sweep_outcome(sweep) == ("sweep whole: 2 of 3 cells completed, 1 without a record", 1)
+    # a second sweep sharing seed 1: that cell is reused, and the closing line says so
+    proc = run_cli(["-m", *tiny_args, "seed=1,2", "sweep=again", f"paths.reports={tmp_path / 'elsewhere'}"], tmp_path)
+    assert "ablate: sweep again: 2 of 2 cells completed (1 reused from other sweeps)\n" in proc.stdout
 
 
 def test_keys_the_ssm_off_arm_does_not_use_make_no_second_cell(tmp_path, tiny_args):

@@ -28,7 +28,8 @@ def sweep_exit_code() -> int:
 
 
 def sweep_outcome(sweep_dir: Path) -> tuple[str, int]:
-    """("sweep NAME: 3 of 4 cells completed, 1 failed", cells failed or without a record)."""
+    """("sweep NAME: 3 of 4 cells completed (1 reused from other sweeps), 1 failed", cells failed or
+    without a record)."""
     from ablate.analysis.collect import MISSING_RECORD, UNREADABLE, collect
     from ablate.records import Status
 
@@ -39,7 +40,11 @@ def sweep_outcome(sweep_dir: Path) -> tuple[str, int]:
     parts = [f"{int(statuses.get(s, 0))} {s}" for s in (Status.FAILED, Status.DIVERGED, Status.PRUNED)
              if statuses.get(s, 0)]
     parts += [f"{missing} without a record"] if missing else []
+    runs = collection.runs
+    # a completed record of another sweep: the cell was reused, not trained, in this one
+    reused = int(((runs["status"] == Status.COMPLETED) & (runs["sweep"] != sweep_dir.name)).sum()) if len(runs) else 0
     line = f"sweep {sweep_dir.name}: {int(statuses.get(Status.COMPLETED, 0))} of {cells} cells completed"
+    line += f" ({reused} reused from other sweeps)" if reused else ""
     return line + (f", {', '.join(parts)}" if parts else ""), int(statuses.get(Status.FAILED, 0)) + missing
 
 
