@@ -102,6 +102,9 @@ class TrainerConfig:
     grad_clip: Optional[float] = field(default=None, metadata=above(0, optional=True))  # max global grad norm
     precision: str = field(default="auto", metadata=one_of(PRECISIONS))  # auto: bf16/fp16 on GPU, fp32 on CPU
     device: str = field(default="auto", metadata=rule(_device, "auto, cpu, cuda or cuda:N"))
+    # DDP ranks of one job (ablate/train/distributed.py): NCCL on GPUs, gloo on CPU. trainer.batch_size
+    # stays the global batch, split across the ranks, so a cell's results do not depend on it.
+    devices: int = field(default=1, metadata=at_least(1))
     num_workers: int = field(default=4, metadata=at_least(0))
     eval_every: int = field(default=0, metadata=at_least(0))  # epochs between evaluations; 0 = only at the end
     checkpoint_every: int = field(default=500, metadata=at_least(1))  # optimizer steps between checkpoints

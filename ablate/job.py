@@ -29,7 +29,7 @@ from typing import Any, Iterator, Mapping, Optional
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import ablate
 from ablate import cell, records, secrets, tracking
@@ -95,9 +95,14 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
             model = task.build_model(cfg.model)  # validates the variant and scan order
             model.to(resolve_device(cfg.trainer.device))  # count on the training device: the scan is slow on CPU
             record["cost"].update(task.cost(model), tau=family.tau(cfg.model.name), **family.cost_facts(model))
-            result = fit(model, task, cfg.trainer, run_dir, cfg.seed, on_eval=_pruning_hook(cfg, task.info.metric), tracker=tracker)
+            if cfg.trainer.devices > 1:
+                result, record["data"] = _fit_on_ranks(cfg, model, run_dir)
+            else:
+                result = fit(model, task, cfg.trainer, run_dir, cfg.seed, on_eval=_pruning_hook(cfg, task.info.metric),
+                             tracker=tracker)
+                record["data"] = task.data_summary()
             record["metrics"] = result.metrics
-            record["data"] = task.data_summary()
+            record["cost"]["world_size"] = cfg.trainer.devices
             record["cost"].update(_throughput(result, task), steps=result.steps, resumed_from_step=result.resumed_from_step)
             record["status"], failed = records.Status.COMPLETED, False
         except Diverged as exc:
@@ -122,6 +127,48 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
         elif record["status"] != records.Status.FAILED:  # diverged or pruned: their only line (a failure was logged above)
             log.info("cell %s %s: %s", run_id, record["status"], record["error"]["message"])
         return record
+
+
+def _fit_on_ranks(cfg: DictConfig, model: torch.nn.Module, run_dir: Path) -> tuple[Any, dict[str, int]]:
+    """fit() as cfg.trainer.devices DDP ranks (ablate/train/distributed.py), from this model's initial
+    weights; returns rank 0's FitResult and data summary. A rank that diverged or was pruned makes
+    the cell diverged or pruned, as in one process; any other failure of a rank raises RankFailed."""
+    from ablate.train.distributed import run_ranks
+
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    config = OmegaConf.to_container(cfg, resolve=True)  # resolved here: a rank must not resolve ${now} again
+    outcome, value = run_ranks(cfg.trainer.devices, _fit_rank, config, run_dir, state)
+    if outcome == "diverged":
+        raise Diverged(value)
+    if outcome == "pruned":
+        raise Pruned(value)
+    return value
+
+
+def _fit_rank(config: dict, run_dir: Path, state: dict) -> tuple[str, Any]:
+    """One rank of _fit_on_ranks: the task and model rebuilt from the job's config, the job's weights."""
+    from ablate.train.distributed import rank_and_world
+
+    cfg = OmegaConf.create(config)
+    rank, world = rank_and_world()
+    threads = int(os.environ.get("ABLATE_NUM_THREADS") or os.environ.get("SLURM_CPUS_PER_TASK") or os.cpu_count() or 1)
+    torch.set_num_threads(max(1, threads // world))  # the job's cores, shared by its ranks
+    with _log_to(run_dir / "train.log") if rank == 0 else contextlib.nullcontext():
+        if rank == 0:
+            logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+        task = instantiate(cfg.task)
+        task.prepare()
+        seed_everything(cfg.seed)
+        model = task.build_model(cfg.model)
+        model.load_state_dict(state)
+        try:
+            result = fit(model, task, cfg.trainer, run_dir, cfg.seed,
+                         on_eval=_pruning_hook(cfg, task.info.metric) if rank == 0 else None)
+        except Diverged as exc:
+            return "diverged", str(exc)
+        except Pruned as exc:
+            return "pruned", str(exc)
+        return "completed", (result, task.data_summary())
 
 
 def record_death(cfg: DictConfig, overrides: list[str], error: BaseException) -> dict[str, Any]:

@@ -74,13 +74,13 @@ RECORD_KEYS = (
 # Config keys that do not change what a cell computes; excluded from the run_id hash.
 NON_SEMANTIC_KEYS = (
     "paths", "logger", "sweep", "rerun", "tuning",
-    "trainer.device", "trainer.num_workers", "trainer.progress", "trainer.log_every",
+    "trainer.device", "trainer.devices", "trainer.num_workers", "trainer.progress", "trainer.log_every",
     "trainer.checkpoint_every", "task.eval_workers", "task.data_root",
 )
 # Cost fields the analysis computes with: a number, or null where the schema allows it.
 NUMERIC_COST = (
     "params", "macs", "macs_ssm", "seq_len", "tau", "train_throughput", "eval_throughput", "peak_memory_mb",
-    "wall_seconds", "steps", "resumed_from_step",
+    "wall_seconds", "steps", "resumed_from_step", "world_size",
 )
 # Factors every record carries, whether or not they were swept (its model family adds its own keys).
 STANDARD_FACTORS = ("model.name", "task", "task.image_size", "seed")

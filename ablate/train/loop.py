@@ -28,6 +28,7 @@ from ablate.config import PRECISIONS, SCHEDULES
 from ablate.records import write_json_atomic
 from ablate.tasks.base import Task
 from ablate.train import checkpoint, preemption
+from ablate.train.distributed import from_rank0, mean_over_ranks, rank_and_world, shard
 
 log = logging.getLogger("ablate.train")
 EvalHook = Callable[[int, dict], None]  # on_eval(step, metrics); raises Pruned to stop early
@@ -135,13 +136,25 @@ def fit(
     on_eval: Optional[EvalHook] = None,
     tracker: Any = None,
 ) -> FitResult:
-    """Train `model` on `task` with trainer config `cfg`, resuming from run_dir/checkpoint.pt if present."""
+    """Train `model` on `task` with trainer config `cfg`, resuming from run_dir/checkpoint.pt if present.
+
+    Inside a process group (trainer.devices > 1, see ablate/train/distributed.py) every rank calls
+    this: each trains on its shard of every global batch under DDP; rank 0 alone evaluates and writes.
+    """
+    rank, world = rank_and_world()
+    if cfg.batch_size % world:
+        raise ValueError(f"trainer.batch_size={cfg.batch_size} is not divisible by trainer.devices={world}: "
+                         f"every rank takes an equal share of the global batch")
     device = resolve_device(cfg.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU
     amp_dtype = resolve_precision(cfg.precision, device)
     autocast = (
         (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
     )
     model.to(device).train()
+    train_model = (nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+                   if world > 1 else model)
     steps_per_epoch = task.steps_per_epoch(cfg.batch_size)
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     optimizer = create_optimizer_v2(
@@ -154,6 +167,8 @@ def fit(
     curve, window = Curve(), []  # window: losses since the last curve point
 
     def save(step: int) -> None:
+        if rank:  # every rank holds the same state (same seeds, same updates): rank 0 saves it
+            return
         checkpoint.save(ckpt_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "step": step, "rng": checkpoint.rng_state(),
@@ -165,7 +180,10 @@ def fit(
     state = checkpoint.load_for_resume(ckpt_path, map_location=device)
     if state is None:
         step, resumed_from = 0, None
-        seed_everything(seed + 1)  # after model init, so augmentation draws match across arms
+        # after model init, so augmentation draws match across arms. The same on every rank: each loads
+        # the whole global batch, so its augmentation draws are one process's (drop-path masks repeat
+        # across the shards of a batch)
+        seed_everything(seed + 1)
     else:
         for obj, key in ((model, "model"), (optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
             obj.load_state_dict(state[key])
@@ -173,22 +191,27 @@ def fit(
         step = resumed_from = state["step"]
         curve = Curve(**state.get("curve", {}))  # a checkpoint from before curves existed starts an empty one
         window = list(state.get("loss_window", []))  # so a resumed curve equals an uninterrupted one
-        log.info("resumed from %s at step %d/%d", ckpt_path, step, total_steps)
+        if rank == 0:
+            log.info("resumed from %s at step %d/%d", ckpt_path, step, total_steps)
 
-    bar = _progress(cfg, total_steps, step)
+    bar = _progress(cfg, total_steps, step) if rank == 0 else None
     train_seconds, train_images = 0.0, 0
     while step < total_steps:
         epoch, start_batch = divmod(step, steps_per_epoch)
         for batch in task.train_batches(cfg.batch_size, seed, epoch, start_batch, cfg.num_workers):
             tic = time.perf_counter()
+            images = task.batch_size_of(batch)  # the global batch: all ranks
+            if world > 1:
+                batch = shard(batch, rank, world)
             scheduler.step_update(num_updates=step)
             with autocast():
-                loss = task.training_step(model, batch, device)
-            loss_value = loss.item()
+                loss = task.training_step(train_model, batch, device)
+            loss_value = mean_over_ranks(loss.item())  # the global batch's loss, the same on every rank
             window.append(loss_value)
             if not math.isfinite(loss_value):
                 curve.train.append([step + 1, loss_value, optimizer.param_groups[0]["lr"]])
-                curve.write(run_dir)  # the curve up to the blow-up is the diagnosis
+                if rank == 0:
+                    curve.write(run_dir)  # the curve up to the blow-up is the diagnosis
                 raise Diverged(f"loss={loss_value} at step {step} (epoch {epoch}); lr={optimizer.param_groups[0]['lr']:.3g}")
             scaler.scale(loss).backward()
             if cfg.grad_clip:
@@ -199,7 +222,7 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             step += 1
             train_seconds += time.perf_counter() - tic
-            train_images += task.batch_size_of(batch)
+            train_images += images
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}", epoch=epoch)
@@ -209,8 +232,9 @@ def fit(
                 window.clear()
                 speed = train_images / train_seconds  # this attempt's optimizer steps only (no eval, no saves)
                 eta = (total_steps - step) * train_seconds / (step - (resumed_from or 0))
-                log.info("step %d/%d epoch %d loss %.4f lr %.3g %.1f img/s ETA %s", step, total_steps, epoch,
-                         loss_value, lr, speed, _clock(eta))
+                if rank == 0:
+                    log.info("step %d/%d epoch %d loss %.4f lr %.3g %.1f img/s ETA %s", step, total_steps, epoch,
+                             loss_value, lr, speed, _clock(eta))
                 if tracker is not None:
                     tracker.log({"train/loss": loss_value, "train/lr": lr, "train/epoch": epoch,
                                  "train/images_per_s": speed}, step=step)
@@ -229,20 +253,32 @@ def fit(
     save(step)  # final weights: a later dense-task job can start its backbone from them
     tic = time.perf_counter()
     metrics = _evaluate(model, task, device, autocast, step, on_eval, tracker, curve)
-    curve.write(run_dir)
+    if rank == 0:
+        curve.write(run_dir)
     return FitResult(metrics, step, train_seconds, train_images, time.perf_counter() - tic, resumed_from)
 
 
 def _evaluate(model, task, device, autocast, step, on_eval, tracker, curve: Curve) -> dict[str, float]:
-    with autocast():
-        metrics = task.evaluate(model, device)
+    rank, _ = rank_and_world()
+    if rank == 0:  # alone, on the whole validation split; the other ranks wait for its metrics
+        with autocast():
+            metrics = task.evaluate(model, device)
+    (metrics,) = from_rank0([metrics if rank == 0 else None])
     curve.eval.append([step, dict(metrics)])
     model.train()
-    log.info("eval at step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+    if rank == 0:
+        log.info("eval at step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
     if tracker is not None:
         tracker.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
-    if on_eval is not None:
-        on_eval(step, metrics)
+    pruned = None
+    if on_eval is not None:  # rank 0's hook; every rank stops together when it prunes
+        try:
+            on_eval(step, metrics)
+        except Pruned as exc:
+            pruned = str(exc)
+    (pruned,) = from_rank0([pruned])
+    if pruned is not None:
+        raise Pruned(pruned)
     return metrics
 
 

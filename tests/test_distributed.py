@@ -1,0 +1,129 @@
+"""trainer.devices=N: DDP ranks of one job on CPU (gloo), against one process, through run.py."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ablate import records
+from ablate.train import checkpoint
+from ablate.train.distributed import shard
+from conftest import ROOT, clean_env, load_records, run_cli
+
+# pico on shapes: 80 training images, global batch 32 (2 steps an epoch), a log point every step
+CELL = ["model=pico", "task=shapes", "trainer=cpu", "logger=none", "trainer.batch_size=32", "task.train_size=80",
+        "task.val_size=40", "trainer.warmup_epochs=0", "trainer.log_every=1", "model.ssm=true"]
+DEADLINE_S = 300  # a guard against a hang, not a timing assertion
+
+
+def test_a_shard_is_a_contiguous_equal_part_of_every_element():
+    import torch
+
+    batch = (torch.arange(8), [f"img{i}" for i in range(8)], torch.arange(16).view(8, 2))
+    images, names, boxes = shard(batch, 1, 2)
+    assert images.tolist() == [4, 5, 6, 7] and names == ["img4", "img5", "img6", "img7"]
+    assert boxes.tolist() == [[8, 9], [10, 11], [12, 13], [14, 15]]
+    whole = shard(batch, 0, 1)
+    assert whole[0].equal(batch[0]) and whole[1] == batch[1] and whole[2].equal(batch[2])
+
+
+def test_two_gloo_ranks_of_16_images_train_as_one_process_of_32(tmp_path):
+    args = CELL + ["trainer.max_steps=6", "sweep=ddp"]
+    for name in ("two", "one"):
+        (tmp_path / name).mkdir()
+    run_cli(args + ["trainer.devices=2"], tmp_path / "two")
+    run_cli(args, tmp_path / "one")
+    (two,), (one,) = load_records(tmp_path / "two" / "results"), load_records(tmp_path / "one" / "results")
+    assert two["run_id"] == one["run_id"]  # trainer.devices does not name a different cell
+    assert two["cost"]["world_size"] == 2 and one["cost"]["world_size"] == 1
+    assert two["cost"]["train_throughput"] > 0 and two["cost"]["steps"] == 6
+    runs = [tmp_path / name / "results" / "runs" / one["run_id"] for name in ("two", "one")]
+    curves = [json.loads((run / "curve.json").read_text()) for run in runs]
+    losses = [[point[1] for point in curve["train"]] for curve in curves]
+    assert len(losses[0]) == 6 and losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert two["metrics"] == pytest.approx(one["metrics"], rel=1e-5, abs=1e-6)
+    weights = [checkpoint.load(run / "checkpoint.pt")["model"] for run in runs]
+    for key in weights[1]:
+        assert (weights[0][key].float() - weights[1][key].float()).abs().max().item() <= 1e-5, key
+
+
+def _ranks(pid: int) -> list[int]:
+    """The rank processes of job `pid`: its children started by multiprocessing's spawn (not its
+    resource tracker)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if entry.name.isdigit() and int(fields[1]) == pid and b"spawn_main" in cmdline:
+            out.append(int(entry.name))
+    return out
+
+
+def _wait_for_step(results: Path, step: int, proc: subprocess.Popen) -> None:
+    end = time.monotonic() + DEADLINE_S
+    while not any(f" step {step}/" in log.read_text() for log in results.glob("runs/*/train.log")):
+        assert proc.poll() is None and time.monotonic() < end, f"the job never reached step {step}"
+        time.sleep(0.05)
+
+
+def test_a_rank_that_dies_fails_the_cell_at_once_without_a_hang(tmp_path):
+    results = tmp_path / "results"
+    cmd = [sys.executable, str(ROOT / "run.py"), *CELL, "trainer.max_steps=400", "trainer.devices=2", "sweep=dies",
+           f"paths.results={results}", f"paths.data={tmp_path / 'data'}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        _wait_for_step(results, 3, proc)
+        ranks = _ranks(proc.pid)
+        assert len(ranks) == 2, ranks  # the elastic agent runs in the job process: its children are the ranks
+        os.kill(max(ranks), signal.SIGKILL)
+        out, _ = proc.communicate(timeout=DEADLINE_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, out[-3000:]
+    (record,) = load_records(results)
+    assert record["status"] == records.Status.FAILED and record["error"]["type"] == "RankFailed"
+    assert record["error"]["message"].startswith("rank ") and " of 2 failed" in record["error"]["message"]
+
+
+def test_ddp_resumes_after_the_job_is_killed_and_ends_as_an_uninterrupted_run(tmp_path):
+    results = tmp_path / "results"
+    args = CELL + ["trainer.max_steps=40", "trainer.checkpoint_every=4", "trainer.devices=2", "sweep=resume"]
+    cmd = [sys.executable, str(ROOT / "run.py"), *args, f"paths.results={results}", f"paths.data={tmp_path / 'data'}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_step(results, 10, proc)  # after the checkpoint of step 8
+        ranks = _ranks(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=DEADLINE_S)
+        end = time.monotonic() + 30
+        while any(Path(f"/proc/{pid}").exists() for pid in ranks):  # PR_SET_PDEATHSIG: the ranks follow
+            assert time.monotonic() < end, "a rank outlived its killed job"
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    (run_dir,) = (results / "runs").iterdir()
+    killed_at = checkpoint.load(run_dir / "checkpoint.pt")["step"]
+    assert 8 <= killed_at < 40 and not (run_dir / "result.json").exists()
+    subprocess.run(cmd, cwd=tmp_path, env=clean_env(), check=True, capture_output=True, timeout=DEADLINE_S)
+    (tmp_path / "straight").mkdir()
+    run_cli(args + ["trainer.devices=1"], tmp_path / "straight")
+    (resumed,), (straight,) = load_records(results), load_records(tmp_path / "straight" / "results")
+    assert resumed["cost"]["resumed_from_step"] == killed_at and resumed["status"] == records.Status.COMPLETED
+    assert resumed["metrics"] == pytest.approx(straight["metrics"], rel=1e-5, abs=1e-6)
+    losses = [[p[1] for p in json.loads((r / "curve.json").read_text())["train"]]
+              for r in (run_dir, tmp_path / "straight" / "results" / "runs" / straight["run_id"])]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
