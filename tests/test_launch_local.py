@@ -183,3 +183,10 @@ def test_bad_launcher_settings_name_the_key(gpus, per_job, parallel, message):
 def test_visible_gpus_follow_cuda_visible_devices(monkeypatch, env, expected):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", env)
     assert visible_gpus() == expected
+
+
+def test_without_gpus_per_job_each_job_gets_one_gpu_per_ddp_rank(tmp_path):
+    jobs = [["name=a", "+trainer.devices=2"], ["name=b", "+trainer.devices=2"]]
+    returns = launch(tmp_path, ["hydra.launcher.gpus=[0,1,2,3]"], jobs)
+    assert all(r.status == JobStatus.COMPLETED for r in returns)
+    assert {marker(tmp_path, name)["cuda_visible_devices"] for name in "ab"} == {"0,1", "2,3"}

@@ -15,6 +15,7 @@ pickles, which run code when loaded: they live in a private temp folder (mode 07
 results folder, so nobody else can plant one there) that is removed when the sweep ends.
 
     python run.py -m hydra/launcher=local model.ssm=true,false            # all visible GPUs, 1 per job
+    python run.py -m hydra/launcher=local trainer.devices=2               # 2 GPUs per job, one per DDP rank
     python run.py -m hydra/launcher=local hydra.launcher.gpus=[0,1,2,3] hydra.launcher.gpus_per_job=2
     python run.py -m hydra/launcher=local hydra.launcher.max_parallel=2   # CPU-only machine
 """
@@ -63,7 +64,8 @@ class LocalLauncherConf:
     _target_: str = "hydra_plugins.ablate_launcher.local_launcher.GpuPoolLauncher"
     # GPU ids as CUDA_VISIBLE_DEVICES entries; null: every visible GPU; []: CPU jobs only.
     gpus: Optional[List[str]] = None
-    gpus_per_job: int = 1
+    # null: the jobs' trainer.devices (their largest), so a DDP job gets one GPU per rank
+    gpus_per_job: Optional[int] = None
     # CPU mode: jobs at once (null: 1). GPU mode: at most this many GPU slots (null: all).
     max_parallel: Optional[int] = None
 
@@ -85,7 +87,7 @@ class _Job:
 
 
 class GpuPoolLauncher(Launcher):
-    def __init__(self, gpus: Optional[Sequence[Any]] = None, gpus_per_job: int = 1,
+    def __init__(self, gpus: Optional[Sequence[Any]] = None, gpus_per_job: Optional[int] = None,
                  max_parallel: Optional[int] = None) -> None:
         self.gpus = None if gpus is None else [str(gpu) for gpu in gpus]
         self.gpus_per_job = gpus_per_job
@@ -104,14 +106,15 @@ class GpuPoolLauncher(Launcher):
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         gpus = visible_gpus() if self.gpus is None else self.gpus
-        slots = plan_slots(gpus, self.gpus_per_job, self.max_parallel)
-        threads = max(1, available_cores() // len(slots))
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        mode = f"GPU slots {slots}" if gpus else f"{len(slots)} CPU job(s) at once"
-        log.info(f"Launching {len(job_overrides)} jobs locally: {mode}, {threads} thread(s) per job")
         private = Path(tempfile.mkdtemp(prefix="ablate-launcher-"))  # mode 0700
         try:
             jobs = [self._prepare(initial_job_idx + n, overrides, private) for n, overrides in enumerate(job_overrides)]
+            per_job = self.gpus_per_job if self.gpus_per_job is not None else max(int(OmegaConf.select(job.config, "trainer.devices") or 1) for job in jobs)
+            slots = plan_slots(gpus, per_job, self.max_parallel)
+            threads = max(1, available_cores() // len(slots))
+            mode = f"GPU slots {slots}" if gpus else f"{len(slots)} CPU job(s) at once"
+            log.info(f"Launching {len(job_overrides)} jobs locally: {mode}, {threads} thread(s) per job")
             return _run_pool(jobs, slots, threads)
         finally:
             shutil.rmtree(private, ignore_errors=True)
