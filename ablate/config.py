@@ -59,7 +59,7 @@ if not OmegaConf.has_resolver("short_dirname"):
 
 SCHEDULES = ("cosine", "multistep", "poly")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-RERUN_CHOICES = ("all",)
+RERUN_CHOICES = ("all", "stale")  # all: every cell again; stale: completed cells computed by other code
 
 
 def _optimizers() -> tuple[str, ...]:

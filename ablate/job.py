@@ -20,7 +20,6 @@ import platform
 import resource
 import shutil
 import socket
-import subprocess
 import time
 import traceback
 from pathlib import Path
@@ -69,13 +68,17 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
             # has a result: that record stays as it is, and this job reports the error without writing one.
             log.error("cell %s not run: %s (its earlier record is kept)", run_id, config_error)
             return {**_new_record(config, overrides, run_id), "error": _error(config_error)}
-        if previous is not None and previous["status"] == records.Status.COMPLETED and rerun != "all":
+        stale = records.staleness(previous["env"], records.code_version()[0]) if previous is not None else None
+        if previous is not None and previous["status"] == records.Status.COMPLETED and rerun != "all" and not (
+                stale and rerun == "stale"):
             log.info("cell %s already completed (%s): reused, not retrained", run_id, run_dir)
+            if stale:
+                log.warning("cell %s is stale: %s; +rerun=stale recomputes it", run_id, stale)
             return previous
         if read_only is not None:
             return _unwritable(config, overrides, run_id, read_only)
-        if previous is not None:
-            _archive(run_dir, previous, fresh_start=rerun == "all")
+        if previous is not None:  # a stale cell's checkpoint is old code's: it starts afresh too
+            _archive(run_dir, previous, fresh_start=rerun == "all" or bool(stale and rerun == "stale"))
         record = _new_record(config, overrides, run_id)
         log.info("cell %s: %s", run_id, " ".join(overrides) or "(defaults)")
         tracker, failed = None, True
@@ -370,22 +373,13 @@ def _peak_memory_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB -> MiB, CPU RSS
 
 
-def _git_commit() -> Optional[str]:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(ablate.__file__).parent, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
 def _environment() -> dict[str, Any]:
     import timm
 
     cuda = torch.cuda.is_available()
     return {
-        "ablate": ablate.__version__, "git_commit": _git_commit(), "torch": torch.__version__,
+        "ablate": ablate.__version__, **dict(zip(("git_commit", "git_dirty"), records.code_version())),
+        "torch": torch.__version__,
         "timm": timm.__version__, "python": platform.python_version(),
         "device": torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
         "hostname": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),

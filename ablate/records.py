@@ -38,13 +38,14 @@ Schema ``ablate.result/1`` (all keys always present; values may be null where st
                  "peak_memory_mb": float | null, "wall_seconds": float, "steps": int, ...task extras}
     tuning      null | {"study", "trial", "storage", "role": "tune"|"final", "params": [tuned keys]} when the
                 job ran for a tuning study (tuned keys are left out of `factors`)
-    env         {"ablate", "git_commit", "torch", "timm", "python", "device", "hostname",
-                 "slurm_job_id", "started_at", "finished_at"}  (ISO-8601 UTC timestamps)
+    env         {"ablate", "git_commit", "git_dirty" (uncommitted changes to tracked files), "torch", "timm",
+                 "python", "device", "hostname", "slurm_job_id", "started_at", "finished_at"}  (ISO-8601 UTC)
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from enum import Enum
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -250,3 +251,32 @@ def read(path: Path) -> dict[str, Any]:
     if problems:
         raise ValueError(f"{path}: {'; '.join(problems)}")
     return record
+
+
+def code_version() -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the checkout the ablate package runs from: HEAD, and whether tracked
+    files have uncommitted changes; (None, None) outside a git checkout."""
+    import ablate
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=Path(ablate.__file__).parent, capture_output=True, text=True,
+                                 timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout if out.returncode == 0 else None
+
+    commit = (git("rev-parse", "HEAD") or "").strip() or None
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return commit, (bool(status.strip()) if status is not None else None)
+
+
+def staleness(env: Mapping[str, Any], commit: str | None) -> str | None:
+    """Why a record's numbers may not be what the code at `commit` computes (None: no reason known):
+    it was computed from a tree with uncommitted changes, or at another commit."""
+    then = env.get("git_commit")
+    if env.get("git_dirty") is True:
+        return f"computed from a tree with uncommitted changes (at commit {str(then)[:12]})"
+    if then and commit and then != commit:
+        return f"computed at commit {then[:12]}, the code is now at {commit[:12]}"
+    return None

@@ -91,12 +91,14 @@ class WandbTracker:
         init = functools.partial(
             wandb.init,
             project=logger_cfg["project"], entity=logger_cfg.get("entity"), group=sweep, job_type=task_name,
-            name="-".join([task_name, variant, *(key if on else f"no{key}" for key, on in arms.items()), run_id[:8]]),
+            name="-".join([task_name, variant, *(key if on else f"no{key}" for key, on in arms.items()),
+                           f"seed{config.get('seed')}", "x".join(map(str, config.get("task", {}).get("image_size") or [])),
+                           run_id[:8]]),
             tags=[*(f"{key}-{'on' if on else 'off'}" for key, on in arms.items()), task_name, variant],
             config=flatten(config),
             dir=str(run_dir), id=self.run_id, resume="allow", reinit="finish_previous",
             # wandb's metadata holds sys.argv verbatim: leave it out when the command line has a password.
-            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, init_timeout=INIT_TIMEOUT_S,
+            settings=wandb.Settings(silent=True, console="off", init_timeout=INIT_TIMEOUT_S,  # system metrics on
                                     x_disable_meta=secrets.redact_tree(sys.argv) != sys.argv),
         )
         try:
@@ -110,6 +112,11 @@ class WandbTracker:
         if offline_because:
             log.warning("wandb: %s; logging offline instead, upload later with: wandb sync %s",
                         offline_because, self.run.settings.sync_dir)
+        elif self.run.settings.mode == "offline":
+            log.info("wandb: offline run %s (no API key); upload it with: wandb sync %s", self.run.name,
+                     self.run.settings.sync_dir)
+        elif self.run.url:
+            log.info("wandb: run %s at %s", self.run.name, self.run.url)
 
     def log(self, values: Mapping[str, Any], step: int) -> None:
         self.run.log(dict(values), step=step)

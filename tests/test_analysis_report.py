@@ -198,7 +198,7 @@ def test_tuning_section_reads_the_tuners_summary_not_its_storage(tmp_path: Path,
 
 def test_callback_writes_the_report_and_never_raises(study: dict[str, Path], tmp_path: Path,
                                                      capsys: pytest.CaptureFixture) -> None:
-    small = write_sweep(tmp_path / "results", "cb", paired([80.0, 81.0, 82.0], [80.1, 81.0, 81.9]))
+    small = write_sweep(tmp_path / "results", "cb", paired([80.0, 81.0, 82.0], [80.1, 81.0, 81.9], sweep="cb"))
     callback = ReportCallback(out_dir=str(tmp_path / "out"))
     callback.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(small)}}}))
     assert (tmp_path / "out" / "report.md").exists()

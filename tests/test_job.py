@@ -149,6 +149,11 @@ def test_wandb_offline_writes_under_the_run_folder_without_network(tmp_path, tin
     run_id = (run_dir / "wandb_id").read_text().strip()
     assert offline_runs[0].name.endswith(run_id)
     assert any(p.suffix == ".wandb" for p in offline_runs[0].iterdir())
+    # the job says where the run is and how to upload it; its name carries the seed and the image size
+    hint = re.search(r"wandb: offline run (\S+) \(no API key\); upload it with: wandb sync (\S+)",
+                     (run_dir / "train.log").read_text())
+    assert hint and Path(hint.group(2)) == offline_runs[0]
+    assert hint.group(1) == f"shapes-pico-nossm-nocausal-seed0-32x32-{record['run_id'][:8]}"
 
 
 def test_a_bad_non_semantic_setting_in_a_multirun_never_touches_the_completed_cell(tmp_path, tiny_args):
@@ -314,3 +319,39 @@ def test_the_log_lines_eta_reads_hours_minutes_seconds():
     from ablate.train.loop import _clock
 
     assert [_clock(s) for s in (0, 59.6, 3661.4, 36000)] == ["0:00:00", "0:01:00", "1:01:01", "10:00:00"]
+
+
+def test_a_stale_cell_is_flagged_when_reused_and_rerun_stale_recomputes_exactly_it(tmp_path, tiny_args):
+    args = ["-m", *tiny_args, "seed=0,1", "sweep=stale"]
+    run_cli(args, tmp_path)
+    old, fresh = sorted(load_records(tmp_path / "results"), key=lambda r: r["factors"]["seed"])
+    old_dir = tmp_path / "results" / "runs" / old["run_id"]
+    old["env"].update(git_commit="0" * 40, git_dirty=False)  # as if computed by an earlier version of the code
+    records.write_json_atomic(old_dir / "result.json", old)
+
+    run_cli(args, tmp_path)  # both reused; the stale one is flagged in its log and in the report
+    assert "is stale: computed at commit 000000000000, the code is now at" in (old_dir / "train.log").read_text()
+    report = (tmp_path / "reports" / "stale" / "report.md").read_text()
+    stale_part = report.split("### Stale results")[1].split("###")[0]
+    listed = {r["run_id"] for r in (old, fresh) if r["run_id"] in stale_part}
+    dirty = records.code_version()[1]  # a dirty checkout makes the fresh record stale too
+    assert listed == ({old["run_id"], fresh["run_id"]} if dirty else {old["run_id"]})
+
+    run_cli(args + ["+rerun=stale"], tmp_path)
+    trainings = {r["run_id"]: (tmp_path / "results" / "runs" / r["run_id"] / "train.log").read_text().count(" step 3/3 ")
+                 for r in (old, fresh)}
+    redone = records.read(old_dir / "result.json")
+    assert redone["env"]["git_commit"] == records.code_version()[0] and redone["cost"]["resumed_from_step"] is None
+    if dirty:  # every record computed here is stale, so both ran again
+        assert trainings == {old["run_id"]: 2, fresh["run_id"]: 2}
+    else:
+        assert trainings == {old["run_id"]: 2, fresh["run_id"]: 1}
+
+
+def test_staleness_names_the_commits_or_the_dirty_tree():
+    assert records.staleness({"git_commit": "a" * 40, "git_dirty": False}, "a" * 40) is None
+    assert records.staleness({"git_commit": "a" * 40, "git_dirty": False}, "b" * 40) == (
+        "computed at commit aaaaaaaaaaaa, the code is now at bbbbbbbbbbbb")
+    assert records.staleness({"git_commit": "a" * 40, "git_dirty": True}, "a" * 40) == (
+        "computed from a tree with uncommitted changes (at commit aaaaaaaaaaaa)")
+    assert records.staleness({"git_commit": None}, "a" * 40) is None  # not known: not flagged

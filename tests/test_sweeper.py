@@ -50,21 +50,23 @@ def test_a_grid_value_that_is_not_one_string_is_refused_in_one_line():
         GridSweeper(grids=[{"task": "shapes"}, {"task.image_size": [64, 64]}])
 
 
-# Two cells, one at a time; 60 steps with a log line each, so the first can be killed mid-training.
-LONG = ["hydra/launcher=local", "model=pico", "task=shapes", "trainer=cpu", "logger=none", "trainer.max_steps=60",
+# Two cells, one at a time; 30 steps with a log line each, so the first can be killed mid-training.
+LONG = ["hydra/launcher=local", "model=pico", "task=shapes", "trainer=cpu", "logger=none", "trainer.max_steps=30",
         "trainer.batch_size=8", "task.train_size=80", "task.val_size=40", "trainer.warmup_epochs=0",
         "trainer.checkpoint_every=5", "trainer.log_every=1", "model.ssm=false", "seed=0,1", "sweep=dies"]
 
 
-def _worker_pids() -> list[int]:
-    """Processes of the local launcher's jobs (hydra_plugins.ablate_launcher._worker) under this test."""
+def _worker_pids(launcher: int) -> list[int]:
+    """The job processes (hydra_plugins.ablate_launcher._worker) the local launcher in process
+    `launcher` started."""
     pids = []
     for entry in Path("/proc").iterdir():
         try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
+        except (OSError, IndexError, ValueError):
             continue
-        if b"hydra_plugins.ablate_launcher._worker" in cmdline:
+        if parent == launcher and b"hydra_plugins.ablate_launcher._worker" in cmdline:
             pids.append(int(entry.name))
     return pids
 
@@ -78,10 +80,10 @@ def test_a_killed_job_fails_its_cell_the_sweep_goes_on_reports_and_a_rerun_compl
     try:
         end = time.monotonic() + DEADLINE_S
         # step 6 is logged after the checkpoint of step 5 was saved
-        while not any(" step 6/60 " in log.read_text() for log in results.glob("runs/*/train.log")):
+        while not any(" step 6/30 " in log.read_text() for log in results.glob("runs/*/train.log")):
             assert proc.poll() is None and time.monotonic() < end, "the first job never reached step 6"
             time.sleep(0.05)
-        (pid,) = _worker_pids()
+        (pid,) = _worker_pids(proc.pid)
         os.kill(pid, signal.SIGKILL)
         out, _ = proc.communicate(timeout=DEADLINE_S)
     finally:

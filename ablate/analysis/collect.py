@@ -36,7 +36,7 @@ HEAD_COLUMNS = (
     "run_id", "sweep", "status", "file", "task_kind", "metric", "higher_is_better", "chance", "value", "error",
     "overrides",
 )
-ENV_KEYS = ("git_commit", "device", "hostname", "started_at", "finished_at")
+ENV_KEYS = ("git_commit", "git_dirty", "device", "hostname", "started_at", "finished_at")
 CURVE_KEYS = ("file", "points", "first_loss", "last_loss")  # the record's curve summary
 # Columns present even when no record has them (the analysis reads them).
 ALWAYS_COLUMNS = (

@@ -630,6 +630,24 @@ def _sanity_tables(runs: pd.DataFrame, names: dict[str, str]) -> tuple[pd.DataFr
     return loss, pd.DataFrame(spread, columns=["cell group", "arm", "sd over seeds", "other arm's sd"])
 
 
+def _stale_block(runs: pd.DataFrame) -> list[str]:
+    """Records the code as it is now may not reproduce: computed at another commit, or from a dirty tree."""
+    commit, _ = records.code_version()
+    dirty = [d is True or d is np.True_ for d in runs["env.git_dirty"]]
+    why = [records.staleness({"git_commit": c if isinstance(c, str) else None, "git_dirty": d}, commit)
+           for c, d in zip(runs["env.git_commit"], dirty)]
+    stale = runs.assign(why=why)[[w is not None for w in why]]
+    head = ["### Stale results"]
+    if commit is None:
+        return head + ["Not checked: the code running this report is not a git checkout."]
+    if stale.empty:
+        return head + [f"None: every record was computed at the current commit ({commit[:12]}) from a clean tree."]
+    table = pd.DataFrame({"run": stale["run_id"], "cell group": stale["label"], "arm": stale["arm"],
+                          "seed": stale["seed"], "why": stale["why"]})
+    return head + [f"{len(stale)} record(s) the code at {commit[:12]} may not reproduce; `+rerun=stale` on their "
+                   "sweep's command recomputes exactly these.", md_table(table)]
+
+
 def _problems_section(collection: Collection, pairing: Pairing, verdicts: list[Verdict], compared: Comparison) -> str:
     runs = _with_arms(collection, compared)
     bad = runs[runs["status"] != COMPLETED]
@@ -643,6 +661,7 @@ def _problems_section(collection: Collection, pairing: Pairing, verdicts: list[V
         blocks += ["Counts per cell group and arm:", md_table(counts), md_table(failed)]
     else:
         blocks.append("No failed, diverged or pruned run.")
+    blocks += _stale_block(runs)
     blocks += ["### Missing pairs", "Cell groups where one arm has a completed seed and the other does not; run the "
                "overrides shown to fill them.", md_table(_unpaired_table(pairing))]
     for verdict in verdicts:

@@ -51,7 +51,13 @@ ConfigStore.instance().store(group="hydra/sweeper", name="grid", node=GridSweepe
 class GridSweeper(BasicSweeper):
     def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None,
                  grids: Optional[List[Dict[str, Any]]] = None) -> None:
-        super().__init__(max_batch_size=max_batch_size, params=params)
+        # BasicSweeper.__init__'s state, set here: its own super(BasicSweeper, self) call fails when
+        # Hydra's plugin scan has re-executed its module after this class was defined (as in a test run)
+        self.overrides = None
+        self.batch_index = 0
+        self.max_batch_size = max_batch_size
+        self.params = params or {}
+        self.hydra_context = self.config = self.launcher = None
         self.grids = [dict(grid) for grid in grids] if grids else [{}]
         for n, grid in enumerate(self.grids):
             for key, value in grid.items():
