@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Two workers (most tests wait on the job processes they start); a file's tests stay on one worker.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # One sweep, a union of two grids (see experiments/demo.yaml), then its report.
 demo: $(STAMP)
