@@ -56,3 +56,44 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def children(pid: int, marker: bytes) -> list[int]:
+    """Processes whose parent is `pid` and whose command line contains `marker`."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == pid and marker in cmdline:
+            out.append(int(entry.name))
+    return out
+
+
+def kill_mid_run(cmd: list[str], cwd: Path, ready, victims, deadline_s: int = 300) -> tuple[int, str]:
+    """Run `cmd`; once `ready()` holds, SIGKILL the processes `victims(pid of cmd)` names (all of
+    them, or the last one). Returns the command's exit code and output; kills it if the test fails."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(cmd, cwd=cwd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        end = time.monotonic() + deadline_s
+        while not ready():
+            assert proc.poll() is None and time.monotonic() < end, "the command ended or hung before it was ready"
+            time.sleep(0.05)
+        for pid in victims(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=deadline_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, out
+
+
+def logged_step(results: Path, step: int):
+    """A `ready` predicate: some cell's train.log has logged training step `step`."""
+    return lambda: any(f" step {step}/" in log.read_text() for log in results.glob("runs/*/train.log"))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pytest
 from ablate import records
 from ablate.train import checkpoint
 from ablate.train.distributed import shard
-from conftest import ROOT, clean_env, load_records, run_cli
+from conftest import ROOT, children, clean_env, kill_mid_run, load_records, logged_step, run_cli
 
 # pico on shapes: 80 training images, global batch 32 (2 steps an epoch), a log point every step
 CELL = ["model=pico", "task=shapes", "trainer=cpu", "logger=none", "trainer.batch_size=32", "task.train_size=80",
@@ -56,42 +55,21 @@ def test_two_gloo_ranks_of_16_images_train_as_one_process_of_32(tmp_path):
 def _ranks(pid: int) -> list[int]:
     """The rank processes of job `pid`: its children started by multiprocessing's spawn (not its
     resource tracker)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError):
-            continue
-        if entry.name.isdigit() and int(fields[1]) == pid and b"spawn_main" in cmdline:
-            out.append(int(entry.name))
-    return out
-
-
-def _wait_for_step(results: Path, step: int, proc: subprocess.Popen) -> None:
-    end = time.monotonic() + DEADLINE_S
-    while not any(f" step {step}/" in log.read_text() for log in results.glob("runs/*/train.log")):
-        assert proc.poll() is None and time.monotonic() < end, f"the job never reached step {step}"
-        time.sleep(0.05)
+    return children(pid, b"spawn_main")
 
 
 def test_a_rank_that_dies_fails_the_cell_at_once_without_a_hang(tmp_path):
     results = tmp_path / "results"
     cmd = [sys.executable, str(ROOT / "run.py"), *CELL, "trainer.max_steps=400", "trainer.devices=2", "sweep=dies",
            f"paths.results={results}", f"paths.data={tmp_path / 'data'}"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    try:
-        _wait_for_step(results, 3, proc)
-        ranks = _ranks(proc.pid)
+
+    def one_rank(pid: int) -> list[int]:
+        ranks = _ranks(pid)
         assert len(ranks) == 2, ranks  # the elastic agent runs in the job process: its children are the ranks
-        os.kill(max(ranks), signal.SIGKILL)
-        out, _ = proc.communicate(timeout=DEADLINE_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 1, out[-3000:]
+        return [max(ranks)]
+
+    returncode, out = kill_mid_run(cmd, tmp_path, logged_step(results, 3), one_rank)
+    assert returncode == 1, out[-3000:]
     (record,) = load_records(results)
     assert record["status"] == records.Status.FAILED and record["error"]["type"] == "RankFailed"
     assert record["error"]["message"].startswith("rank ") and " of 2 failed" in record["error"]["message"]
@@ -101,20 +79,18 @@ def test_ddp_resumes_after_the_job_is_killed_and_ends_as_an_uninterrupted_run(tm
     results = tmp_path / "results"
     args = CELL + ["trainer.max_steps=24", "trainer.checkpoint_every=4", "trainer.devices=2", "sweep=resume"]
     cmd = [sys.executable, str(ROOT / "run.py"), *args, f"paths.results={results}", f"paths.data={tmp_path / 'data'}"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_for_step(results, 10, proc)  # after the checkpoint of step 8
-        ranks = _ranks(proc.pid)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=DEADLINE_S)
-        end = time.monotonic() + 30
-        while any(Path(f"/proc/{pid}").exists() for pid in ranks):  # PR_SET_PDEATHSIG: the ranks follow
-            assert time.monotonic() < end, "a rank outlived its killed job"
-            time.sleep(0.05)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    ranks: list[int] = []
+
+    def the_job(pid: int) -> list[int]:
+        ranks.extend(_ranks(pid))
+        return [pid]
+
+    returncode, _ = kill_mid_run(cmd, tmp_path, logged_step(results, 10), the_job)  # after the checkpoint of step 8
+    assert returncode == -signal.SIGKILL and len(ranks) == 2
+    end = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in ranks):  # PR_SET_PDEATHSIG: the ranks follow their job
+        assert time.monotonic() < end, "a rank outlived its killed job"
+        time.sleep(0.05)
     (run_dir,) = (results / "runs").iterdir()
     killed_at = checkpoint.load(run_dir / "checkpoint.pt")["step"]
     assert 8 <= killed_at < 24 and not (run_dir / "result.json").exists()

@@ -3,18 +3,14 @@ process is killed still runs its other jobs, records the dead cell as failed and
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 from hydra.types import HydraContext
 
 from ablate import records
-from conftest import ROOT, clean_env, load_records
+from conftest import ROOT, children, clean_env, kill_mid_run, load_records, logged_step
 from hydra_plugins.ablate_grid_sweeper.grid_sweeper import GridSweeper
 
 DEADLINE_S = 300  # a guard against a hung child, not a timing assertion
@@ -56,41 +52,14 @@ LONG = ["hydra/launcher=local", "model=pico", "task=shapes", "trainer=cpu", "log
         "trainer.checkpoint_every=5", "trainer.log_every=1", "model.ssm=false", "seed=0,1", "sweep=dies"]
 
 
-def _worker_pids(launcher: int) -> list[int]:
-    """The job processes (hydra_plugins.ablate_launcher._worker) the local launcher in process
-    `launcher` started."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue
-        if parent == launcher and b"hydra_plugins.ablate_launcher._worker" in cmdline:
-            pids.append(int(entry.name))
-    return pids
-
-
 def test_a_killed_job_fails_its_cell_the_sweep_goes_on_reports_and_a_rerun_completes_it(tmp_path):
     results = tmp_path / "results"
     cmd = [sys.executable, str(ROOT / "run.py"), "-m", *LONG, f"paths.results={results}",
            f"paths.data={tmp_path / 'data'}"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    try:
-        end = time.monotonic() + DEADLINE_S
-        # step 6 is logged after the checkpoint of step 5 was saved
-        while not any(" step 6/30 " in log.read_text() for log in results.glob("runs/*/train.log")):
-            assert proc.poll() is None and time.monotonic() < end, "the first job never reached step 6"
-            time.sleep(0.05)
-        (pid,) = _worker_pids(proc.pid)
-        os.kill(pid, signal.SIGKILL)
-        out, _ = proc.communicate(timeout=DEADLINE_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 1, out[-3000:]
+    # step 6 is logged after the checkpoint of step 5 was saved; the victim: the job process the local launcher started
+    returncode, out = kill_mid_run(cmd, tmp_path, logged_step(results, 6),
+                                   lambda pid: children(pid, b"hydra_plugins.ablate_launcher._worker"))
+    assert returncode == 1, out[-3000:]
     assert "ablate: sweep dies: 1 of 2 cells completed, 1 failed" in out
     killed, done = sorted(load_records(results), key=lambda r: r["status"] != records.Status.FAILED)
     assert killed["status"] == records.Status.FAILED and done["status"] == records.Status.COMPLETED

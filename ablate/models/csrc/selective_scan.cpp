@@ -71,14 +71,8 @@ template <typename V> static inline V load(const float* p) { V v; std::memcpy(&v
 template <typename V> static inline void store(float* p, V v) { std::memcpy(p, &v, sizeof(V)); }
 template <typename V> static inline V splat(float x) { return V{} + x; }
 
-// exp(x) to ~1 ulp (Cephes expf): round x/ln2 to nearest with the 1.5*2^23 trick, reduce by ln 2 in
-// two parts, degree-7 polynomial, scale by 2^n through the exponent bits. Valid for any V.
-template <typename V> static inline V fast_exp(V x) {
-  using I = typename Lanes<V>::I;
-  const V lo = splat<V>(-87.3f), hi = splat<V>(88.3f);
-  x = x < lo ? lo : x;
-  x = x > hi ? hi : x;
-  const V fx = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;
+// exp(x) / 2^fx for fx = round(x / ln 2): x reduced by fx ln 2 in two parts, then the polynomial.
+template <typename V> static inline V exp_reduced(V x, V fx) {
   x = x - fx * 0.693359375f + fx * 2.12194440e-4f;
   V p = splat<V>(1.9875691500e-4f);
   p = p * x + 1.3981999507e-3f;
@@ -86,7 +80,18 @@ template <typename V> static inline V fast_exp(V x) {
   p = p * x + 4.1665795894e-2f;
   p = p * x + 1.6666665459e-1f;
   p = p * x + 5.0000001201e-1f;
-  p = p * x * x + x + 1.0f;
+  return p * x * x + x + 1.0f;
+}
+
+// exp(x) to ~1 ulp (Cephes expf): round x/ln2 to nearest with the 1.5*2^23 trick, reduce by ln 2 in
+// two parts, degree-7 polynomial (exp_reduced), scale by 2^n through the exponent bits. Valid for any V.
+template <typename V> static inline V fast_exp(V x) {
+  using I = typename Lanes<V>::I;
+  const V lo = splat<V>(-87.3f), hi = splat<V>(88.3f);
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const V fx = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;
+  const V p = exp_reduced(x, fx);
   const I bits = (Lanes<V>::to_int(fx) + 127) << 23;
   V scale;
   std::memcpy(&scale, &bits, sizeof(V));
@@ -99,14 +104,7 @@ template <typename V> static inline V fast_exp(V x) {
 template <> inline Vec16 fast_exp<Vec16>(Vec16 x) {
   const Vec16 fx = reinterpret_cast<Vec16>(_mm512_roundscale_ps(reinterpret_cast<__m512>(x * 1.44269504088896341f),
                                                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  x = x - fx * 0.693359375f + fx * 2.12194440e-4f;
-  Vec16 p = splat<Vec16>(1.9875691500e-4f);
-  p = p * x + 1.3981999507e-3f;
-  p = p * x + 8.3334519073e-3f;
-  p = p * x + 4.1665795894e-2f;
-  p = p * x + 1.6666665459e-1f;
-  p = p * x + 5.0000001201e-1f;
-  p = p * x * x + x + 1.0f;
+  const Vec16 p = exp_reduced(x, fx);
   return reinterpret_cast<Vec16>(_mm512_scalef_ps(reinterpret_cast<__m512>(p), reinterpret_cast<__m512>(fx)));
 }
 #endif
