@@ -114,3 +114,17 @@ def test_both_arms_see_the_same_batches(tmp_path):
         fit(model, task, cfg.trainer, tmp_path / f"run-{ssm}", seed=0)
         seen[ssm] = digests
     assert len(seen[False]) == 4 and seen[False] == seen[True]
+
+
+def test_evaluation_with_loader_workers_gives_the_same_metrics(tmp_path):
+    root = write_imagefolder(tmp_path / "inet", classes=("a", "b", "c"), per_class=3)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3))
+    metrics = {}
+    for workers in (0, 2):
+        task = ImageFolderClassification(name="imagenet", data_root=str(root), image_size=[8, 8], num_classes=3,
+                                         eval_batch_size=2, eval_workers=workers)
+        task.prepare()
+        metrics[workers] = task.evaluate(model, torch.device("cpu"))
+    assert metrics[2] == metrics[0] and set(metrics[0]) == {"top1", "loss"}
+    assert compose(["task=imagenet"]).task.eval_workers == 8  # ImageNet decodes its validation JPEGs in parallel

@@ -142,6 +142,7 @@ class ImageFolderClassification(SplitDatasetTask):
         train_split: str = "train",
         val_split: str = "val",
         eval_batch_size: Annotated[int, at_least(1)] = 128,
+        eval_workers: Annotated[int, at_least(0)] = 0,  # loader processes for evaluation (and its throughput)
         auto_augment: Annotated[str | None, rule(
             _augment_policy, "a timm policy: rand-m<M>[-mstd<S>][-inc1]..., augmix-..., original, originalr, v0, "
             "v0r or 3a", optional=True)] = "rand-m9-mstd0.5-inc1",
@@ -164,7 +165,7 @@ class ImageFolderClassification(SplitDatasetTask):
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.num_classes = num_classes
         self.splits = (train_split, val_split)
-        self.eval_batch_size = eval_batch_size
+        self.eval_batch_size, self.eval_workers = eval_batch_size, eval_workers
         self.augment = dict(
             auto_augment=auto_augment, color_jitter=color_jitter, hflip=hflip, scale=tuple(scale),
             re_prob=reprob, interpolation=interpolation, mean=tuple(mean), std=tuple(std),
@@ -233,7 +234,7 @@ class ImageFolderClassification(SplitDatasetTask):
         _, val = self._require_prepared()
         model.eval()
         k = 5 if self.num_classes > 5 else 1  # top-5 says nothing about a task with <= 5 classes
-        loader = DataLoader(val, batch_size=self.eval_batch_size, shuffle=False, num_workers=0)
+        loader = DataLoader(val, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.eval_workers)
         correct1 = correctk = total = 0
         loss_sum = 0.0
         for images, targets, _ in loader:
