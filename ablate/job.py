@@ -154,8 +154,8 @@ def _fit_rank(config: dict, run_dir: Path, state: dict) -> tuple[str, Any]:
 
     cfg = OmegaConf.create(config)
     rank, world = rank_and_world()
-    threads = int(os.environ.get("ABLATE_NUM_THREADS") or os.environ.get("SLURM_CPUS_PER_TASK") or os.cpu_count() or 1)
-    torch.set_num_threads(max(1, threads // world))  # the job's cores, shared by its ranks
+    _set_threads()
+    torch.set_num_threads(max(1, torch.get_num_threads() // world))  # the job's cores, shared by its ranks
     with _log_to(run_dir / "train.log") if rank == 0 else contextlib.nullcontext():
         if rank == 0:
             logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")

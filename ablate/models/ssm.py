@@ -272,6 +272,18 @@ def _summed_to(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.unflatten(1, (-1, groups)).sum(1) if groups < x.shape[1] else x
 
 
+def _order_or_identity(order: torch.Tensor | None, groups: int, length: int) -> torch.Tensor:
+    """The kernel's (G, L) int32 orders: `order`, or every group walking 0..L-1."""
+    return order if order is not None else torch.arange(length, dtype=torch.int32).expand(groups, length).contiguous()
+
+
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off on `device` (where autocast exists): the scan and its inputs stay fp32."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 @torch.library.custom_op('ablate::selective_scan', mutates_args=())
 def _scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
           D: torch.Tensor, order: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -286,9 +298,7 @@ def _scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tenso
     """
     G, L = delta.shape[1], delta.shape[-1]
     if _cpu_backend(u.device) == 'cpp':
-        if order is None:
-            order = torch.arange(L, dtype=torch.int32).expand(G, L).contiguous()
-        return _compiled()[0].fwd(u, delta, A, Bm, Cm, D, order)
+        return _compiled()[0].fwd(u, delta, A, Bm, Cm, D, _order_or_identity(order, G, L))
     T = _chunk_len(L)
     walked = [_walked(t, order, G) for t in (u, delta, Bm.transpose(-1, -2), Cm.transpose(-1, -2))]
     y, last = _torch_scan(*(_to_time_major(t, T) for t in walked[:2]), A,
@@ -306,9 +316,7 @@ def _scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: to
     y and of the last state; states: _scan's third output."""
     G, L = delta.shape[1], delta.shape[-1]
     if _cpu_backend(u.device) == 'cpp':
-        if order is None:
-            order = torch.arange(L, dtype=torch.int32).expand(G, L).contiguous()
-        return _compiled()[0].bwd(u, delta, A, Bm, Cm, D, order, states, gy, glast)
+        return _compiled()[0].bwd(u, delta, A, Bm, Cm, D, _order_or_identity(order, G, L), states, gy, glast)
     T = _chunk_len(L)
     walked = [_walked(t, order, G) for t in (u, delta, Bm.transpose(-1, -2), Cm.transpose(-1, -2), gy)]
     du, dd, dA, dB, dC = _torch_scan_backward(*(_to_time_major(t, T) for t in walked[:2]), A,
@@ -495,9 +503,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         return _cuda_kernel()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
     dtype_in = u.dtype
-    no_autocast = (torch.autocast(u.device.type, enabled=False)
-                   if torch.amp.is_autocast_available(u.device.type) else contextlib.nullcontext())
-    with no_autocast:  # the scan runs in fp32 like selective_scan_ref
+    with _no_autocast(u.device):  # the scan runs in fp32 like selective_scan_ref
         u, delta, A = u.float(), delta.float(), A.float()
         if delta_bias is not None:
             delta = delta + delta_bias.float()[:, None]
@@ -657,9 +663,7 @@ class SelectiveSSM2d(nn.Module):
                              self.x_proj_weight.unflatten(0, (-1, M)).transpose(-1, -2)).flatten(1, 2)
         dt, Bs, Cs = x_dbl.split((R, N, N), dim=-1)  # (B, K, L, .) views; B, C stay in this layout
         dt = torch.matmul(self.dt_proj_weight, dt.transpose(-1, -2))  # (B, K, C, L)
-        no_autocast = (torch.autocast(x.device.type, enabled=False)
-                       if torch.amp.is_autocast_available(x.device.type) else contextlib.nullcontext())
-        with no_autocast:  # the scan runs in fp32
+        with _no_autocast(x.device):  # the scan runs in fp32
             delta = F.softplus(dt.float() + self.dt_proj_bias.float().view(K, C, 1))
             y, _, _ = _scan(tokens.float(), delta, -torch.exp(self.A_log.float()).view(K, C, N), Bs.float(),
                             Cs.float(), self.D.float().view(K, C), _walk_orders(K, M, H * W))
