@@ -105,6 +105,10 @@ class TrainerConfig:
     # DDP ranks of one job (ablate/train/distributed.py): NCCL on GPUs, gloo on CPU. trainer.batch_size
     # stays the global batch, split across the ranks, so a cell's results do not depend on it.
     devices: int = field(default=1, metadata=at_least(1))
+    # Minutes a DDP collective waits for a peer rank before the job fails, naming the ranks that never
+    # came (a hung rank). It must exceed rank 0's evaluation of the validation split, which the other
+    # ranks wait for.
+    dist_timeout_min: float = field(default=10.0, metadata=above(0))
     num_workers: int = field(default=4, metadata=at_least(0))
     eval_every: int = field(default=0, metadata=at_least(0))  # epochs between evaluations; 0 = only at the end
     checkpoint_every: int = field(default=500, metadata=at_least(1))  # optimizer steps between checkpoints

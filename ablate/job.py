@@ -140,7 +140,8 @@ def _fit_on_ranks(cfg: DictConfig, model: torch.nn.Module, run_dir: Path) -> tup
 
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     config = OmegaConf.to_container(cfg, resolve=True)  # resolved here: a rank must not resolve ${now} again
-    outcome, value = run_ranks(cfg.trainer.devices, _fit_rank, config, run_dir, state)
+    timeout = dt.timedelta(minutes=cfg.trainer.dist_timeout_min)
+    outcome, value = run_ranks(cfg.trainer.devices, timeout, _fit_rank, config, run_dir, state)
     if outcome == "diverged":
         raise Diverged(value)
     if outcome == "pruned":

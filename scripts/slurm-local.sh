@@ -21,6 +21,10 @@ DB_USER=slurm
 DB_PASS=ablate-local-slurmdbd
 MYSQL_RUN=/run/mysqld
 WAIT_S=${SLURM_LOCAL_WAIT_S:-90}
+# Every command that talks to a daemon or the network runs under a limit, so `up` always ends.
+PROBE_S=10     # one poll of a daemon (scontrol ping, sacct, ...)
+CMD_S=60       # one client command or daemon start
+APT_S=${SLURM_LOCAL_APT_S:-600}
 
 say() { echo "slurm-local: $*"; }
 die() { echo "slurm-local: error: $*" >&2; exit 1; }
@@ -38,7 +42,7 @@ alive() {
   [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm")" = "$name" ]
 }
 
-wait_for() {  # wait_for DESCRIPTION COMMAND...: poll until COMMAND succeeds or WAIT_S passes
+wait_for() {  # wait_for DESCRIPTION COMMAND...: poll until COMMAND (itself bounded) succeeds or WAIT_S passes
   local what=$1; shift
   local deadline=$((SECONDS + WAIT_S))
   until "$@" >/dev/null 2>&1; do
@@ -56,9 +60,9 @@ install_packages() {
   command -v apt-get >/dev/null || die "slurm or mariadb is missing and there is no apt-get to install them (Debian/Ubuntu only)"
   say "installing slurm-wlm munge slurmdbd mariadb-server (apt-get)"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >/dev/null
-  apt-get install -y -qq --no-install-recommends slurm-wlm munge slurmdbd mariadb-server \
-    >"/tmp/slurm-local-apt.log" 2>&1 || die "apt-get install failed, see /tmp/slurm-local-apt.log"
+  timeout "$APT_S" apt-get update -qq >/dev/null || die "apt-get update failed or took over ${APT_S}s"
+  timeout "$APT_S" apt-get install -y -qq --no-install-recommends slurm-wlm munge slurmdbd mariadb-server \
+    >"/tmp/slurm-local-apt.log" 2>&1 || die "apt-get install failed or took over ${APT_S}s, see /tmp/slurm-local-apt.log"
 }
 
 # Writes $1 from stdin only when the content changed, so an `up` on a running cluster changes
@@ -129,48 +133,48 @@ StorageLoc=$DB_NAME
 EOF
 }
 
-munge_ok() { munge -n | unmunge; }
+munge_ok() { timeout "$PROBE_S" munge -n | timeout "$PROBE_S" unmunge; }
 
 start_munge() {
   munge_ok >/dev/null 2>&1 && return 0
   [ -s /etc/munge/munge.key ] || mungekey --create --keyfile=/etc/munge/munge.key
   chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
   mkdir -p /run/munge && chown munge:munge /run/munge
-  runuser -u munge -- munged
+  timeout "$CMD_S" runuser -u munge -- munged
   wait_for "munged" munge_ok
 }
 
-mysql_ok() { mariadb-admin --socket="$MYSQL_RUN/mysqld.sock" ping; }
+mysql_ok() { timeout "$PROBE_S" mariadb-admin --socket="$MYSQL_RUN/mysqld.sock" ping; }
 
 start_mariadb() {
   if ! mysql_ok >/dev/null 2>&1; then
     mkdir -p "$MYSQL_RUN" && chown mysql:mysql "$MYSQL_RUN"
-    [ -d /var/lib/mysql/mysql ] || mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/dev/null
+    [ -d /var/lib/mysql/mysql ] || timeout "$CMD_S" mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/dev/null
     setsid -f mariadbd --user=mysql --datadir=/var/lib/mysql --socket="$MYSQL_RUN/mysqld.sock" \
       --pid-file="$MYSQL_RUN/mysqld.pid" --bind-address=127.0.0.1 \
       >>"$LOG_DIR/mariadb.log" 2>&1 </dev/null
     wait_for "mariadbd" mysql_ok
   fi
-  mariadb --socket="$MYSQL_RUN/mysqld.sock" -e "
+  timeout "$CMD_S" mariadb --socket="$MYSQL_RUN/mysqld.sock" -e "
     CREATE DATABASE IF NOT EXISTS $DB_NAME;
     CREATE USER IF NOT EXISTS '$DB_USER'@'localhost' IDENTIFIED BY '$DB_PASS';
     GRANT ALL ON $DB_NAME.* TO '$DB_USER'@'localhost';"
 }
 
-dbd_ok() { sacctmgr -n list cluster; }
+dbd_ok() { timeout "$PROBE_S" sacctmgr -n list cluster; }
 
 start_slurmdbd() {
   if alive slurmdbd "$RUN_DIR/slurmdbd.pid" && [[ "$CHANGED" == *slurmdbd.conf* ]]; then
     stop_pidfile slurmdbd "$RUN_DIR/slurmdbd.pid"
   fi
-  alive slurmdbd "$RUN_DIR/slurmdbd.pid" || slurmdbd
+  alive slurmdbd "$RUN_DIR/slurmdbd.pid" || timeout "$CMD_S" slurmdbd
   wait_for "slurmdbd" dbd_ok
   # Register the cluster before slurmctld first connects, so accounting starts with its first job.
-  sacctmgr -n -P list cluster format=cluster | grep -qx "$CLUSTER" \
-    || sacctmgr -i add cluster "$CLUSTER" >/dev/null
+  timeout "$CMD_S" sacctmgr -n -P list cluster format=cluster | grep -qx "$CLUSTER" \
+    || timeout "$CMD_S" sacctmgr -i add cluster "$CLUSTER" >/dev/null
 }
 
-node_state() { sinfo -h -N -n localhost -o %T 2>/dev/null | head -n 1; }
+node_state() { timeout "$PROBE_S" sinfo -h -N -n localhost -o %T 2>/dev/null | head -n 1; }
 
 node_usable() {
   case "$(node_state)" in
@@ -181,23 +185,23 @@ node_usable() {
 
 start_slurm() {
   if alive slurmctld "$RUN_DIR/slurmctld.pid"; then
-    if [[ "$CHANGED" == *slurm.conf* ]]; then scontrol reconfigure; fi
+    if [[ "$CHANGED" == *slurm.conf* ]]; then timeout "$CMD_S" scontrol reconfigure; fi
   else
-    slurmctld
+    timeout "$CMD_S" slurmctld
   fi
-  wait_for "slurmctld" scontrol ping
-  alive slurmd "$RUN_DIR/slurmd.pid" || slurmd -N localhost
+  wait_for "slurmctld" timeout "$PROBE_S" scontrol ping
+  alive slurmd "$RUN_DIR/slurmd.pid" || timeout "$CMD_S" slurmd -N localhost
   local deadline=$((SECONDS + WAIT_S)) state
   until node_usable; do
     state=$(node_state)
     # A node left down or drained by an earlier session (daemons killed, reboot) is resumed.
     case "$state" in
-      down* | drain* | fail*) scontrol update nodename=localhost state=resume >/dev/null 2>&1 || true ;;
+      down* | drain* | fail*) timeout "$PROBE_S" scontrol update nodename=localhost state=resume >/dev/null 2>&1 || true ;;
     esac
     [ $SECONDS -lt $deadline ] || die "node localhost is '$state', not idle, after ${WAIT_S}s (logs: $LOG_DIR)"
     sleep 0.5
   done
-  wait_for "sacct" sacct -n -X
+  wait_for "sacct" timeout "$PROBE_S" sacct -n -X
 }
 
 cmd_up() {
@@ -229,7 +233,7 @@ cmd_down() {
   stop_pidfile slurmd "$RUN_DIR/slurmd.pid"
   stop_pidfile slurmctld "$RUN_DIR/slurmctld.pid"
   stop_pidfile slurmdbd "$RUN_DIR/slurmdbd.pid"
-  if mysql_ok >/dev/null 2>&1; then mariadb-admin --socket="$MYSQL_RUN/mysqld.sock" shutdown; fi
+  if mysql_ok >/dev/null 2>&1; then timeout "$CMD_S" mariadb-admin --socket="$MYSQL_RUN/mysqld.sock" shutdown; fi
   stop_pidfile munged /run/munge/munged.pid
   say "down"
 }
@@ -243,8 +247,8 @@ cmd_status() {
   if command -v munge >/dev/null && munge_ok >/dev/null 2>&1; then say "munged ok"; else say "munged not running"; ok=1; fi
   if command -v mariadb-admin >/dev/null && mysql_ok >/dev/null 2>&1; then say "mariadb ok"; else say "mariadb not running"; ok=1; fi
   if [ $ok = 0 ]; then
-    sinfo -N -l
-    squeue
+    timeout "$PROBE_S" sinfo -N -l
+    timeout "$PROBE_S" squeue
   fi
   return $ok
 }

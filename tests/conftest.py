@@ -1,11 +1,13 @@
 """Shared fixtures: run the real command line in a subprocess, on CPU, with results under tmp."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -74,24 +76,53 @@ def children(pid: int, marker: bytes) -> list[int]:
 
 def kill_mid_run(cmd: list[str], cwd: Path, ready, victims, deadline_s: int = 300) -> tuple[int, str]:
     """Run `cmd`; once `ready()` holds, SIGKILL the processes `victims(pid of cmd)` names (all of
-    them, or the last one). Returns the command's exit code and output; kills it if the test fails."""
+    them, or the last one). Returns the command's exit code and output; kills it if the test fails.
+    The output goes to a file, not a pipe: a pipe nobody reads while we poll would fill and block
+    a chatty command."""
     import signal
+    import tempfile
     import time
 
-    proc = subprocess.Popen(cmd, cwd=cwd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=clean_env(), stdout=out, stderr=subprocess.STDOUT, text=True)
+        with reaped(proc):
+            end = time.monotonic() + deadline_s
+            while not ready():
+                assert proc.poll() is None and time.monotonic() < end, "the command ended or hung before it was ready"
+                time.sleep(0.05)
+            for pid in victims(proc.pid):
+                os.kill(pid, signal.SIGKILL)
+            proc.wait(timeout=deadline_s)
+        out.seek(0)
+        return proc.returncode, out.read()
+
+
+@contextlib.contextmanager
+def reaped(*procs) -> Iterator[None]:
+    """Processes started for the block (subprocess.Popen or multiprocessing.Process): any still
+    running when it ends, a failed assertion or a time-out included, are killed and reaped."""
     try:
-        end = time.monotonic() + deadline_s
-        while not ready():
-            assert proc.poll() is None and time.monotonic() < end, "the command ended or hung before it was ready"
-            time.sleep(0.05)
-        for pid in victims(proc.pid):
-            os.kill(pid, signal.SIGKILL)
-        out, _ = proc.communicate(timeout=deadline_s)
+        yield
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return proc.returncode, out
+        for proc in procs:
+            if isinstance(proc, subprocess.Popen):
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(timeout=30)
+            elif proc.pid is not None and proc.exitcode is None:
+                proc.kill()
+                proc.join(timeout=30)
+
+
+@pytest.fixture
+def reap():
+    """`reap(proc)` registers a process the test starts (Popen or multiprocessing.Process) and
+    returns it; whatever is still running at teardown is killed and reaped."""
+    with contextlib.ExitStack() as stack:
+        def register(proc):
+            stack.enter_context(reaped(proc))
+            return proc
+        yield register
 
 
 def logged_step(results: Path, step: int):

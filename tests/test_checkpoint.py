@@ -59,18 +59,18 @@ def _write_forever(path: Path, first_step: int) -> None:
         step += 1
 
 
-def test_sigkill_while_saving_never_leaves_a_torn_checkpoint(tmp_path):
+def test_sigkill_while_saving_never_leaves_a_torn_checkpoint(tmp_path, reap):
     path = tmp_path / "checkpoint.pt"
     rng = random.Random(0)
     last = -1
     for _ in range(6):
-        writer = FORK.Process(target=_write_forever, args=(path, last + 1))
+        writer = reap(FORK.Process(target=_write_forever, args=(path, last + 1)))
         writer.start()
         # Let it finish at least one save of its own, then kill it at an arbitrary moment.
         wait_until(lambda: (checkpoint.load(path) or {"step": -1})["step"] > last, "a completed save")
         time.sleep(rng.uniform(0, 0.05))
         os.kill(writer.pid, signal.SIGKILL)
-        writer.join()
+        writer.join(timeout=30)
         state = checkpoint.load(path)  # raises on a torn file
         assert torch.equal(state["payload"], torch.full((1_000_000,), float(state["step"])))
         assert state["step"] > last
@@ -175,24 +175,24 @@ def _loop(marker: Path, step_s: float, displaced=None) -> None:
             preemption.proceed()
 
 
-def _start_loop(tmp_path: Path, step_s: float = 0.05, displaced=None):
+def _start_loop(reap, tmp_path: Path, step_s: float = 0.05, displaced=None):
     marker = tmp_path / "marker"
-    child = FORK.Process(target=_loop, args=(marker, step_s, displaced))
+    child = reap(FORK.Process(target=_loop, args=(marker, step_s, displaced)))
     child.start()
     wait_until(marker.with_suffix(".ready").exists, "the loop to install its handlers")
     return child, marker
 
 
-def test_sigterm_outside_slurm_saves_then_ends_the_process_by_sigterm(tmp_path):
-    child, marker = _start_loop(tmp_path)
+def test_sigterm_outside_slurm_saves_then_ends_the_process_by_sigterm(tmp_path, reap):
+    child, marker = _start_loop(reap, tmp_path)
     os.kill(child.pid, signal.SIGTERM)
     child.join(timeout=30)
     assert child.exitcode == -signal.SIGTERM  # the default action, only after the save
     assert marker.read_text() == "saved"
 
 
-def test_a_second_signal_does_not_wait_for_the_loop(tmp_path):
-    child, marker = _start_loop(tmp_path, step_s=600)  # a step that would never end in time
+def test_a_second_signal_does_not_wait_for_the_loop(tmp_path, reap):
+    child, marker = _start_loop(reap, tmp_path, step_s=600)  # a step that would never end in time
     os.kill(child.pid, signal.SIGTERM)
     time.sleep(0.2)
     os.kill(child.pid, signal.SIGTERM)
@@ -209,16 +209,16 @@ def _log_like_submitit(signum, frame):
     pass  # submitit's SIGTERM handler only logs
 
 
-def test_preemption_signal_goes_to_the_displaced_handler_after_the_save(tmp_path):
-    child, marker = _start_loop(tmp_path, displaced=(signal.SIGUSR2, _requeue_like_submitit))
+def test_preemption_signal_goes_to_the_displaced_handler_after_the_save(tmp_path, reap):
+    child, marker = _start_loop(reap, tmp_path, displaced=(signal.SIGUSR2, _requeue_like_submitit))
     os.kill(child.pid, signal.SIGUSR2)
     child.join(timeout=30)
     assert child.exitcode == 42
     assert marker.read_text() == "saved"
 
 
-def test_sigterm_under_a_handler_that_returns_still_stops_the_job(tmp_path):
-    child, marker = _start_loop(tmp_path, displaced=(signal.SIGTERM, _log_like_submitit))
+def test_sigterm_under_a_handler_that_returns_still_stops_the_job(tmp_path, reap):
+    child, marker = _start_loop(reap, tmp_path, displaced=(signal.SIGTERM, _log_like_submitit))
     os.kill(child.pid, signal.SIGTERM)
     child.join(timeout=30)
     assert child.exitcode == 128 + signal.SIGTERM

@@ -103,3 +103,35 @@ def test_ddp_resumes_after_the_job_is_killed_and_ends_as_an_uninterrupted_run(tm
     losses = [[p[1] for p in json.loads((r / "curve.json").read_text())["train"]]
               for r in (run_dir, tmp_path / "straight" / "results" / "runs" / straight["run_id"])]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+FAULTY = ["task._target_=faulty_task.FaultyShapes", "trainer.max_steps=8", "sweep=faulty"]
+
+
+def _faulty_run(tmp_path: Path, fault: str, *extra: str) -> tuple[subprocess.CompletedProcess, float]:
+    env = clean_env(ABLATE_TEST_FAULT=fault, PYTHONPATH=str(ROOT / "tests" / "apps" / "faulty"))
+    started = time.monotonic()
+    proc = run_cli(CELL + FAULTY + ["trainer.devices=2", *extra], tmp_path, env=env, timeout=DEADLINE_S, check=False)
+    return proc, time.monotonic() - started
+
+
+def test_a_rank_that_hangs_fails_the_job_after_dist_timeout_min_naming_that_rank(tmp_path):
+    timeout_min = 0.25
+    proc, took = _faulty_run(tmp_path, "hang:1:3", f"trainer.dist_timeout_min={timeout_min}")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    (record,) = load_records(tmp_path / "results")
+    assert record["status"] == records.Status.FAILED and record["error"]["type"] == "RankFailed"
+    assert record["error"]["message"] == (
+        f"rank 0 of 2 failed: CollectiveTimeout: a collective timed out after {timeout_min:g} min "
+        "(trainer.dist_timeout_min): rank 1 never joined it (hung, or far slower than the others)")
+    # The job's start (imports, spawning ranks, the data) takes ~20-40 s here; the bound is the issue's.
+    assert took < timeout_min * 60 + 60 + 60, took
+
+
+def test_a_rank_that_raises_fails_the_job_at_once_with_its_exception(tmp_path):
+    proc, took = _faulty_run(tmp_path, "raise:1:3")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    (record,) = load_records(tmp_path / "results")
+    assert record["status"] == records.Status.FAILED and record["error"]["type"] == "RankFailed"
+    assert record["error"]["message"] == "rank 1 of 2 failed: RuntimeError: injected failure on rank 1 at step 3"
+    assert took < 60 + 60, took

@@ -131,7 +131,7 @@ def test_wandb_offline_writes_under_the_run_folder_without_network(tmp_path, tin
     cmd_env = clean_env(HOME=str(tmp_path))  # no ~/.netrc, no API key -> offline
     unshare = shutil.which("unshare")
     if unshare:  # run inside a network namespace with no interfaces up: any network attempt would fail
-        probe = subprocess.run([unshare, "-n", "true"], capture_output=True)
+        probe = subprocess.run([unshare, "-n", "true"], capture_output=True, timeout=30)
         if probe.returncode == 0:
             cmd = [unshare, "-n", sys.executable, str(ROOT / "run.py"), *args,
                    f"paths.results={tmp_path / 'results'}", f"paths.data={tmp_path / 'data'}"]

@@ -5,15 +5,17 @@ appends to on every attempt; a reused cell logs "reused" instead.
 """
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -53,24 +55,22 @@ def _runs(results: Path) -> dict[tuple[bool, int], Path]:
     return out
 
 
-class _Procs(list):
-    def popen(self, cmd: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=clean_env(), stderr=subprocess.STDOUT, **kwargs)
-        self.append(proc)
-        return proc
+def _popen(cmd: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(cmd, cwd=cwd, env=clean_env(), stderr=subprocess.STDOUT, **kwargs)
 
 
-@contextlib.contextmanager
-def _reaped():
-    """Child jobs started in the block; any still running when it ends (a failed assertion) are killed."""
-    procs = _Procs()
-    try:
-        yield procs
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+def _lines(proc: subprocess.Popen, silence_s: float) -> Iterator[str]:
+    """proc's stdout lines as they come; raises queue.Empty when none comes for silence_s (a hung
+    child fails the test instead of blocking it in a read)."""
+    lines: queue.Queue = queue.Queue()
+
+    def pump() -> None:
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+    threading.Thread(target=pump, daemon=True).start()
+    while (line := lines.get(timeout=silence_s)) is not None:
+        yield line
 
 
 def _wait_for(predicate, what: str, procs=()) -> None:
@@ -82,63 +82,61 @@ def _wait_for(predicate, what: str, procs=()) -> None:
         time.sleep(0.02)
 
 
-def test_sigkill_then_restart_resumes_and_ends_with_the_uninterrupted_metrics(tmp_path):
+def test_sigkill_then_restart_resumes_and_ends_with_the_uninterrupted_metrics(tmp_path, reap):
     results, data = tmp_path / "results", tmp_path / "data"
     other = tmp_path / "uninterrupted"
     cmd = _cmd(LONG + ["sweep=killed"], results, data)
-    with _reaped() as procs:
-        # An uninterrupted run of the same cell in another results folder, alongside (compared at the end).
-        with open(tmp_path / "straight.out", "w") as out:
-            straight_proc = procs.popen(_cmd(LONG + ["sweep=straight"], other, data), tmp_path, stdout=out)
-        proc = procs.popen(cmd, tmp_path, stdout=subprocess.PIPE, text=True)
-        state = None
-        # The loop logs "step N/60" (stdout, unbuffered) before it saves the checkpoint of step N. Once a
-        # step past 15 is logged, load the checkpoint; kill at once when it is mid-epoch (an epoch is 10
-        # steps: 15, 25, ...), the harder case for a resume (data order and RNG state inside an epoch).
-        for line in proc.stdout:
-            match = re.search(r" step (\d+)/60 ", line)
-            if match and int(match.group(1)) >= 16:
-                ckpts = list((results / "runs").glob("*/checkpoint.pt"))
-                assert len(ckpts) == 1
-                state = checkpoint.load(ckpts[0])
-                if state["step"] >= 10 and state["step"] % 10 == 5:
-                    proc.send_signal(signal.SIGKILL)
-                    break
-        proc.wait(timeout=DEADLINE_S)
-        proc.stdout.close()
-        assert proc.returncode == -signal.SIGKILL, "the job finished before it could be killed"
-        assert state is not None and 10 <= state["step"] < 60
-        (run_dir,) = (results / "runs").iterdir()
-        assert not (run_dir / "result.json").exists()  # killed mid-training: no record yet
-        killed_at = checkpoint.load(run_dir / "checkpoint.pt")["step"]
-        # Usually the mid-epoch checkpoint read before the kill; the job may have saved the next one (5
-        # steps later, at an epoch end) in the moment before the signal landed: resume from either.
-        assert 10 <= killed_at < 60 and killed_at % 5 == 0 and killed_at >= state["step"]
+    # An uninterrupted run of the same cell in another results folder, alongside (compared at the end).
+    with open(tmp_path / "straight.out", "w") as out:
+        straight_proc = reap(_popen(_cmd(LONG + ["sweep=straight"], other, data), tmp_path, stdout=out))
+    proc = reap(_popen(cmd, tmp_path, stdout=subprocess.PIPE, text=True))
+    state = None
+    # The loop logs "step N/60" (stdout, unbuffered) before it saves the checkpoint of step N. Once a
+    # step past 15 is logged, load the checkpoint; kill at once when it is mid-epoch (an epoch is 10
+    # steps: 15, 25, ...), the harder case for a resume (data order and RNG state inside an epoch).
+    for line in _lines(proc, DEADLINE_S):
+        match = re.search(r" step (\d+)/60 ", line)
+        if match and int(match.group(1)) >= 16:
+            ckpts = list((results / "runs").glob("*/checkpoint.pt"))
+            assert len(ckpts) == 1
+            state = checkpoint.load(ckpts[0])
+            if state["step"] >= 10 and state["step"] % 10 == 5:
+                proc.send_signal(signal.SIGKILL)
+                break
+    proc.wait(timeout=DEADLINE_S)
+    assert proc.returncode == -signal.SIGKILL, "the job finished before it could be killed"
+    assert state is not None and 10 <= state["step"] < 60
+    (run_dir,) = (results / "runs").iterdir()
+    assert not (run_dir / "result.json").exists()  # killed mid-training: no record yet
+    killed_at = checkpoint.load(run_dir / "checkpoint.pt")["step"]
+    # Usually the mid-epoch checkpoint read before the kill; the job may have saved the next one (5
+    # steps later, at an epoch end) in the moment before the signal landed: resume from either.
+    assert 10 <= killed_at < 60 and killed_at % 5 == 0 and killed_at >= state["step"]
 
-        # The same command again: resumes from the checkpoint and completes.
-        again = subprocess.run(cmd, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=DEADLINE_S)
-        assert again.returncode == 0, again.stderr[-3000:]
-        resumed = records.read(run_dir / "result.json")
-        assert resumed["status"] == "completed"
-        assert resumed["cost"]["resumed_from_step"] == killed_at and resumed["cost"]["steps"] == 60
-        log = (run_dir / "train.log").read_text()
-        assert log.count("resumed from") == 1 and f"at step {killed_at}/60" in log
-        assert _trainings(run_dir, 60) == 1  # the first attempt never reached step 60
-        assert log.count(f" step {killed_at + 1}/60 ") == 2  # the step after the checkpoint ran in both attempts
+    # The same command again: resumes from the checkpoint and completes.
+    again = subprocess.run(cmd, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=DEADLINE_S)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = records.read(run_dir / "result.json")
+    assert resumed["status"] == "completed"
+    assert resumed["cost"]["resumed_from_step"] == killed_at and resumed["cost"]["steps"] == 60
+    log = (run_dir / "train.log").read_text()
+    assert log.count("resumed from") == 1 and f"at step {killed_at}/60" in log
+    assert _trainings(run_dir, 60) == 1  # the first attempt never reached step 60
+    assert log.count(f" step {killed_at + 1}/60 ") == 2  # the step after the checkpoint ran in both attempts
 
-        # The uninterrupted run of the same cell: the same final metrics.
-        assert straight_proc.wait(timeout=DEADLINE_S) == 0, (tmp_path / "straight.out").read_text()[-3000:]
-        (straight,) = load_records(other)
-        assert straight["run_id"] == resumed["run_id"]
-        assert straight["cost"]["resumed_from_step"] is None
-        assert set(straight["metrics"]) == set(resumed["metrics"]) >= {"top1", "top5", "loss"}
-        assert resumed["metrics"] == pytest.approx(straight["metrics"], rel=1e-6)
-        # And the final weights agree as well, not only the rounded-off accuracy.
-        weights = checkpoint.load(run_dir / "checkpoint.pt")["model"]
-        reference = checkpoint.load(other / "runs" / straight["run_id"] / "checkpoint.pt")["model"]
-        assert weights.keys() == reference.keys()
-        for key in weights:
-            assert weights[key].float().sub(reference[key].float()).abs().max().item() <= 1e-6, key
+    # The uninterrupted run of the same cell: the same final metrics.
+    assert straight_proc.wait(timeout=DEADLINE_S) == 0, (tmp_path / "straight.out").read_text()[-3000:]
+    (straight,) = load_records(other)
+    assert straight["run_id"] == resumed["run_id"]
+    assert straight["cost"]["resumed_from_step"] is None
+    assert set(straight["metrics"]) == set(resumed["metrics"]) >= {"top1", "top5", "loss"}
+    assert resumed["metrics"] == pytest.approx(straight["metrics"], rel=1e-6)
+    # And the final weights agree as well, not only the rounded-off accuracy.
+    weights = checkpoint.load(run_dir / "checkpoint.pt")["model"]
+    reference = checkpoint.load(other / "runs" / straight["run_id"] / "checkpoint.pt")["model"]
+    assert weights.keys() == reference.keys()
+    for key in weights:
+        assert weights[key].float().sub(reference[key].float()).abs().max().item() <= 1e-6, key
 
 
 def test_rerun_of_a_half_done_sweep_trains_only_the_unfinished_cells(tmp_path, tiny_args):
@@ -215,7 +213,7 @@ def test_two_sweeps_that_share_a_cell_compute_it_once(tmp_path, tiny_args):
         assert Path(pointers[sweep][by_seed[1]["run_id"]]["run_dir"]) == shared
 
 
-def test_concurrent_jobs_of_one_cell_train_once_and_leave_a_valid_record(tmp_path, tiny_args):
+def test_concurrent_jobs_of_one_cell_train_once_and_leave_a_valid_record(tmp_path, tiny_args, reap):
     from ablate.launch.plan import plan_cell
 
     results, data = tmp_path / "results", tmp_path / "data"
@@ -224,17 +222,17 @@ def test_concurrent_jobs_of_one_cell_train_once_and_leave_a_valid_record(tmp_pat
     run_dir = results / "runs" / run_id
     run_dir.mkdir(parents=True)
     logs = [tmp_path / f"job{i}.out" for i in range(2)]
-    with _reaped() as procs:
-        # Hold the cell's lock while both jobs start, so that they certainly overlap: both must wait.
-        with open(run_dir / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            for out in logs:
-                with open(out, "w") as handle:
-                    procs.popen(_cmd(args, results, data), tmp_path, stdout=handle)
-            _wait_for(lambda: all("waiting for it" in p.read_text() for p in logs), "both jobs to wait", procs)
-            fcntl.flock(lock, fcntl.LOCK_UN)
-        for proc in procs:
-            proc.wait(timeout=DEADLINE_S)
+    procs = []
+    # Hold the cell's lock while both jobs start, so that they certainly overlap: both must wait.
+    with open(run_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for out in logs:
+            with open(out, "w") as handle:
+                procs.append(reap(_popen(_cmd(args, results, data), tmp_path, stdout=handle)))
+        _wait_for(lambda: all("waiting for it" in p.read_text() for p in logs), "both jobs to wait", procs)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    for proc in procs:
+        proc.wait(timeout=DEADLINE_S)
     outputs = [p.read_text() for p in logs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     record = records.read(run_dir / "result.json")  # valid JSON, valid schema

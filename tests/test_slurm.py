@@ -28,14 +28,24 @@ SLURM = [
     "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
     "hydra.launcher.timeout_min=20",
 ]
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+# The sweeps are module fixtures, timed as part of the first test that uses them (up to ~8 min).
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(900)]
+SLURM_CMD_S = 30  # one scontrol/scancel/sacct call; a controller that does not answer fails the test
+
+
+def slurm_cmd(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """A Slurm client command, bounded by SLURM_CMD_S."""
+    return subprocess.run(list(args), capture_output=True, text=True, check=check, timeout=SLURM_CMD_S)
 
 
 def _slurm_reachable() -> str:
     """'' when a Slurm controller answers and its node takes jobs, else why not."""
     if shutil.which("sbatch") is None:
         return "no sbatch on PATH"
-    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
+    try:
+        ping = slurm_cmd("scontrol", "ping", check=False)
+    except subprocess.TimeoutExpired:
+        return f"scontrol ping did not answer in {SLURM_CMD_S}s"
     if ping.returncode != 0 or "UP" not in ping.stdout:
         first_line = (ping.stdout + ping.stderr).strip().splitlines()[:1]
         return f"scontrol ping says: {first_line[0] if first_line else 'nothing'}"
@@ -51,11 +61,20 @@ def slurm():
         pytest.skip(f"no Slurm reachable ({why}); start one with `sudo bash scripts/slurm-local.sh up`")
 
 
+def start_driver(command: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    """Start a multirun driver; its output goes to `log` (a file: a pipe left unread would fill up
+    and block a chatty driver while the test polls)."""
+    with open(log, "w") as out:
+        driver = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True)
+    driver.log = log
+    return driver
+
+
 def sweep(tmp_path: Path, *overrides: str) -> subprocess.Popen:
     """Start the app's multirun through hydra/launcher=slurm; the driver waits for its jobs."""
     command = [sys.executable, "launch_app.py", "-m", *SLURM, f"out={tmp_path / 'm'}",
                f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides]
-    return subprocess.Popen(command, cwd=APP_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return start_driver(command, APP_DIR, tmp_path / "driver.log")
 
 
 @contextlib.contextmanager
@@ -66,14 +85,17 @@ def cleaned_up(driver: subprocess.Popen, sweep_dir: Path):
     finally:
         if driver.poll() is None:
             driver.kill()
-            driver.communicate()
+            driver.wait(timeout=SLURM_CMD_S)
             for array_id in {task.split("_")[0] for task in array_tasks(sweep_dir)}:
-                subprocess.run(["scancel", array_id], check=False)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    slurm_cmd("scancel", array_id, check=False)
 
 
-def finish(driver: subprocess.Popen, timeout_s: float = 120) -> str:
-    output, _ = driver.communicate(timeout=timeout_s)
-    assert driver.returncode == 0, output
+def finish(driver: subprocess.Popen, timeout_s: float = 120, check: bool = True) -> str:
+    """Wait for the driver to end (at most timeout_s); its output."""
+    driver.wait(timeout=timeout_s)
+    output = driver.log.read_text()
+    assert not check or driver.returncode == 0, output
     return output
 
 
@@ -110,7 +132,7 @@ def counted_to(tmp_path: Path, name: str, step: int) -> str:
 
 
 def job_field(job_id: str, field: str) -> str:
-    shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=True).stdout
+    shown = slurm_cmd("scontrol", "show", "job", job_id).stdout
     return re.search(rf"\b{field}=(\S+)", shown).group(1)
 
 
@@ -121,7 +143,7 @@ def held_after_requeue(job_id: str) -> bool:
 def release(job_id: str) -> None:
     """Let a requeued job start now. Slurm holds a requeued batch job for about two minutes before
     it may start again; that cool-down is Slurm's, not ours, so the tests lift it."""
-    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
+    slurm_cmd("scontrol", "update", f"jobid={job_id}", "StartTime=now")
 
 
 def preempt(job_id: str) -> None:
@@ -131,7 +153,7 @@ def preempt(job_id: str) -> None:
     it is once its handler requeues it; the signal is delivered by then, so a few seconds will do.
     """
     try:
-        subprocess.run(["scancel", "--signal=USR2", job_id], timeout=10)
+        subprocess.run(["scancel", "--signal=USR2", job_id], timeout=10, capture_output=True)
     except subprocess.TimeoutExpired:
         pass
 
@@ -151,7 +173,7 @@ def interrupted_sweep(tmp_path_factory):
         jobs = {name: counted_to(tmp_path, name, 3) for name in ("c", "d")}
         preempt(jobs["c"])
         # No warning signal: Slurm stops the job (SIGTERM, then SIGKILL after KillWait) and requeues it.
-        subprocess.run(["scontrol", "requeue", jobs["d"]], check=True)
+        slurm_cmd("scontrol", "requeue", jobs["d"])
         for job_id in jobs.values():
             wait_until(lambda: held_after_requeue(job_id), f"job {job_id} to be requeued")
             release(job_id)
@@ -189,7 +211,7 @@ def test_a_job_that_dies_does_not_stop_the_sweep_waiting_for_the_others(tmp_path
     # Each job does what it is named: job 0 dies at once (os._exit, no result), job 1 runs on.
     driver = sweep(tmp_path, "name=exit,ok", "action=${name}", "hold_s=20")
     with cleaned_up(driver, tmp_path / "sweep"):
-        output, _ = driver.communicate(timeout=120)
+        output = finish(driver, check=False)
     assert driver.returncode != 0  # Hydra raises the failed job's error once the sweep is over
     assert re.search(r"job \S+ \(.*name=exit.*\) ended without a result", output)
     assert marker(tmp_path, "ok", "end") == {"saw_peer": None}  # waited for, not abandoned
@@ -226,7 +248,7 @@ def real_sweep(tmp_path_factory):
                "model.ssm=true,false", "seed=0,1", "sweep=slurm2x2", f"paths.results={results}",
                f"paths.data={tmp_path / 'data'}"]
     # cwd: the sweep's report lands in tmp_path, not in the repository.
-    driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    driver = start_driver(command, tmp_path, tmp_path / "driver.log")
     sweep_dir = results / "sweeps" / "slurm2x2"
     with cleaned_up(driver, sweep_dir):
         signalled = None

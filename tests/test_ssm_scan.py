@@ -5,6 +5,7 @@ PyTorch scan ('torch'), forced through $ABLATE_SCAN_BACKEND.
 """
 import logging
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -410,3 +411,62 @@ def test_mixer_rejects_bad_config():
         SelectiveSSM2d(8, scan='zigzag')
     with pytest.raises(ValueError, match='model.d_state=0'):
         SelectiveSSM2d(8, d_state=0)
+
+
+# --- building the kernel: a killed build must not lock it forever -----------------------------
+
+@pytest.fixture
+def fake_build(tmp_path, monkeypatch):
+    """torch's build, stood in for by torch < 2.14's rule: a `lock` file in the build folder makes
+    it wait forever (here: fail). Returns the names of the builds it ran."""
+    from torch.utils import cpp_extension
+
+    def build_directory(name, verbose):
+        (tmp_path / name).mkdir(exist_ok=True)
+        return str(tmp_path / name)
+
+    built = []
+
+    def load(name, build_directory, **kwargs):
+        assert not (Path(build_directory) / 'lock').exists(), 'torch < 2.14 would wait on this lock forever'
+        built.append(name)
+
+    monkeypatch.setattr(cpp_extension, '_get_build_directory', build_directory)
+    monkeypatch.setattr(cpp_extension, 'load', load)
+    return built
+
+
+def test_a_stale_build_lock_is_removed_and_the_kernel_rebuilt(tmp_path, fake_build, caplog):
+    ssm_mod._build_extension()  # makes the build folder
+    (built_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    (built_dir / 'lock').touch()  # what a build killed mid-way leaves: its lock file, and no library
+    with caplog.at_level(logging.INFO, logger='ablate.models.ssm'):
+        ssm_mod._build_extension()
+    assert len(fake_build) == 2 and not (built_dir / 'lock').exists()
+    assert [r.getMessage() for r in caplog.records] == [
+        f'removed a stale build lock {built_dir / "lock"} left by a killed build; rebuilding the selective scan']
+
+
+def test_a_build_in_progress_elsewhere_is_waited_for_not_broken(tmp_path, fake_build, caplog):
+    import fcntl
+    import multiprocessing
+    import time
+
+    ssm_mod._build_extension()
+    (built_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    (built_dir / 'lock').touch()
+    (built_dir / f'{built_dir.name}.so').touch()  # a library from an earlier build: nothing to say about it
+    guard = open(built_dir.with_name(built_dir.name + '.ablate-lock'), 'w')
+    fcntl.flock(guard, fcntl.LOCK_EX)  # another process's build, in progress (an open file description of its own)
+    release = multiprocessing.get_context('fork').Process(target=lambda: (time.sleep(0.5), fcntl.flock(guard, fcntl.LOCK_UN)))
+    with caplog.at_level(logging.INFO, logger='ablate.models.ssm'):
+        release.start()
+        try:
+            ssm_mod._build_extension()
+        finally:
+            release.join(timeout=30)
+            guard.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any('another process is building the selective scan' in m for m in messages)
+    assert not any('stale' in m for m in messages)
+    assert len(fake_build) == 2

@@ -184,16 +184,16 @@ def test_version_is_part_of_the_identity(tmp_path):
 
 
 def _generate_after_barrier(root: Path, barrier, results) -> None:
-    barrier.wait()  # both processes start building at the same moment
+    barrier.wait(timeout=60)  # both processes start building at the same moment
     results.put(str(generate_pathfinder(root, (32, 32), 40, 10, seed=3)))
 
 
-def test_two_processes_generating_at_once_leave_one_valid_copy(tmp_path):
+def test_two_processes_generating_at_once_leave_one_valid_copy(tmp_path, reap):
     # fork: a child starts in milliseconds (no re-import of torch), so the two builds overlap.
     context = multiprocessing.get_context("fork")
     barrier, results = context.Barrier(2), context.Queue()
     root = tmp_path / "data"
-    procs = [context.Process(target=_generate_after_barrier, args=(root, barrier, results)) for _ in range(2)]
+    procs = [reap(context.Process(target=_generate_after_barrier, args=(root, barrier, results))) for _ in range(2)]
     for proc in procs:
         proc.start()
     paths = {results.get(timeout=120) for _ in procs}

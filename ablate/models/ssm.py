@@ -408,11 +408,41 @@ def _build_extension() -> Any:
 
         # the name changes with the source, flags and CPU, so worktrees and nodes never share a stale build
         tag = hashlib.sha1(_SOURCE.read_bytes() + ' '.join(_CFLAGS).encode() + _cpu_flags().encode()).hexdigest()
-        cpp_extension.load(name=f'ablate_scan_{tag[:12]}', sources=[str(_SOURCE)], extra_cflags=_CFLAGS,
-                           extra_ldflags=['-fopenmp'], is_python_module=False, verbose=False)
+        name = f'ablate_scan_{tag[:12]}'
+        build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))  # torch's own choice of folder
+        with _sole_builder(build_dir):
+            cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=_CFLAGS, extra_ldflags=['-fopenmp'],
+                               build_directory=str(build_dir), is_python_module=False, verbose=False)
     finally:
         cpp_log.setLevel(level)
     return torch.ops.ablate_scan_cpp
+
+
+@contextlib.contextmanager
+def _sole_builder(build_dir: Path) -> Iterator[None]:
+    """Hold an OS lock on `<build_dir>.ablate-lock` while torch builds or loads the kernel.
+
+    torch < 2.14 guards a build with a file whose mere existence blocks (`build_dir/lock`); a build
+    killed mid-way (Ctrl-C, a time-out) leaves it behind and every later import waits on it forever.
+    The kernel releases our lock when its holder dies, and every builder of this extension takes it
+    first, so a `lock` file found while we hold it has no living owner: it is removed, and the
+    kernel rebuilt when its library is missing.
+    """
+    import fcntl
+
+    with open(build_dir.with_name(build_dir.name + '.ablate-lock'), 'w') as guard:
+        try:
+            fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info('another process is building the selective scan in %s; waiting for it', build_dir)
+            fcntl.flock(guard, fcntl.LOCK_EX)
+        stale = build_dir / 'lock'
+        if stale.exists():
+            stale.unlink()
+            if not any(build_dir.glob('*.so')):
+                log.warning('removed a stale build lock %s left by a killed build; rebuilding the selective scan',
+                            stale)
+        yield  # the lock is released when the file closes
 
 
 @functools.lru_cache(maxsize=1)

@@ -28,18 +28,21 @@ import torch.distributed as dist
 
 T = TypeVar("T")
 log = logging.getLogger("ablate.train")
-# A collective waits this long for a peer before it raises: a peer that hangs, not one that died
-# (the agent stops the group at once when a rank exits). Long, because the other ranks wait in one
-# while rank 0 evaluates the whole validation split alone.
-COLLECTIVE_TIMEOUT = dt.timedelta(hours=2)
+# How long a rank whose collective timed out waits for the other ranks to say so too, before it
+# names the ranks that never joined (the hung ones) and fails.
+_TIMEOUT_TALLY_S = 5.0
 
 
 class RankFailed(RuntimeError):
     """A rank of a multi-device job raised or died; the message names the rank and its error."""
 
 
-def run_ranks(world: int, fn: Callable[..., T], *args: Any) -> T:
-    """fn(*args) in `world` local ranks (spawned processes, so fn and args must pickle); rank 0's result."""
+def run_ranks(world: int, timeout: dt.timedelta, fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args) in `world` local ranks (spawned processes, so fn and args must pickle); rank 0's result.
+
+    A collective that waits longer than `timeout` for a peer (`trainer.dist_timeout_min`: a rank
+    that hangs, not one that died, which the agent sees at once) fails its rank, naming the ranks
+    that never joined it; the agent then stops the others, and RankFailed carries the first error."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -48,34 +51,79 @@ def run_ranks(world: int, fn: Callable[..., T], *args: Any) -> T:
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
                           monitor_interval=0.2, start_method="spawn")
     try:
-        return elastic_launch(config, _rank_main)(fn, *args)[0]
+        return elastic_launch(config, _rank_main)(timeout, fn, *args)[0]
     except ChildFailedError as exc:
-        rank, failure = min(exc.failures.items())
-        reason = failure.message if isinstance(failure.message, str) else str(failure.message)
+        reasons = {rank: _reason(failure) for rank, failure in exc.failures.items()}
+        # The cause, not its echo: a rank that lost its peer's connection failed because that peer did.
+        # Then the first to fail (timestamps are whole seconds), then the lowest rank.
+        rank, failure = min(exc.failures.items(), key=lambda item: (
+            "by peer" in reasons[item[0]], item[1].timestamp, item[0]))
+        reason = reasons[rank]
         how = f"exit code {failure.exitcode}" + (f" ({signal.Signals(-failure.exitcode).name})"
                                                   if failure.exitcode < 0 else "")
         first = reason.strip().splitlines()[0] if reason and reason.strip() else how
         raise RankFailed(f"rank {rank} of {world} failed: {first}") from None
 
 
-def _rank_main(fn: Callable[..., T], *args: Any) -> T:
+def _reason(failure: Any) -> str:
+    """A failed rank's "Type: message" (torch gives a str, or a dict with the message and its stack)."""
+    message = failure.message
+    return str(message.get("message", message)) if isinstance(message, dict) else str(message)
+
+
+def _rank_main(timeout: dt.timedelta, fn: Callable[..., T], *args: Any) -> T:
     from torch.distributed.elastic.multiprocessing.errors import record
 
-    return record(_in_group)(fn, *args)  # record: the rank's exception reaches the driver's error
+    return record(_in_group)(timeout, fn, *args)  # record: the rank's exception reaches the driver's error
 
 
-def _in_group(fn: Callable[..., T], *args: Any) -> T:
+def _in_group(timeout: dt.timedelta, fn: Callable[..., T], *args: Any) -> T:
     _die_with_parent()
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     # DDP's buckets are contiguous; the depthwise convs' grads arrive channels-last: a copy, not an error
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=COLLECTIVE_TIMEOUT)
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
     try:
         return fn(*args)
+    except Exception as exc:
+        if not _timed_out(exc):
+            raise
+        hung = _ranks_that_never_timed_out()
+        who = (f"rank{'s' if len(hung) > 1 else ''} {', '.join(map(str, hung))} never joined it (hung, or far "
+               f"slower than the others)") if hung else "every rank was waiting"
+        raise CollectiveTimeout(f"a collective timed out after {timeout.total_seconds() / 60:g} min "
+                                f"(trainer.dist_timeout_min): {who}") from exc
     finally:
         dist.destroy_process_group()
+
+
+class CollectiveTimeout(RuntimeError):
+    """A collective waited trainer.dist_timeout_min for a peer rank; the message names the ranks that never came."""
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """True for a collective's time-out (gloo raises it as a RuntimeError that says so)."""
+    return isinstance(exc, RuntimeError) and "timed out" in str(exc).lower()
+
+
+def _ranks_that_never_timed_out() -> list[int]:
+    """Every rank whose collective times out says so in the rendezvous store, then waits a few
+    seconds for the others to say so too; the ranks that never do were not waiting: they hung."""
+    import time
+
+    rank, world = rank_and_world()
+    store = dist.PrefixStore("ablate/timed_out", dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+        timeout=dt.timedelta(seconds=_TIMEOUT_TALLY_S)))
+    store.set(str(rank), "1")
+    deadline = time.monotonic() + _TIMEOUT_TALLY_S
+    while True:
+        silent = [other for other in range(world) if not store.check([str(other)])]
+        if not silent or time.monotonic() > deadline:
+            return silent
+        time.sleep(0.2)
 
 
 def _die_with_parent() -> None:
@@ -83,7 +131,7 @@ def _die_with_parent() -> None:
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
     except (OSError, AttributeError):
-        pass  # not Linux: a killed job's ranks end at their next collective (COLLECTIVE_TIMEOUT)
+        pass  # not Linux: a killed job's ranks end at their next collective (trainer.dist_timeout_min)
 
 
 def rank_and_world() -> tuple[int, int]:
