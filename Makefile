@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # OpenMP threads that spin while waiting make PyTorch many times slower on shared or small CPUs.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: test demo study controls install bench
+.PHONY: test demo study study-h2 controls install bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ study: $(STAMP)
 	$(PY) run.py -m +experiment=cpu_study task=pathfinder 'task.image_size=[64,64],[128,128],[208,208]' \
 	  task.train_size=4000 task.val_size=1000 trainer.epochs=1 task.distractors=0 task.curve_length=0.5
 	@echo "study: report at reports/cpu_study/report.md"
+
+# The H2 study (experiments/h2_occlusion.yaml, ~90 min on 2 cores): occluded-line completion at 96/192/384 px.
+study-h2: $(STAMP)
+	$(PY) run.py -m +experiment=h2_occlusion
+	@echo "study-h2: report at reports/h2_occlusion/report.md"
 
 # The two controls (experiments/controls.yaml, ~60 min on 2 cores): H3 on shapes, H2-iso on pathfinder.
 CONTROLS_PATHFINDER := task=pathfinder 'task.image_size=[64,64],[128,128],[208,208]' task.train_size=4000 \

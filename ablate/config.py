@@ -153,6 +153,7 @@ TASK_SCHEMAS = {
     "embedded_detection_schema": "ablate.tasks.detection.EmbeddedCocoDetection",
     "segmentation_schema": "ablate.tasks.segmentation.ADE20KSegmentation",
     "embedded_segmentation_schema": "ablate.tasks.segmentation.EmbeddedADE20K",
+    "occlusion_schema": "ablate.tasks.occlusion.OcclusionSegmentation",
 }
 
 

@@ -34,6 +34,7 @@ def make_record(
     chance: float | None = None,
     causal: bool = False,
     match_macs: bool = False,
+    extra_metrics: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """One valid record. MACs grow with the token count; the SSM arm adds 15 % (all in macs_ssm), and
     the iso-MAC control (match_macs) has the SSM arm's MACs without a scan."""
@@ -57,7 +58,7 @@ def make_record(
         "error": None if completed else {"type": "RuntimeError", "message": "CUDA out of memory", "traceback": "..."},
         "config": config, "overrides": overrides, "factors": records.factors(config, overrides, always=RECORD_KEYS),
         "task": {"name": task, "kind": kind, "metric": metric, "higher_is_better": higher_is_better, "chance": chance},
-        "metrics": {metric: value, "loss": 1.0} if completed and value is not None else {},
+        "metrics": {metric: value, "loss": 1.0, **(extra_metrics or {})} if completed and value is not None else {},
         "cost": {
             "params": 7_300_000 + (250_000 if ssm else 0), "macs": base_macs + macs_ssm + widening, "macs_ssm": macs_ssm,
             "input_size": [h, w], "seq_len": seq_len, "tau": 6 * STAGE3_WIDTH[variant],

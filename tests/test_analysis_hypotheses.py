@@ -63,7 +63,8 @@ def test_a_dropped_in_yaml_file_adds_a_hypothesis(tmp_path: Path) -> None:
     shutil.copytree(CONF_DIR, folder)
     (folder / "h9.yaml").write_text(H9)
     loaded = load_hypotheses(folder)
-    assert [h.id for h in loaded] == ["H1", "H1-embedded", "H2", "H2-iso", "H3", "H3-embedded", "H9"]
+    assert [h.id for h in loaded] == ["H1", "H1-embedded", "H2", "H2-iso", "H2-occlusion", "H2-occlusion-bands", "H3",
+                                      "H3-embedded", "H9"]
     assert loaded[-1].test == "equivalence" and loaded[-1].scope.factors == (("trainer.epochs", (1,)),)
 
 
@@ -265,6 +266,8 @@ def test_a_hypothesis_naming_what_no_record_carries_is_reported(tmp_path: Path, 
 def test_shipped_hypotheses_match_records_without_notes(tmp_path: Path) -> None:
     recs = paired(80 + _noise(3, 1.0), 80 + _noise(3, 1.0, 1)) + paired(
         40 + _noise(3, 1.0), 41 + _noise(3, 1.0, 1), image_size=LONG, task="det", kind="detection", metric="map")
+    recs += paired(20 + _noise(3, 1.0), 22 + _noise(3, 1.0, 1), image_size=LONG, task="occlusion", kind="segmentation",
+                   metric="iou_occluded", extra_metrics={"iou_visible": 40.0, "occluded_far_minus_near": -3.0})
     collection = _collection(tmp_path, recs)
     assert [line for h in load_hypotheses(CONF_DIR) for line in mismatches(h, collection)] == []
 
@@ -322,3 +325,29 @@ def test_too_few_seeds_of_an_arm_at_chance_say_both(tmp_path: Path) -> None:
     rows = evaluate(h1, _collection(tmp_path, paired([10.0, 10.5], [10.0, 10.0], image_size=SHORT, chance=10.0))).rows
     note = rows[rows["part"] == "non_inferiority"]["note"].iloc[0]
     assert note.startswith("2 paired seed(s), fewer than min_pairs=3; not clearly above chance: model.ssm=true")
+
+
+def test_an_arm_that_did_not_learn_the_easy_part_decides_nothing(tmp_path: Path) -> None:
+    # The SSM arm is far better on the hard metric, but the control never learned the visible lines.
+    h = _hypothesis(tmp_path, "id: H9\nclaim: c\ntest: superiority\nlearned: {metric: iou_visible, above: 25}\n")
+    recs = []
+    for seed in range(3):
+        for ssm, value, visible in ((False, 10.0 + seed, 12.0 + seed), (True, 30.0 + seed, 40.0)):
+            recs.append(make_record(value=value, ssm=ssm, seed=seed, extra_metrics={"iou_visible": visible}))
+    (row,) = evaluate(h, _collection(tmp_path, recs)).rows.to_dict("records")
+    assert row["decision"] == "insufficient evidence" and row["at_chance"]
+    assert row["note"] == ("did not learn: model.ssm=false (mean iou_visible 13), not above 25 (learned:); "
+                           "an arm that did not learn decides nothing")
+    # Once both arms clear the threshold the same pairs decide.
+    for record in recs:
+        record["metrics"]["iou_visible"] = 40.0
+    (row,) = evaluate(h, _collection(tmp_path / "again", recs)).rows.to_dict("records")
+    assert row["decision"] == "supported" and not row["at_chance"]
+
+
+@pytest.mark.parametrize("value", ["iou_visible", {"metric": "iou_visible"}, {"metric": "x", "above": "high"}])
+def test_a_malformed_learned_gate_is_one_line(tmp_path: Path, value) -> None:
+    import yaml as yaml_lib
+
+    with pytest.raises(HypothesisError, match=r"h.yaml: learned"):
+        _hypothesis(tmp_path, "id: H9\nclaim: c\ntest: superiority\nlearned: " + yaml_lib.safe_dump(value, default_flow_style=True))

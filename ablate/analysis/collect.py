@@ -368,22 +368,26 @@ def with_factor(runs: pd.DataFrame, factor: str) -> pd.DataFrame:
 
 
 def pair(
-    runs: pd.DataFrame, factors: Sequence[str], factor: str, treatment: Any, control: Any, value: str = "value"
+    runs: pd.DataFrame, factors: Sequence[str], factor: str, treatment: Any, control: Any, value: str = "value",
+    carry: Sequence[str] = (),
 ) -> Pairing:
     """Match completed treatment and control records that agree on every other factor and seed.
 
     `value` names the compared column (the primary metric by default); in the pairs it is `v_t`
     and `v_c`, and `diff` = v_t - v_c. A record counts only when it completed and has that value.
+    Each column of `carry` comes along for both arms, as `<column>_t` and `<column>_c`.
     """
     keys = cell_factors(factors, factor)
     runs = with_cells(with_factor(runs, factor), keys).assign(v=runs[value] if value in runs else None)
+    runs = runs.assign(**{column: None for column in carry if column not in runs})
     # Search trials of a tuning study (role "tune") are not evidence: only final runs and plain jobs pair.
     search = runs["tuning.role"].eq("tune") if "tuning.role" in runs else False
     usable = runs[(runs["status"] == COMPLETED) & runs["v"].notna() & ~search]
     treated = usable[at_level(usable[factor], treatment)]
     controls = usable[at_level(usable[factor], control)]
     on = ["cell", "seed"]
-    pairs = treated.merge(controls[on + list(ARM_COLUMNS)], on=on, suffixes=("_t", "_c"))
+    arm_columns = list(dict.fromkeys([*ARM_COLUMNS, *carry]))
+    pairs = treated.merge(controls[on + arm_columns], on=on, suffixes=("_t", "_c"))
     pairs["diff"] = pairs["v_t"].astype(float) - pairs["v_c"].astype(float)
     unpaired = pd.concat([
         _unpaired(treated, controls, runs, factor, control, "treatment", "control"),

@@ -28,6 +28,8 @@ One YAML file per hypothesis; dropping a new file in the folder adds a hypothesi
                                   #   treatment's metric/GMAC relative to the control's, in %)
     trend: false                  # also: the favoured arm's advantage grows with L (Spearman)
     labels: {true: SSM, false: no SSM}   # optional: arm names in the tables (default: the model family's)
+    learned: {metric: iou_visible, above: 25}  # optional: a cell group decides only if each arm's mean of
+                                  #   this metric exceeds `above` (the arms learned the task's easy part)
 
 Decisions, per cell group (all factors but the ablated one and seed): `insufficient evidence` below
 min_pairs, otherwise `supported` when the Holm-adjusted p (across the hypothesis' cell groups of
@@ -54,8 +56,9 @@ from ablate.records import TASK_KINDS
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "hypothesis"
 KEYS = (
     "id", "claim", "factor", "treatment", "control", "scope", "metric", "higher_is_better", "test",
-    "favours", "margin", "alpha", "min_pairs", "efficiency", "trend", "labels",
+    "favours", "margin", "alpha", "min_pairs", "efficiency", "trend", "labels", "learned",
 )
+LEARNED_KEYS = ("metric", "above")
 REQUIRED = ("id", "claim", "test")
 SCOPE_KEYS = ("task_kind", "task", "regime", "variant", "scan", "image_size", "factors")
 # scope key -> runs-table column it filters
@@ -132,10 +135,16 @@ class Hypothesis:
     efficiency: bool = False
     trend: bool = False
     labels: Mapping[Any, str] = field(default_factory=dict)  # level -> arm name in the report's tables
+    learned: tuple[str, float] | None = None  # (metric, threshold) each arm's mean must exceed
 
     @property
     def value_column(self) -> str:
         return "value" if self.metric == "primary" else f"metrics.{self.metric}"
+
+    @property
+    def carried(self) -> tuple[str, ...]:
+        """Per-arm columns the pairs must carry besides the compared value."""
+        return (f"metrics.{self.learned[0]}",) if self.learned else ()
 
 
 def _level_text(value: Any) -> str:
@@ -199,6 +208,7 @@ def load_hypothesis(path: Path) -> Hypothesis:
         raise HypothesisError(f"{path}: labels={labels!r}; allowed: a mapping from the levels "
                               f"({_level_text(treatment)}, {_level_text(control)}) to arm names")
     return Hypothesis(
+        learned=_learned(path, data.get("learned")),
         id=str(data["id"]), claim=" ".join(str(data["claim"]).split()), test=data["test"], source=Path(path),
         factor=str(data.get("factor", "model.ssm")), treatment=treatment,
         control=control, scope=_scope(path, data.get("scope") or {}), metric=metric,
@@ -206,6 +216,14 @@ def load_hypothesis(path: Path) -> Hypothesis:
         min_pairs=min_pairs, efficiency=data.get("efficiency", False), trend=data.get("trend", False),
         labels=labels,
     )
+
+
+def _learned(path: Path, data: Any) -> tuple[str, float] | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict) or set(data) != set(LEARNED_KEYS) or not isinstance(data["metric"], str):
+        raise HypothesisError(f"{path}: learned={data!r}; allowed: {{metric: <a metric of the records>, above: <number>}}")
+    return data["metric"], _number(path, "learned.above", data["above"])
 
 
 def _check_keys(path: Path, prefix: str, data: Mapping, allowed: Sequence[str]) -> None:
@@ -268,6 +286,9 @@ def mismatches(hypothesis: Hypothesis, collection: Collection) -> list[str]:
     if h.metric != "primary" and not carried(h.value_column):
         metrics = sorted(c.removeprefix("metrics.") for c in runs if c.startswith("metrics."))
         found.append(f"{where}: metric {h.metric!r} is in no record; records carry: {', '.join(metrics)}")
+    if h.learned and not carried(f"metrics.{h.learned[0]}"):
+        metrics = sorted(c.removeprefix("metrics.") for c in runs if c.startswith("metrics."))
+        found.append(f"{where}: learned.metric {h.learned[0]!r} is in no record; records carry: {', '.join(metrics)}")
     for key, column in SCOPE_COLUMNS.items():
         wanted = getattr(h.scope, key)
         present = set(runs[column].dropna().astype(str)) if column in runs else set()
@@ -302,7 +323,8 @@ def evaluate(hypothesis: Hypothesis, collection: Collection) -> Verdict:
     """Pair the records in scope and run every part of the hypothesis."""
     runs, factors = collection.runs, collection.factors
     scoped = runs[hypothesis.scope.mask(runs)]
-    pairing = pair(scoped, factors, hypothesis.factor, hypothesis.treatment, hypothesis.control, hypothesis.value_column)
+    pairing = pair(scoped, factors, hypothesis.factor, hypothesis.treatment, hypothesis.control, hypothesis.value_column,
+                   hypothesis.carried)
     levels = with_factor(scoped, hypothesis.factor)[hypothesis.factor]
     absent = tuple(f"{hypothesis.factor}={_level_text(level)}" for level in (hypothesis.treatment, hypothesis.control)
                    if not at_level(levels, level).any())
@@ -375,7 +397,15 @@ def _cell_rows(hypothesis: Hypothesis, pairing: Pairing, part: str, efficiency: 
 
 
 def _arms_at_chance(hypothesis: Hypothesis, group: pd.DataFrame) -> str:
-    """A note naming each arm of a cell group whose primary metric is not clearly above chance, else ''."""
+    """A note naming each arm of a cell group whose primary metric is not clearly above chance, or
+    whose `learned` metric is not above its threshold, else ''."""
+    if hypothesis.learned:
+        metric, above = hypothesis.learned
+        short = [f"{hypothesis.factor}={_level_text(level)} (mean {metric} {mean:.3g})"
+                 for level, suffix in ((hypothesis.treatment, "_t"), (hypothesis.control, "_c"))
+                 if not (mean := float(pd.to_numeric(group[f"metrics.{metric}{suffix}"]).mean())) > above]
+        if short:
+            return f"did not learn: {'; '.join(short)}, not above {above:g} (learned:); an arm that did not learn decides nothing"
     chance = group["chance"].iloc[0] if "chance" in group else None
     if hypothesis.metric != "primary" or chance is None or pd.isna(chance):
         return ""
@@ -417,7 +447,7 @@ def _trend_rows(hypothesis: Hypothesis, in_scope: Pairing, runs: pd.DataFrame, f
     """
     everywhere = replace(hypothesis.scope, regime="any")
     pairing = pair(runs[everywhere.mask(runs)], factors, hypothesis.factor, hypothesis.treatment,
-                   hypothesis.control, hypothesis.value_column)
+                   hypothesis.control, hypothesis.value_column, hypothesis.carried)
     keys = series_factors(pairing)
     pairs = with_cells(pairing.pairs, keys, "series", "series_label")
     pairs = pairs[pairs["series"].isin(set(with_cells(in_scope.pairs, keys, "series", "series_label")["series"]))]
