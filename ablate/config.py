@@ -201,6 +201,11 @@ def validate(cfg: DictConfig) -> None:
         if not is_dataclass(schema):
             continue
         known = {f.name: f for f in fields(schema)}
+        unset = [key for key in node if OmegaConf.is_missing(node, key)]
+        if unset:  # e.g. model=mambaout_schema: a schema, which names no model
+            choices = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+            raise ConfigError(f"{group}.{unset[0]} has no value: the chosen {group} file sets none (a *_schema is a "
+                              f"schema, not a {group}); allowed: {group}= one of: {', '.join(choices)}")
         for key in node:
             if key not in known:
                 raise ConfigError(f"{group}.{key} is not a setting of this {group}; allowed keys: "

@@ -28,9 +28,10 @@ from omegaconf import DictConfig
 from ablate import atomic
 
 MASK = "***"
-# userinfo password: after "scheme://" and an optional user, up to the last "@" before the host
-# (greedy, so an unescaped "@" or ":" in the password is masked too).
-_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s'\"]*):(?P<pw>[^/?#\s'\"]+)@")
+# userinfo password: after "scheme://" and an optional user, up to the last "@" before a blank or
+# quote (greedy, so an unescaped "@", ":" or "/" in the password is masked too: `https://user:se/cret@host`).
+# A URL with an "@" in its path after host:port is masked as well: too much rather than too little.
+_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s'\"]*):(?P<pw>[^?#\s'\"]+)@")
 # ?password=... / &token=... (also ;pwd=... in ODBC-style strings); value up to the next separator.
 _PARAM = re.compile(
     r"(?P<head>(?:^|[?&;\s])(?:password|passwd|pass|pwd|token|secret|api_key)=)(?P<value>[^&;\s'\"#]+)",

@@ -61,7 +61,7 @@ def test_shipped_hypotheses_are_the_papers_two_and_h1_at_the_embedded_margin() -
 def test_a_dropped_in_yaml_file_adds_a_hypothesis(tmp_path: Path) -> None:
     folder = tmp_path / "hypothesis"
     shutil.copytree(CONF_DIR, folder)
-    (folder / "h9.yaml").write_text(H9)
+    (folder / "h9.YAML").write_text(H9)  # the extension in any case
     loaded = load_hypotheses(folder)
     assert [h.id for h in loaded] == ["H1", "H1-embedded", "H2", "H2-iso", "H2-occlusion", "H2-occlusion-bands", "H3",
                                       "H3-embedded", "H9"]
@@ -252,6 +252,8 @@ def test_a_trend_with_too_few_seeds_per_length_says_which_lengths_fell_short(tmp
      "model.match_macs, model.scan, model.ssm, trainer.epochs"),
     ("metric: top3\nhigher_is_better: true\n", "H9 (h.yaml): metric 'top3' is in no record; records carry: loss, top1"),
     ("scope: {task: shapez}\n", "H9 (h.yaml): scope.task=shapez matches no record; records have: shapes"),
+    ('treatment: "true"\n', "H9 (h.yaml): treatment='true' is a string, but the records' model.ssm values are "
+     "booleans (false, true); write it as one of those"),
     ("scope: {factors: {trainer.epoch: 1}}\n", "H9 (h.yaml): scope.factors key 'trainer.epoch' is in no record"),
     ("scope: {task_kind: detection}\n", "H9 (h.yaml): scope.task_kind=detection matches no record; records have: classification"),
     ("scope: {task: shapes, regime: long}\n", "H9 (h.yaml): no record falls in its scope (task=shapes; regime=long (L > τ))"),

@@ -101,6 +101,8 @@ BAD_INPUTS = [
     (["task.auto_augment=bogus"], "task.auto_augment='bogus' "),
     (["task=shapes", "task.data_seed=-1"], "task.data_seed=-1 "),
     (["trainer.betas=[0.9]"], "trainer.betas=[0.9] "),
+    (["model=mambaout_schema"], "model.name has no value: the chosen model file sets none (a *_schema is a schema, "
+                                "not a model); allowed: model= one of: base, deit, femto, kobe, nano, pico, small, tiny "),
 ]
 
 
@@ -113,7 +115,8 @@ def test_bad_settings_fail_with_one_line_naming_key_and_value(overrides, expecte
     assert "\n" not in message and ("allowed" in message)
 
 
-@pytest.mark.parametrize("task", ["imagenet", "shapes", "pathfinder", "coco", "coco_toy", "ade20k", "ade20k_toy"])
+@pytest.mark.parametrize("task", ["imagenet", "shapes", "pathfinder", "coco", "coco_toy", "ade20k", "ade20k_toy",
+                                  "occlusion"])
 def test_every_shipped_task_validates(task):
     validate(compose([f"task={task}"]))
 
@@ -122,6 +125,12 @@ def test_every_shipped_task_validates(task):
 @pytest.mark.parametrize("task", ["shapes", "pathfinder"])
 def test_the_shipped_experiments_validate(task, experiment):
     validate(compose([f"task={task}", f"+experiment={experiment}"]))
+
+
+def test_the_h2_study_validates():
+    cfg = compose(["+experiment=h2_occlusion"])
+    validate(cfg)
+    assert (cfg.task.name, cfg.model.name, cfg.trainer.max_steps) == ("occlusion", "pico", 200)
 
 
 def test_pathfinder_hardness_is_rejected_for_shapes_and_reaches_the_generator(tmp_path):

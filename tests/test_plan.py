@@ -99,12 +99,13 @@ def test_plan_expands_the_experiments_sweeper_params(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("bad, message", [
-    ("model.ssm=true,maybe", "model.ssm=maybe"),
+    ("model.ssm=true,maybe", "model.ssm='maybe' is not allowed: Value 'maybe' is not a valid bool"),
     ("task.image_size=[32,32],[0,32]", "task.image_size=[0, 32]"),
     ("+rerun=al", "rerun='al' is not allowed"),
     ("trainer.sched=bar", "trainer.sched='bar' is not allowed: one of: cosine, multistep, poly"),
     ("trainer.precision=fp8", "trainer.precision='fp8' is not allowed"),
     ("trainer.checkpoint_every=0", "trainer.checkpoint_every=0 is not allowed"),
+    ("trainer.lr=abc", "trainer.lr='abc' is not allowed: Value 'abc' of type 'str' could not be converted to Float"),
 ])
 def test_plan_config_error_exits_1_with_one_line_before_anything_runs(tmp_path, capsys, bad, message):
     capsys.readouterr()

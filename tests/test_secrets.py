@@ -15,6 +15,8 @@ from conftest import clean_env, load_records, run_cli
     ("postgresql://me:pw@db:5432/optuna", "postgresql://me:***@db:5432/optuna"),
     ("postgresql://:pw@db/optuna", "postgresql://:***@db/optuna"),
     ("mysql+pymysql://me:p@ss:w@db/x", "mysql+pymysql://me:***@db/x"),  # an unescaped @ or :
+    ("https://user:se/cret@host", "https://user:***@host"),  # an unescaped /
+    ("redis://:a/b@c@cache:6379/0", "redis://:***@cache:6379/0"),
     ("mysql://db/x?user=me&password=pw&ssl=1", "mysql://db/x?user=me&password=***&ssl=1"),
     ("postgresql://db/x?PASSWORD=pw", "postgresql://db/x?PASSWORD=***"),
     ("x://h/?token=t1&pwd=p2;pass=p3 secret=s4", "x://h/?token=***&pwd=***;pass=*** secret=***"),
@@ -27,7 +29,7 @@ def test_passwords_and_tokens_are_masked(text: str, expected: str) -> None:
 
 @pytest.mark.parametrize("text", [
     "sqlite:////abs/optuna.db", "journal:///shared/x.log", "http://host:8080/path?user=me",
-    "env:ABLATE_OPTUNA_URL", "file:/etc/optuna-url", "trainer.lr_base=0.001", "passes=3",
+    "env:ABLATE_OPTUNA_URL", "file:/etc/optuna-url", "https://host:8080/a/b?c=d", "trainer.lr_base=0.001", "passes=3",
 ])
 def test_text_without_a_secret_is_unchanged(text: str) -> None:
     assert redact(text) == text

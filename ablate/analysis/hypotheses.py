@@ -147,17 +147,25 @@ class Hypothesis:
         return (f"metrics.{self.learned[0]}",) if self.learned else ()
 
 
+def _kind(value: Any) -> str:
+    """A factor value's type as a hypothesis file writes it: a boolean, a number or a string."""
+    if isinstance(value, (bool, np.bool_)):
+        return "boolean"
+    return "number" if isinstance(value, (int, float, np.integer, np.floating)) else "string"
+
+
 def _level_text(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def load_hypotheses(directory: Path | None = None) -> list[Hypothesis]:
-    """Every *.yaml in the folder (default conf/hypothesis/), sorted by file name; ids must be unique."""
+    """Every *.yaml / *.yml in the folder (default conf/hypothesis/; the extension in any case, so
+    `H9.YAML` counts), sorted by file name; ids must be unique."""
     directory = Path(directory) if directory is not None else CONF_DIR
     if not directory.is_dir():
         raise HypothesisError(f"{directory}: hypothesis folder does not exist")
     loaded: dict[str, Hypothesis] = {}
-    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+    for path in sorted(p for p in directory.iterdir() if p.suffix.lower() in (".yaml", ".yml") and p.is_file()):
         hypothesis = load_hypothesis(path)
         if hypothesis.id in loaded:
             raise HypothesisError(f"{path}: id={hypothesis.id!r} is already declared in {loaded[hypothesis.id].source}")
@@ -283,6 +291,14 @@ def mismatches(hypothesis: Hypothesis, collection: Collection) -> list[str]:
     if not carried(h.factor):
         known = [f for f in collection.factors if carried(f)]
         found.append(f"{where}: factor {h.factor!r} is in no record; records carry: {', '.join(known)}")
+    elif "+" not in h.factor:  # a level of another type than the records' values matches nothing, silently
+        values = runs[h.factor].dropna()
+        kinds = {_kind(v) for v in values}
+        for key, level in (("treatment", h.treatment), ("control", h.control)):
+            if _kind(level) not in kinds:
+                shown = ", ".join(sorted({_level_text(v) for v in values}))
+                found.append(f"{where}: {key}={level!r} is a {_kind(level)}, but the records' {h.factor} values are "
+                             f"{' or '.join(sorted(kinds))}s ({shown}); write it as one of those")
     if h.metric != "primary" and not carried(h.value_column):
         metrics = sorted(c.removeprefix("metrics.") for c in runs if c.startswith("metrics."))
         found.append(f"{where}: metric {h.metric!r} is in no record; records carry: {', '.join(metrics)}")

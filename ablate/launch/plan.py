@@ -20,10 +20,11 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, InstantiationException
 from hydra.utils import instantiate
+from omegaconf.errors import ValidationError
 from tabulate import tabulate
 
 from ablate import cell
-from ablate.config import compose, validate
+from ablate.config import ConfigError, compose, validate
 from ablate.models import family_of
 from ablate.tasks.base import DataError
 
@@ -93,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     except (HydraException, ValueError, KeyError) as exc:
         if isinstance(exc, InstantiationException) and exc.__cause__ is not None:
             exc = exc.__cause__  # the task's own message, not Hydra's "Error in call to target ..."
+        cause = exc.__cause__
+        if isinstance(cause, ValidationError) and cause.full_key:  # a value of the wrong type on the command line
+            exc = ConfigError(f"{cause.full_key}={cause.value!r} is not allowed: {str(cause.msg).splitlines()[0]}")
         print(f"ablate plan: {(str(exc).splitlines() or [type(exc).__name__])[0]}", file=sys.stderr)
         return 1
     seeds = pilot_rows(args.pilot) if args.pilot is not None else None
