@@ -35,7 +35,8 @@ from ablate import cell, records, secrets, tracking
 from ablate.config import ConfigError, validate
 from ablate.models import Family, family_of
 from ablate.train import preemption
-from ablate.train.loop import CURVE_FILE, Curve, Diverged, Pruned, fit, resolve_device, seed_everything
+from ablate.train.loop import CURVE_FILE, Curve, fit, resolve_device, seed_everything
+from ablate.train.stops import Diverged, Pruned
 
 log = logging.getLogger("ablate.job")
 
@@ -202,8 +203,9 @@ def record_death(cfg: DictConfig, overrides: list[str], error: BaseException) ->
 
 
 def _new_record(config: dict, overrides: list[str], run_id: str) -> dict[str, Any]:
-    return records.new_record(config, overrides, run_id, model_keys=_recorded_model_keys(config), env=_environment(),
-                              curve=Curve().summary())
+    family = _family(config["model"])
+    return records.new_record(config, overrides, run_id, family=family.facts() if family is not None else None,
+                              env=_environment(), curve=Curve().summary())
 
 
 def _family(model: Mapping[str, Any]) -> Optional[Family]:
@@ -211,11 +213,6 @@ def _family(model: Mapping[str, Any]) -> Optional[Family]:
         return family_of(model.get("name"))
     except ValueError:  # an unknown variant: validation names it, the record still gets written
         return None
-
-
-def _recorded_model_keys(config: Mapping[str, Any]) -> list[str]:
-    family = _family(config["model"])
-    return [f"model.{key}" for key in family.record_keys] if family is not None else []
 
 
 def _arms(model: Mapping[str, Any]) -> dict[str, bool]:

@@ -40,12 +40,17 @@ Schema ``ablate.result/1`` (all keys always present; values may be null where st
                 job ran for a tuning study (tuned keys are left out of `factors`)
     env         {"ablate", "git_commit", "git_dirty" (uncommitted changes to tracked files), "torch", "timm",
                  "python", "device", "hostname", "slurm_job_id", "started_at", "finished_at"}  (ISO-8601 UTC)
+    family      {"name", "record_keys": [model keys every record's factors carry], "switches": {key: [arm
+                name when false, when true]}}: what the report needs of the model family, so that it never
+                imports the models; null for an unknown variant. A record written before this block
+                existed lacks it: its arms are then named key=level.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import subprocess
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -148,13 +153,36 @@ def factors(config: Mapping[str, Any], overrides: Iterable[str], always: Iterabl
     return out
 
 
-def new_record(config: dict, overrides: list[str], run_id: str, model_keys: Iterable[str] = (),
+@dataclass(frozen=True)
+class FamilyFacts:
+    """A record's `family` block: the model family's name, record keys and switches' arm names."""
+
+    name: str
+    record_keys: tuple[str, ...] = ()
+    switches: tuple[tuple[str, tuple[str, str]], ...] = ()  # (key, (name when false, name when true))
+
+    def labels(self, key: str) -> tuple[str, str] | None:
+        """The arm names of switch `key` (for false, true), or None when it is not a switch."""
+        return dict(self.switches).get(key)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "record_keys": list(self.record_keys),
+                "switches": {key: list(labels) for key, labels in self.switches}}
+
+    @classmethod
+    def from_json(cls, block: Mapping[str, Any]) -> "FamilyFacts":
+        return cls(str(block["name"]), tuple(block.get("record_keys", ())),
+                   tuple((key, (str(off), str(on))) for key, (off, on) in block.get("switches", {}).items()))
+
+
+def new_record(config: dict, overrides: list[str], run_id: str, family: FamilyFacts | None = None,
                env: Mapping[str, Any] | None = None, curve: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A job's record before it has run: status failed (until the job says otherwise), every key present.
 
-    model_keys: the model family's record keys as dotted factors (e.g. model.ssm); env and curve: the
+    family: the model family's facts (its record keys become factors, e.g. model.ssm); env and curve: the
     `env` block and the empty training curve's summary, from the stages that own them.
     """
+    model_keys = [f"model.{key}" for key in family.record_keys] if family is not None else []
     return {
         "schema": SCHEMA, "run_id": run_id, "sweep": config["sweep"], "status": Status.FAILED, "error": None,
         "config": config, "overrides": list(overrides),
@@ -167,6 +195,7 @@ def new_record(config: dict, overrides: list[str], run_id: str, model_keys: Iter
                  "seq_len": None, "tau": None, "train_throughput": None, "eval_throughput": None},
         "tuning": config.get("tuning"),
         "env": dict(env or {}),
+        "family": family.to_json() if family is not None else None,
     }
 
 

@@ -16,6 +16,11 @@ STAGE3_WIDTH = {"femto": 192, "tiny": 384}  # tau = 6 x stage-3 width (docs/stud
 RECORD_KEYS = [f"model.{key}" for key in family_of("femto").record_keys]  # what the job puts in every record
 
 
+# The `family` block a MambaOut job writes (tests/test_occlusion.py checks it against a real job's record).
+MAMBAOUT_FACTS = {"name": "mambaout", "record_keys": ["ssm", "scan", "causal", "match_macs"],
+                  "switches": {"ssm": ["no SSM", "SSM"], "causal": ["fully visible", "causal"]}}
+
+
 def make_record(
     *,
     value: float | None = 80.0,
@@ -69,6 +74,7 @@ def make_record(
         "env": {"ablate": "0.1.0", "git_commit": "abc1234", "torch": "2.14.1", "timm": "1.0.9", "python": "3.11",
                 "device": "cpu (2 cores, 2 threads)", "hostname": "node1", "slurm_job_id": None,
                 "started_at": f"2025-01-01T00:00:{seed:02d}+00:00", "finished_at": "2025-01-01T01:00:00+00:00"},
+        "family": MAMBAOUT_FACTS,
     }
 
 

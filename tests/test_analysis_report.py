@@ -401,3 +401,34 @@ def test_h3_and_h2_iso_on_hand_built_records_and_the_three_arm_cost_table(tmp_pa
     assert "| top1, fully visible " in results and "| top1, causal " in results
     # no unpaired cell of H2's comparison names the widened control: its scope leaves it out
     assert "model.ssm=true model.match_macs=true" not in text
+
+
+def test_writing_a_report_imports_neither_torch_nor_the_models_nor_the_loop(study: dict[str, Path], tmp_path: Path) -> None:
+    # A fresh process, as `ablate report` runs: the records are the only link to the other stages.
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import ablate.cli\n"
+        "from ablate.analysis import report\n"
+        f"report.write_report([Path({str(study['sweep'])!r})], Path({str(tmp_path / 'out')!r}), "
+        f"Path({str(study['hypotheses'])!r}), results_root=Path({str(study['results'])!r}))\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('ablate.models', 'ablate.train.loop',"
+        " 'ablate.tasks', 'ablate.tune.tuner'))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "out" / "report.md").read_text() == study["report"].read_text()
+
+
+def test_records_without_a_family_block_name_their_arms_by_key_and_level(tmp_path: Path) -> None:
+    from ablate.analysis.hypotheses import load_hypothesis
+
+    h1 = load_hypothesis(CONF_DIR / "h1_embedded.yaml")  # no labels of its own: the family's, if any
+    recs = paired(80 + np.arange(3.0), 81 + np.arange(3.0))
+    runs = collect([write_sweep(tmp_path / "new" / "results", "new", recs)]).runs
+    assert report.comparison([h1], runs).names == {"t": "SSM", "c": "no SSM"}
+    for record in recs:
+        del record["family"]  # written before the block existed
+    runs = collect([write_sweep(tmp_path / "old" / "results", "old", recs)]).runs
+    assert report.comparison([h1], runs).names == {"t": "model.ssm=true", "c": "model.ssm=false"}

@@ -12,6 +12,7 @@ from torch import nn
 from ablate.tasks.occlusion import BandCounts, OcclusionSegmentation, band_names, median_frequency_weights
 from ablate.tasks.toydata.occlusion import BACKGROUND, OCCLUDED, VISIBLE, draw_scene, generate_occlusion
 from conftest import load_records, run_cli
+from test_analysis_factory import MAMBAOUT_FACTS
 
 SCENE = dict(lines=(3, 6), occluders=(2, 4), occluder_size=(0.15, 0.4), line_width=(2.0, 3.0), curvature=0.5)
 
@@ -111,3 +112,4 @@ def test_one_cell_trains_and_records_the_band_metrics(tmp_path):
     assert {"iou_background", "iou_visible", "iou_occluded", "mIoU", "iou_occluded_d0_8"} <= set(record["metrics"])
     assert all(math.isfinite(v) for v in record["metrics"].values())
     assert record["cost"]["macs_ssm"] > 0 and record["cost"]["segmenter_macs"] > record["cost"]["macs"]
+    assert record["family"] == MAMBAOUT_FACTS  # what the report names the arms by, without importing the models

@@ -34,7 +34,7 @@ PROBLEM_KINDS = UNREADABLE, MISSING_RECORD, DUPLICATE, INCOMPLETE = (
     "unreadable record", "missing record", "duplicate run_id", "incomplete record")
 HEAD_COLUMNS = (
     "run_id", "sweep", "status", "file", "task_kind", "metric", "higher_is_better", "chance", "value", "error",
-    "overrides",
+    "overrides", "family",
 )
 ENV_KEYS = ("git_commit", "git_dirty", "device", "hostname", "started_at", "finished_at")
 CURVE_KEYS = ("file", "points", "first_loss", "last_loss")  # the record's curve summary
@@ -270,6 +270,8 @@ def _row(path: Path, record: Mapping[str, Any], factors: Mapping[str, Any], prob
         "higher_is_better": bool(task.get("higher_is_better", True)), "chance": task.get("chance"), "value": value,
         "error": f"{error.get('type', '')}: {error.get('message', '')}" if error else None,
         "overrides": list(record["overrides"]),
+        # the model family's facts as JSON text (a scalar, so the table groups and compares it); None before v1's block
+        "family": json.dumps(record["family"], sort_keys=True) if record.get("family") else None,
     }
     row.update(factors)
     row.update({f"metrics.{k}": v for k, v in record["metrics"].items()})

@@ -14,7 +14,7 @@ import math
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,9 +29,6 @@ from ablate.analysis.collect import (
 from ablate.analysis.hypotheses import (
     CHANCE_MARGIN, CONF_DIR, INSUFFICIENT, VERDICT_COLUMNS, Hypothesis, Verdict, evaluate, load_hypotheses, mismatches,
 )
-
-if TYPE_CHECKING:
-    from ablate.models import Family
 
 log = logging.getLogger("ablate.analysis")
 
@@ -64,17 +61,17 @@ def comparison(hypotheses: Sequence[Hypothesis], runs: pd.DataFrame,
         h = paired[0] if paired else hypotheses[0]
         factor, treatment, control, labels = h.factor, h.treatment, h.control, dict(h.labels)
     elif family is not None and family.switches:
-        factor, treatment, control, labels = f"model.{family.switches[0].key}", True, False, {}
+        factor, treatment, control, labels = f"model.{family.switches[0][0]}", True, False, {}
     else:
         raise ValueError("the report needs a hypothesis (or a model family with a switch) to compare two arms")
-    switch = (family.switch(factor.removeprefix("model."))
+    switch = (family.labels(factor.removeprefix("model."))
               if family is not None and factor.startswith("model.") else None)
 
     def name(level: Any) -> str:
         if level in labels:
             return str(labels[level])
         if switch is not None and isinstance(level, bool):
-            return switch.label(level)
+            return switch[level]
         return f"{factor}={format_level(level)}"
 
     return Comparison(factor, treatment, control, {"t": name(treatment), "c": name(control)})
@@ -102,14 +99,10 @@ def _per_task(collection: Collection, hypotheses: Sequence[Hypothesis], verdicts
     return views
 
 
-def _family(runs: pd.DataFrame) -> Family | None:
-    """The model family of the records' first variant (None for none, or an unknown variant)."""
-    from ablate.models import family_of
-
-    try:
-        return family_of(runs["model.name"].dropna().iloc[0]) if len(runs) and "model.name" in runs else None
-    except ValueError:
-        return None
+def _family(runs: pd.DataFrame) -> records.FamilyFacts | None:
+    """The model family of the first record that names one (its `family` block; None if no record has one)."""
+    blocks = runs["family"].dropna() if "family" in runs else ()
+    return records.FamilyFacts.from_json(json.loads(blocks.iloc[0])) if len(blocks) else None
 
 
 def default_out_dir(sweep_dirs: Sequence[Path], results_root: Path | None = None) -> Path:
@@ -273,7 +266,8 @@ def _draw(out: Path, summary: pd.DataFrame, points: pd.DataFrame, names: dict[st
 
 
 def _write_csvs(out: Path, runs: pd.DataFrame, verdicts: list[Verdict]) -> None:
-    atomic.write(out / RESULTS_CSV, runs.assign(overrides=[" ".join(o) for o in runs["overrides"]]).to_csv(index=False))
+    table = runs.drop(columns=["family"]).assign(overrides=[" ".join(o) for o in runs["overrides"]])
+    atomic.write(out / RESULTS_CSV, table.to_csv(index=False))
     rows = [v.rows for v in verdicts if not v.rows.empty]
     frame = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=list(VERDICT_COLUMNS))
     atomic.write(out / VERDICTS_CSV, frame.to_csv(index=False))
@@ -466,13 +460,13 @@ def _arms_section(runs: pd.DataFrame, hypotheses: Sequence[Hypothesis]) -> str:
 
 
 def _arm_names(frame: pd.DataFrame, varying: list[str], hypotheses: Sequence[Hypothesis],
-               family: Family | None) -> pd.Series:
+               family: records.FamilyFacts | None) -> pd.Series:
     def own_name(row: pd.Series) -> str:
         parts = []
         for key in varying:
-            switch = family.switch(key.removeprefix("model.")) if family is not None else None
+            switch = family.labels(key.removeprefix("model.")) if family is not None else None
             if switch is not None:
-                parts.append(switch.label(bool(row[key])))
+                parts.append(switch[bool(row[key])])
             elif row[key] not in (False, None) and not _missing(row[key]):
                 parts.append(f"{key}={format_level(row[key])}")
         return ", ".join(parts) or "as configured"

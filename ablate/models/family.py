@@ -29,6 +29,7 @@ from typing import Any
 from omegaconf import MISSING
 from torch import nn
 
+from ablate.records import FamilyFacts
 from ablate.rules import ConfigError, one_of, schema, settings
 
 __all__ = ['Family', 'Switch', 'TASK_ARGUMENTS', 'checked', 'families', 'family_of', 'register', 'variant_names']
@@ -100,6 +101,10 @@ class Family:
 
     def switch(self, key: str) -> Switch | None:
         return next((s for s in self.switches if s.key == key), None)
+
+    def facts(self) -> FamilyFacts:
+        """What a record says of this family (its `family` block): all the report needs of it."""
+        return FamilyFacts(self.name, self.record_keys, tuple((s.key, s.labels) for s in self.switches))
 
     def inert_keys(self, model_cfg: Mapping) -> tuple[str, ...]:
         """Keys of `model_cfg` that the model it configures does not use."""

@@ -9,6 +9,10 @@ __all__ = ["Diverged", "FitResult", "Pruned", "fit"]
 
 
 def __getattr__(name: str) -> Any:
+    if name in ("Diverged", "Pruned"):
+        from ablate.train import stops
+
+        return getattr(stops, name)
     if name in __all__:
         from ablate.train import loop
 

@@ -85,8 +85,10 @@ def _in_group(timeout: dt.timedelta, fn: Callable[..., T], *args: Any) -> T:
     # DDP's buckets are contiguous; the depthwise convs' grads arrive channels-last: a copy, not an error
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
+    # On an error the group is left open: its connections close when this process exits, after its
+    # error is on file, so that the agent sees this rank fail before its peers' "closed by peer".
     try:
-        return fn(*args)
+        result = fn(*args)
     except Exception as exc:
         if not _timed_out(exc):
             raise
@@ -95,8 +97,8 @@ def _in_group(timeout: dt.timedelta, fn: Callable[..., T], *args: Any) -> T:
                f"slower than the others)") if hung else "every rank was waiting"
         raise CollectiveTimeout(f"a collective timed out after {timeout.total_seconds() / 60:g} min "
                                 f"(trainer.dist_timeout_min): {who}") from exc
-    finally:
-        dist.destroy_process_group()
+    dist.destroy_process_group()
+    return result
 
 
 class CollectiveTimeout(RuntimeError):

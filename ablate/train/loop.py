@@ -29,18 +29,10 @@ from ablate.records import write_json_atomic
 from ablate.tasks.base import Task
 from ablate.train import checkpoint, preemption
 from ablate.train.distributed import from_rank0, mean_over_ranks, rank_and_world, shard
+from ablate.train.stops import Diverged, Pruned
 
 log = logging.getLogger("ablate.train")
 EvalHook = Callable[[int, dict], None]  # on_eval(step, metrics); raises Pruned to stop early
-
-
-class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
-class Pruned(Exception):
-    """Raised by an on_eval hook to stop training early (a tuning trial's pruner): the job records
-    the cell as pruned, not failed."""
 
 
 CURVE_FILE = "curve.json"

@@ -24,7 +24,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.exceptions import UpdateFinishedTrialError
 
-from ablate.train.loop import Pruned
+from ablate.train.stops import Pruned
 from ablate.tune.errors import TuneConfigError
 from ablate.tune.storage import open_storage
 from ablate.tune.study import PRUNER, build_pruner, trial_handle
