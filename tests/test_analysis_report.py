@@ -25,8 +25,8 @@ DET_SIZES = [(256, 256), (512, 512), (768, 768), (1024, 1024)]  # L = 256, 1024,
 # the hypotheses these records are built for (the controls H2-iso and H3 need arms they lack)
 PAPER_HYPOTHESES = ("h1.yaml", "h1_embedded.yaml", "h2.yaml")
 H9 = "id: H9\nclaim: On detection the arms are equivalent within 5 points.\nscope: {task_kind: detection}\ntest: equivalence\nmargin: 5\n"
-SECTIONS = ["# Ablation report: study", "## What was run", "## Verdicts", "## What the numbers say", "### H1:", "### H2:",
-            "### H9:", "## Results per task", "### det (detection; map, higher is better)",
+SECTIONS = ["# Ablation report: study", "## Verdicts at a glance", "## What was run", "## Verdicts\n",
+            "## What the numbers say", "### H1:", "### H2:", "### H9:", "## Results per task", "### det (detection; map, higher is better)",
             "### shapes (classification; top1, higher is better)", "## Training curves", "## Sequence length", "Crossovers:",
             "## Tuning protocol", "## Problems", "### Failed, diverged and pruned runs", "### Missing pairs",
             "### Sanity", "### Unreadable, missing or incomplete records", "## Files"]
@@ -74,6 +74,22 @@ def test_every_section_is_present_in_order(study: dict[str, Path]) -> None:
     assert "`python run.py -m model.ssm=true,false seed=0,1,2`" in text
     for figure in ("det_metric_vs_gmacs.png", "det_bars.png", "det_difference_vs_length.png", "shapes_bars.png"):
         assert f"]({figure})" in text and (study["report"].parent / figure).stat().st_size > 0
+
+
+def test_the_first_screen_holds_one_row_per_hypothesis_with_its_verdict_effect_pairs_and_mde(
+        study: dict[str, Path]) -> None:
+    lines = study["report"].read_text().splitlines()[:40]
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[1:-1]]
+            for line in lines if line.startswith("| H")}
+    assert set(rows) == {"H1", "H1-embedded", "H2", "H9"}
+    verdicts = pd.read_csv(study["report"].parent / "verdicts.csv")
+    h2 = verdicts[(verdicts["hypothesis"] == "H2") & (verdicts["part"] == "superiority") & (verdicts["n_pairs"] > 0)]
+    _, claim, verdict, effect, pairs, mde = rows["H2"]
+    assert claim.startswith("For long-sequence tasks the SSM helps")
+    assert int(pairs) == int(h2["n_pairs"].sum()) and effect.startswith(f"{len(h2)} cell groups: diff")
+    assert verdict.startswith("**") and verdict.strip("*").split("*")[0] in DECISIONS
+    assert any(line.startswith("- ") and "cells read" in line and "seeds 0, 1, 2" in line for line in lines)
+    assert any(line.startswith("- compute: ") for line in lines)
 
 
 def test_a_second_run_is_byte_identical(study: dict[str, Path]) -> None:

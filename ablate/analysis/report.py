@@ -142,6 +142,7 @@ def write_report(
     sections = [
         f"# Ablation report: {', '.join(s.name for s in collection.sweeps) or 'all runs'}",
         *_did_not_learn(verdicts),
+        _at_a_glance(verdicts, collection),
         _what_was_run(collection, results_root, hypotheses, hypotheses_dir),
         _verdict_section(verdicts),
         _paragraphs(verdicts),
@@ -274,6 +275,49 @@ def _write_csvs(out: Path, runs: pd.DataFrame, verdicts: list[Verdict]) -> None:
 
 
 # --- sections ------------------------------------------------------------------------------------
+
+REASON_CHARS = 160  # a verdict's reason on the first screen; the full note is under "Verdicts"
+
+
+def _at_a_glance(verdicts: list[Verdict], collection: Collection) -> str:
+    """The first screen: one row per hypothesis (claim, verdict and why, effect with CI, pairs, mde),
+    then what ran in a few lines."""
+    rows = []
+    for v in verdicts:
+        main = v.rows[v.rows["part"] == v.hypothesis.test]
+        paired = main[main["n_pairs"] > 0]
+        if len(paired) == 1:
+            row = paired.iloc[0]
+            effect, mde = f"{fmt_ci(row['diff'], row['ci_low'], row['ci_high'])} {row['metric']}", fmt(row["mde"], ".3g")
+        elif len(paired):
+            diffs = paired["diff"].astype(float)
+            effect = f"{len(paired)} cell groups: diff {diffs.min():+.3g} to {diffs.max():+.3g} {paired['metric'].iloc[0]}"
+            low, high = (f"{paired['mde'].astype(float).agg(pick):.3g}" for pick in ("min", "max"))
+            mde = low if low == high else f"{low}-{high}"
+        else:
+            effect, mde = "no pairs", ""
+        verdict = f"**{v.decision}**"
+        if v.decision == INSUFFICIENT:
+            notes = [n for n in v.rows["note"] if n] or (
+                [f"no record is at {', '.join(v.absent)}"] if v.absent else ["no cell group in scope"])
+            verdict += ": " + (notes[0] if len(notes[0]) <= REASON_CHARS else notes[0][:REASON_CHARS - 1] + "…")
+        rows.append({"hypothesis": v.hypothesis.id, "claim": v.hypothesis.claim, "verdict": verdict,
+                     "effect, diff [90% CI]": effect, "pairs": int(main["n_pairs"].sum()), "mde": mde})
+    runs = collection.runs
+    by_status = ", ".join(f"{int((runs['status'] == s).sum())} {s}" for s in records.STATUSES
+                          if (runs["status"] == s).any())
+    wall = pd.to_numeric(runs.get("cost.wall_seconds"), errors="coerce").sum() if len(runs) else 0.0
+    seeds = sorted({int(s) for s in runs["seed"].dropna()}) if "seed" in runs else []
+    ran = [
+        f"- {len(runs)} cells read ({by_status or 'none'}), seeds {', '.join(map(str, seeds)) or 'none'}; "
+        f"{len(collection.problems)} record problem(s), listed under Problems",
+        f"- compute: {wall / 3600:.2f} h of job wall time on {_distinct(runs['env.device']) if len(runs) else 'unknown'}",
+    ]
+    return "\n".join(["## Verdicts at a glance", "",
+                      md_table(pd.DataFrame(rows, columns=["hypothesis", "claim", "verdict", "effect, diff [90% CI]",
+                                                           "pairs", "mde"])), "",
+                      "mde: the smallest effect the design could detect (80% power, paired one-sided t). "
+                      "Details, every cell group and the figures follow.", "", *ran])
 
 def _what_was_run(collection: Collection, results_root: Path | None, hypotheses: list[Hypothesis],
                   hypotheses_dir: Path | None) -> str:
