@@ -297,6 +297,15 @@ def test_training_curves_and_sanity_flags(tmp_path: Path) -> None:
     assert stuck_id in sanity and sanity.count("| 2.3 ") == 1 and "| 2.31 " in sanity
     assert "| SSM " in sanity.split("sd > 3x")[1] and "| 10 " in sanity.split("sd > 3x")[1]
 
+    # A deleted and a corrupt curve.json: the report still renders, without those two curves, and names both files.
+    (results / "runs" / recs[0]["run_id"] / "curve.json").unlink()
+    (results / "runs" / recs[1]["run_id"] / "curve.json").write_text('{"train": ')
+    text = report.write_report([sweep], tmp_path / "out2", CONF_DIR).read_text()
+    problems = text[text.index("### Unreadable"):]
+    assert f"runs/{recs[0]['run_id']}/curve.json" in problems and "training curve missing" in problems
+    assert f"runs/{recs[1]['run_id']}/curve.json" in problems and "training curve unreadable" in problems
+    assert text.count("![training curves") == 1  # the other four runs of the cell group are still drawn
+
 
 def test_a_record_with_a_bad_typed_field_is_a_named_problem_and_the_report_goes_on(tmp_path: Path) -> None:
     recs = paired([80.0, 81.0, 82.0], [80.1, 81.0, 81.9])
@@ -448,3 +457,32 @@ def test_records_without_a_family_block_name_their_arms_by_key_and_level(tmp_pat
         del record["family"]  # written before the block existed
     runs = collect([write_sweep(tmp_path / "old" / "results", "old", recs)]).runs
     assert report.comparison([h1], runs).names == {"t": "model.ssm=true", "c": "model.ssm=false"}
+
+
+def test_a_report_that_cannot_be_written_is_one_line_exit_2_and_keeps_the_previous_one(
+        study: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    args = [str(study["sweep"]), "--results", str(study["results"]), "--hypotheses", str(study["hypotheses"])]
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    capsys.readouterr()
+    assert report.main(args + ["--out", str(blocked / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ablate report: cannot write the report: ") and str(blocked) in err[0]
+
+    out = tmp_path / "out"
+    assert report.main(args + ["--out", str(out)]) == 0
+    before = (out / "report.md").read_bytes()
+
+    def full_disk(fd, mode):
+        os.close(fd)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fdopen", full_disk)
+    capsys.readouterr()
+    assert report.main(args + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device (ENOSPC) writing " in err[0] and str(out) in err[0]
+    monkeypatch.undo()
+    assert (out / "report.md").read_bytes() == before and not list(out.glob(".*.tmp"))

@@ -22,9 +22,8 @@ import pandas as pd
 from ablate import atomic, records
 from ablate.analysis import figures, summaries
 from ablate.analysis.collect import (
-    CELL_FILE, COMPLETED, RESULT_FILE, Collection, Pairing, at_level, cell_factors, collect, components, format_level, pair,
-    shown_path,
-    with_cells, with_factor,
+    CELL_FILE, COMPLETED, INCOMPLETE, RESULT_FILE, Collection, Pairing, at_level, cell_factors, collect, components,
+    format_level, pair, shown_path, with_cells, with_factor,
 )
 from ablate.analysis.hypotheses import (
     CHANCE_MARGIN, CONF_DIR, INSUFFICIENT, VERDICT_COLUMNS, Hypothesis, Verdict, evaluate, load_hypotheses, mismatches,
@@ -636,7 +635,10 @@ def _curves_section(collection: Collection, out: Path, tasks: Sequence[TaskView]
                      "with several evaluations, the primary metric at each beside it."], []
     for index, (_, group) in enumerate(runs.groupby("cell", sort=True)):
         group = group.sort_values(["arm_key", "seed"], kind="stable").rename(columns={"arm_key": "arm", "arm": "arm_name"})
-        curves = [json.loads((Path(f).parent / name).read_text()) for f, name in zip(group["file"], group["curve.file"])]
+        curves = [_read_curve(Path(f).parent / name, collection) for f, name in zip(group["file"], group["curve.file"])]
+        group, curves = group[[c is not None for c in curves]], [c for c in curves if c is not None]
+        if not curves:
+            continue
         label = group["label"].iloc[0]
         name = figures.training_curves(group, curves, label, out, f"curves_{index:03d}_{figures.slug(label)[:60]}.png",
                                        names[group["task"].iloc[0]])
@@ -645,6 +647,22 @@ def _curves_section(collection: Collection, out: Path, tasks: Sequence[TaskView]
     if not files:
         blocks.append("No record carries a training curve.")
     return "\n\n".join(blocks), files
+
+
+def _read_curve(path: Path, collection: Collection) -> dict | None:
+    """A run's curve.json, or None, with the reason added to the collection's problems (the rest of
+    the report does not depend on it)."""
+    try:
+        curve = json.loads(path.read_text())
+        if not isinstance(curve, dict) or not isinstance(curve.get("train"), list):
+            raise ValueError("not a curve (expected an object with a 'train' list)")
+        return curve
+    except (OSError, ValueError) as exc:
+        why = "missing" if isinstance(exc, FileNotFoundError) else f"unreadable ({' '.join(str(exc).split())[:120]})"
+        problem = pd.DataFrame([{"file": shown_path(path), "kind": INCOMPLETE,
+                                 "problem": f"training curve {why}: the run's curve is left out of the figures"}])
+        collection.problems = pd.concat([collection.problems, problem], ignore_index=True)
+        return None
 
 
 def _sanity_tables(runs: pd.DataFrame, names: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -735,7 +753,8 @@ def _files_section(drawn: dict, curve_files: list[str]) -> str:
 # --- command line --------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    """`ablate report`: print the report path; 1 with a one-line message when the input is unusable."""
+    """`ablate report`: print the report path; 1 with a one-line message when the input is unusable, 2 when
+    the report cannot be written (a read-only or full disk: the previous report.md is left as it was)."""
     parser = argparse.ArgumentParser(prog="ablate report",
                                      description="Test the hypotheses on sweep records and write a report.")
     parser.add_argument("sweep_dirs", nargs="*", type=Path, metavar="SWEEP_DIR", help="results/sweeps/<sweep> folder")
@@ -750,6 +769,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"ablate report: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # atomic.write names errno and path; mkdir's own errors carry the path too
+        print(f"ablate report: cannot write the report: {exc}", file=sys.stderr)
+        return 2
     print(path)
     return 0
 
