@@ -486,3 +486,24 @@ def test_a_report_that_cannot_be_written_is_one_line_exit_2_and_keeps_the_previo
     assert len(err) == 1 and "No space left on device (ENOSPC) writing " in err[0] and str(out) in err[0]
     monkeypatch.undo()
     assert (out / "report.md").read_bytes() == before and not list(out.glob(".*.tmp"))
+
+
+def test_the_bars_show_every_paired_seed_as_a_point_joined_to_its_partner(monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Path) -> None:
+    from ablate.analysis import figures
+
+    drawn = {}
+    monkeypatch.setattr(figures, "_save", lambda figure, out_dir, name: drawn.setdefault(name, figure) and name)
+    recs = paired([70.0, 72.0, 75.0], [71.0, 74.0, 73.0])
+    runs = collect([write_sweep(tmp_path / "results", "s", recs)]).runs
+    pairing = pair(runs, ["model.name", "task", "task.image_size", "model.ssm", "seed"], "model.ssm", True, False)
+    summary = report.summaries.arm_summary(runs, pairing)
+    figures.arm_bars(summary, pairing.pairs, tmp_path, {"t": "SSM", "c": "no SSM"})
+    (axes,) = drawn["shapes_bars.png"].axes
+    from matplotlib.collections import PathCollection  # scatter's; the CI bars are LineCollections
+
+    points = sorted(float(y) for collection in axes.collections if isinstance(collection, PathCollection)
+                    for _, y in collection.get_offsets())
+    assert points == [70.0, 71.0, 72.0, 73.0, 74.0, 75.0]
+    joins = [tuple(line.get_ydata()) for line in axes.lines if len(line.get_ydata()) == 2]
+    assert sorted(joins) == [(70.0, 71.0), (72.0, 74.0), (75.0, 73.0)]  # (control, treatment) per seed

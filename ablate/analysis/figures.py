@@ -29,10 +29,10 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-") or "task"
 
 
-def _figure(width: float = 6.0, bottom: float = 0.12) -> Figure:
+def _figure(width: float = 6.0, bottom: float = 0.12, top: float = 0.92) -> Figure:
     # fixed margins: a layout engine would redraw the figure and double its cost
     figure = Figure(figsize=(width, 4.2))
-    figure.subplots_adjust(left=0.11, right=0.97, top=0.92, bottom=bottom)
+    figure.subplots_adjust(left=0.11, right=0.97, top=top, bottom=bottom)
     return figure
 
 
@@ -49,30 +49,39 @@ def _save(figure: Figure, out_dir: Path, name: str) -> str:
     return name
 
 
-def metric_vs_gmacs(summary: pd.DataFrame, out_dir: Path, names: Mapping[str, str]) -> str:
-    """Each cell group's two arms at (GMACs, mean metric), joined by a line: the pair's cost step."""
+def metric_vs_gmacs(summary: pd.DataFrame, pairs: pd.DataFrame, out_dir: Path, names: Mapping[str, str]) -> str:
+    """Each cell group's two arms at (GMACs, mean metric), joined by a line: the pair's cost step; the
+    paired seeds as small points around the means."""
     task, metric = summary["task"].iloc[0], summary["metric"].iloc[0]
     figure = _figure()
     axes = figure.add_subplot()
     for _, row in summary.iterrows():
         axes.plot([row["gmacs_c"], row["gmacs_t"]], [row["mean_c"], row["mean_t"]], color="0.7", lw=1, zorder=1)
     for arm, (_, color, marker) in ARM_STYLE.items():
-        axes.scatter(summary[f"gmacs_{arm}"], summary[f"mean_{arm}"], color=color, marker=marker,
-                     label=_arm_label(names, arm), zorder=2)
+        axes.scatter(pairs[f"cost.macs_{arm}"].astype(float) / 1e9, pairs[f"v_{arm}"], color=color, marker=marker,
+                     s=10, alpha=0.5, zorder=2)
+        axes.scatter(summary[f"gmacs_{arm}"], summary[f"mean_{arm}"], color=color, marker=marker, edgecolor="0.1",
+                     s=45, label=_arm_label(names, arm), zorder=3)
     _plain_log_axis(axes)
-    axes.set(xlabel="GMACs per image (log)", ylabel=f"{metric} (mean over seeds)", title=f"{task}: {metric} vs cost")
+    axes.set(xlabel="GMACs per image (log)", ylabel=f"{metric} (large: mean; small: seeds)",
+             title=f"{task}: {metric} vs cost")
     axes.legend(loc="best", fontsize=8)
     return _save(figure, out_dir, f"{slug(task)}_metric_vs_gmacs.png")
 
 
-def difference_vs_length(points: pd.DataFrame, out_dir: Path, names: Mapping[str, str]) -> str:
-    """Mean paired difference (treatment - control) against tokens L, with its CI and tau marked."""
+def difference_vs_length(points: pd.DataFrame, pairs: pd.DataFrame, out_dir: Path, names: Mapping[str, str]) -> str:
+    """Mean paired difference (treatment - control) against tokens L, with its CI, each seed's
+    difference as a point, and tau marked. `pairs`: the task's pairs (`cost.seq_len`, `diff`, `series`)."""
     task, metric = points["task"].iloc[0], points["metric"].iloc[0]
-    figure = _figure()
+    figure = _figure(top=0.82)
     axes = figure.add_subplot()
-    for label, series in points.groupby("series_label", sort=False):
+    for (series_key, label), series in points.groupby(["series", "series_label"], sort=False):
         error = np.vstack([series["diff"] - series["ci_low"], series["ci_high"] - series["diff"]])
-        axes.errorbar(series["seq_len"], series["diff"], yerr=np.nan_to_num(error), marker="o", capsize=3, label=label)
+        line = axes.errorbar(series["seq_len"], series["diff"], yerr=np.nan_to_num(error), marker="o", capsize=3,
+                             label=label)
+        seeds = pairs[pairs["series"] == series_key]
+        axes.scatter(seeds["cost.seq_len"].astype(float), seeds["diff"], color=line[0].get_color(), s=10, alpha=0.6,
+                     zorder=3)
     for tau in sorted(points["tau"].dropna().unique()):
         axes.axvline(tau, color="tab:red", ls="--", lw=1)
         axes.annotate(f" τ={int(tau)}", (tau, 0.98), xycoords=("data", "axes fraction"), ha="left", va="top",
@@ -81,8 +90,15 @@ def difference_vs_length(points: pd.DataFrame, out_dir: Path, names: Mapping[str
     _plain_log_axis(axes)
     lengths = sorted(points["seq_len"].unique())
     axes.set_xticks(lengths, [str(length) for length in lengths])  # the swept sizes, as numbers
-    axes.set(xlabel="tokens L at stride 16 (log)", ylabel=f"{metric}: {names['t']} - {names['c']}",
-             title=f"{task}: difference vs sequence length")
+    taus = points["tau"].dropna().unique()
+    if len(taus) == 1:  # one variant: L in units of its tau on the top axis
+        tau = float(taus[0])
+        top = axes.secondary_xaxis("top", functions=(lambda length: length / tau, lambda ratio: ratio * tau))
+        top.set_xticks([length / tau for length in lengths], [f"{length / tau:.3g}" for length in lengths])
+        top.xaxis.set_minor_locator(ticker.NullLocator())
+        top.set_xlabel("L / τ", fontsize=8)
+    axes.set(xlabel="tokens L at stride 16 (log)", ylabel=f"{metric}: {names['t']} - {names['c']}")
+    axes.set_title(f"{task}: difference vs sequence length (points: seeds; bars: 95% CI)", fontsize=10)
     axes.legend(loc="best", fontsize=7)
     return _save(figure, out_dir, f"{slug(task)}_difference_vs_length.png")
 
@@ -116,19 +132,38 @@ def training_curves(group: pd.DataFrame, curves: list[dict], title: str, out_dir
     return _save(figure, out_dir, name)
 
 
-def arm_bars(summary: pd.DataFrame, out_dir: Path, names: Mapping[str, str]) -> str:
-    """Mean metric (+- sd over seeds) of both arms for every cell group of a task."""
+def _mean_ci(sd: pd.Series, n: pd.Series) -> np.ndarray:
+    """Half-width of the 95% t interval of an arm's mean over its seeds (0 where one seed)."""
+    from scipy import stats
+
+    n = n.astype(float)
+    half = stats.t.ppf(0.975, np.maximum(n - 1, 1)) * sd.astype(float) / np.sqrt(n)
+    return np.nan_to_num(np.where(n > 1, half, 0.0))
+
+
+def arm_bars(summary: pd.DataFrame, pairs: pd.DataFrame, out_dir: Path, names: Mapping[str, str]) -> str:
+    """Both arms of every cell group of a task: the mean over seeds with its 95% CI, each paired seed
+    as a point, and the two arms of a seed joined by a thin line."""
     task, metric = summary["task"].iloc[0], summary["metric"].iloc[0]
     figure = _figure(max(5.0, 1.2 * len(summary) + 2), bottom=0.22)
     axes = figure.add_subplot()
     x = np.arange(len(summary))
-    for offset, (arm, (_, color, _)) in zip((-0.2, 0.2), ARM_STYLE.items()):
-        axes.bar(x + offset, summary[f"mean_{arm}"], 0.4, yerr=summary[f"sd_{arm}"].fillna(0), color=color,
-                 label=_arm_label(names, arm), capsize=3)
+    offsets = dict(zip(ARM_STYLE, (-0.2, 0.2)))
+    for arm, (_, color, _) in ARM_STYLE.items():
+        axes.bar(x + offsets[arm], summary[f"mean_{arm}"], 0.4, yerr=_mean_ci(summary[f"sd_{arm}"], summary[f"n_{arm}"]),
+                 color=color, alpha=0.45, label=_arm_label(names, arm), capsize=3)
+    for position, cell in zip(x, summary["cell"]):
+        seeds = pairs[pairs["cell"] == cell]
+        for _, pair in seeds.iterrows():
+            axes.plot([position + offsets["c"], position + offsets["t"]], [pair["v_c"], pair["v_t"]],
+                      color="0.3", lw=0.6, alpha=0.7, zorder=3)
+        for arm, (_, color, marker) in ARM_STYLE.items():
+            axes.scatter(np.full(len(seeds), position + offsets[arm]), seeds[f"v_{arm}"], color=color, marker=marker,
+                         edgecolor="0.2", s=16, zorder=4)
     # tick labels: the cell label without the task (the title has it), one factor per line
     short = ["\n".join(part.split("=", 1)[1] for part in label.split(", ") if not part.startswith("task="))
              for label in summary["label"]]
     axes.set_xticks(x, short, fontsize=8)
-    axes.set(ylabel=f"{metric} (mean ± sd)", title=f"{task}: both arms per cell group")
+    axes.set(ylabel=f"{metric} (bar: mean, 95% CI; points: seeds)", title=f"{task}: both arms per cell group")
     figure.legend(loc="lower center", ncols=2, fontsize=8)
     return _save(figure, out_dir, f"{slug(task)}_bars.png")

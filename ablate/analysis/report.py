@@ -23,7 +23,7 @@ from ablate import atomic, records
 from ablate.analysis import figures, summaries
 from ablate.analysis.collect import (
     CELL_FILE, COMPLETED, INCOMPLETE, RESULT_FILE, Collection, Pairing, at_level, cell_factors, collect, components,
-    format_level, pair, shown_path, with_cells, with_factor,
+    format_level, pair, series_factors, shown_path, with_cells, with_factor,
 )
 from ablate.analysis.hypotheses import (
     CHANCE_MARGIN, CONF_DIR, INSUFFICIENT, VERDICT_COLUMNS, Hypothesis, Verdict, evaluate, load_hypotheses, mismatches,
@@ -84,6 +84,7 @@ class TaskView:
     compared: Comparison
     summary: pd.DataFrame
     points: pd.DataFrame
+    pairs: pd.DataFrame  # the paired seeds (v_t, v_c, diff), with their series (a cell group less its size)
 
 
 def _per_task(collection: Collection, hypotheses: Sequence[Hypothesis], verdicts: Sequence[Verdict]) -> list[TaskView]:
@@ -94,7 +95,9 @@ def _per_task(collection: Collection, hypotheses: Sequence[Hypothesis], verdicts
         runs = collection.runs[collection.runs["task"] == task]
         compared = comparison(hypotheses, runs, verdicts, task)
         pairing = pair(runs, collection.factors, compared.factor, compared.treatment, compared.control)
-        views.append(TaskView(task, compared, summaries.arm_summary(runs, pairing), summaries.sequence_points(pairing)))
+        pairs = with_cells(pairing.pairs, series_factors(pairing), "series", "series_label")
+        views.append(TaskView(task, compared, summaries.arm_summary(runs, pairing), summaries.sequence_points(pairing),
+                              pairs))
     return views
 
 
@@ -135,7 +138,7 @@ def write_report(
     tasks = _per_task(collection, hypotheses, verdicts)
     drawn = {}
     for view in tasks:
-        drawn.update(_draw(out, view.summary, view.points, view.compared.names))
+        drawn.update(_draw(out, view))
     curves, curve_files = _curves_section(collection, out, tasks)
     _write_csvs(out, collection.runs, verdicts)
     sections = [
@@ -254,14 +257,15 @@ def _without_task(label: str) -> str:
 
 # --- outputs -------------------------------------------------------------------------------------
 
-def _draw(out: Path, summary: pd.DataFrame, points: pd.DataFrame, names: dict[str, str]) -> dict[str, dict[str, str]]:
-    """All figures; {task: {kind: file name}}."""
+def _draw(out: Path, view: TaskView) -> dict[str, dict[str, str]]:
+    """A task's figures; {task: {kind: file name}}."""
     drawn: dict[str, dict[str, str]] = {}
-    for task, frame in (summary.groupby("task", sort=True) if len(summary) else []):
-        drawn[task] = {"gmacs": figures.metric_vs_gmacs(frame, out, names),
-                       "bars": figures.arm_bars(frame, out, names)}
-    for task, frame in (points.groupby("task", sort=True) if len(points) else []):
-        drawn.setdefault(task, {})["length"] = figures.difference_vs_length(frame, out, names)
+    names = view.compared.names
+    if len(view.summary):
+        drawn[view.task] = {"gmacs": figures.metric_vs_gmacs(view.summary, view.pairs, out, names),
+                            "bars": figures.arm_bars(view.summary, view.pairs, out, names)}
+    if len(view.points):
+        drawn.setdefault(view.task, {})["length"] = figures.difference_vs_length(view.points, view.pairs, out, names)
     return drawn
 
 
