@@ -76,26 +76,30 @@ def test_plan_of_a_known_sweep_counts_cells_cost_and_status(tmp_path, capsys):
     assert out.count(record["run_id"]) == 1
 
 
-def test_plan_expands_the_experiments_sweeper_params(tmp_path, capsys):
-    # conf/experiment/demo.yaml sweeps model.ssm: true,false and seed: 0,1,2 -> 2 arms x 3 seeds = 6 cells,
-    # with no max_steps: the plan reads the (generated) data to count epochs x full batches per epoch.
+def test_plan_lists_every_cell_of_the_experiments_grids(tmp_path, capsys):
+    # experiments/demo.yaml sweeps model.ssm: true,false and seed: 0,1,2 over two grids: shapes, and pathfinder
+    # at two sizes -> 6 + 12 = 18 cells, what `run.py -m +experiment=demo` runs. No max_steps: the plan counts
+    # epochs x full batches of each task's planned training set.
     demo = OmegaConf.load(CONF_DIR / "experiment" / "demo.yaml")
     assert dict(demo.hydra.sweeper.params) == {"model.ssm": "true,false", "seed": "0,1,2"}
-    train_size = demo.task.get("train_size", OmegaConf.load(CONF_DIR / "task" / "shapes.yaml").train_size)
-    steps = demo.trainer.epochs * (train_size // demo.trainer.batch_size)
-    rows = _plan_json(capsys, ["+experiment=demo", "task=shapes"] + _paths(tmp_path))["cells"]
-    assert len(rows) == 6
-    assert sorted(_cell_factors(r) for r in rows) == [(False, 0), (False, 1), (False, 2), (True, 0), (True, 1), (True, 2)]
-    assert {r["steps"] for r in rows} == {steps}
-    assert {r["seq_len"] for r in rows} == {4}
+    shapes_grid, pathfinder_grid = demo.hydra.sweeper.grids
+    rows = _plan_json(capsys, ["+experiment=demo"] + _paths(tmp_path))["cells"]
+    assert len(rows) == 18 and len({r["run_id"] for r in rows}) == 18
+    shapes = [r for r in rows if "pathfinder" not in r["cell"]]
+    assert sorted(_cell_factors(r) for r in shapes) == [(False, 0), (False, 1), (False, 2), (True, 0), (True, 1), (True, 2)]
+    assert {r["steps"] for r in shapes} == {demo.trainer.epochs * (demo.task.train_size // demo.trainer.batch_size)}
+    assert {r["seq_len"] for r in shapes} == {4}
+    pathfinder = [r for r in rows if "pathfinder" in r["cell"]]
+    assert {r["seq_len"] for r in pathfinder} == {16, 169}  # 64x64 and 208x208
+    assert {r["steps"] for r in pathfinder} == {pathfinder_grid["trainer.epochs"] * (
+        pathfinder_grid["task.train_size"] // demo.trainer.batch_size)}
     for row in rows:
         macs = row["GMACs"] * 1e9
-        assert row["train_PFLOP"] == pytest.approx(3 * 2 * macs * steps * demo.trainer.batch_size / 1e15, rel=1e-9)
+        assert row["train_PFLOP"] == pytest.approx(3 * 2 * macs * row["steps"] * demo.trainer.batch_size / 1e15, rel=1e-9)
 
-    # The command line comes after the experiment's params, as in Hydra's basic sweeper: seed=7 wins.
-    rows = _plan_json(capsys, ["+experiment=demo", "task=shapes", "seed=7", "trainer.max_steps=2"] + _paths(tmp_path))
-    assert sorted(_cell_factors(r) for r in rows["cells"]) == [(False, 7), (True, 7)]
-    assert {r["steps"] for r in rows["cells"]} == {2}
+    # The command line comes last, as in the sweeper: seed=7 wins in every grid.
+    rows = _plan_json(capsys, ["+experiment=demo", "seed=7", "trainer.max_steps=2"] + _paths(tmp_path))["cells"]
+    assert len(rows) == 6 and {_cell_factors(r)[1] for r in rows} == {7} and {r["steps"] for r in rows} == {2}
 
 
 @pytest.mark.parametrize("bad, message", [

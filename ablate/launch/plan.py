@@ -30,16 +30,17 @@ from ablate.tasks.base import DataError
 
 
 def expand(arguments: list[str]) -> list[list[str]]:
-    """The per-job override lists a `run.py -m ARGUMENTS` would launch (Hydra's basic sweeper order)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    """The per-job override lists a `run.py -m ARGUMENTS` would launch: the grid sweeper's (its params
+    x each of its grids x the command line, in that order; hydra_plugins/ablate_grid_sweeper)."""
+    from hydra_plugins.ablate_grid_sweeper.grid_sweeper import grid_jobs
 
     parser = OverridesParser.create()
     parsed = parser.parse_overrides(arguments)
     plain = [a for a, o in zip(arguments, parsed) if not o.is_sweep_override()]
-    hydra_cfg = compose(plain, return_hydra_config=True).hydra
-    params = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
-    (jobs,) = BasicSweeper.split_arguments(parser.parse_overrides(params + arguments), max_batch_size=None)
-    return jobs
+    sweeper = compose(plain, return_hydra_config=True).hydra.sweeper
+    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    grids = [dict(grid) for grid in sweeper.get("grids") or []]
+    return grid_jobs(params, grids, arguments, parser)
 
 
 def plan_cell(overrides: list[str], cost_cache: dict) -> dict[str, Any]:

@@ -69,18 +69,7 @@ class GridSweeper(BasicSweeper):
         """Every job's overrides: each grid's product, in grid order, without repeats."""
         assert self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        jobs: List[List[str]] = []
-        seen = set()
-        for grid in self.grids:
-            # later entries win per key (split_arguments keeps one value list per key)
-            texts = [*self._parse_config(), *(f"{k}={_text(v)}" for k, v in grid.items()), *arguments]
-            for batch in self.split_arguments(parser.parse_overrides(texts), None):
-                for job in batch:
-                    key = tuple(sorted(job))
-                    if key not in seen:
-                        seen.add(key)
-                        jobs.append(job)
-        return jobs
+        return grid_jobs(self._parse_config(), self.grids, arguments, parser)
 
     def sweep(self, arguments: List[str]) -> Any:
         assert self.config is not None and self.launcher is not None
@@ -118,6 +107,24 @@ class GridSweeper(BasicSweeper):
             record_death(config, overrides, error)
         except Exception as exc:  # noqa: BLE001 - the sweep goes on; the report lists the cell without a record
             log.error(f"\t#{number}: its failed record could not be written: {type(exc).__name__}: {exc}")
+
+
+def grid_jobs(params: Sequence[str], grids: Sequence[Dict[str, Any]], arguments: Sequence[str],
+              parser: OverridesParser) -> List[List[str]]:
+    """The jobs of a union of grids: `params` ("key=values" swept in every grid) x each grid x the
+    command line `arguments`, in grid order, a job two grids share once. `ablate plan` lists the same."""
+    jobs: List[List[str]] = []
+    seen = set()
+    for grid in grids or [{}]:
+        # later entries win per key (split_arguments keeps one value list per key)
+        texts = [*params, *(f"{k}={_text(v)}" for k, v in grid.items()), *arguments]
+        for batch in BasicSweeper.split_arguments(parser.parse_overrides(texts), None):
+            for job in batch:
+                key = tuple(sorted(job))
+                if key not in seen:
+                    seen.add(key)
+                    jobs.append(job)
+    return jobs
 
 
 def _text(value: Any) -> str:
