@@ -94,7 +94,8 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
             record["task"] = dict(vars(task.info))
             family = family_of(cfg.model.name)
             record["cost"]["seq_len"] = family.seq_len(task.image_size)
-            task.prepare()
+            with preemption.immediate():  # generating a dataset: a stop signal need not wait for it
+                task.prepare()
             seed_everything(cfg.seed)
             model = task.build_model(cfg.model)  # validates the variant and scan order
             model.to(resolve_device(cfg.trainer.device))  # count on the training device: the scan is slow on CPU

@@ -229,3 +229,29 @@ def test_nothing_requested_means_nothing_to_proceed_with():
     assert not preemption.requested()
     with pytest.raises(RuntimeError, match="no preemption is pending"):
         preemption.proceed()
+
+
+def _generate_slowly(root: Path) -> None:
+    """A job generating a dataset (20 s of it) with the preemption handlers installed."""
+    from ablate.tasks.toydata.imagefolder import cached_dataset
+
+    def build(folder: Path) -> dict:
+        (folder / "started").touch()
+        for _ in range(200):
+            time.sleep(0.1)
+        return {}
+    preemption.install()
+    with preemption.immediate():
+        cached_dataset(root, "slow", 1, {"image_size": [8, 8], "seed": 0}, build)
+
+
+def test_sigterm_while_a_dataset_is_generated_stops_at_once_and_leaves_nothing_to_trust(tmp_path, reap):
+    root = tmp_path / "data"
+    child = reap(FORK.Process(target=_generate_slowly, args=(root,)))
+    child.start()
+    wait_until(lambda: any(root.glob(".*tmp-*/started")), "the generation to start")
+    sent = time.monotonic()
+    os.kill(child.pid, signal.SIGTERM)
+    child.join(timeout=30)
+    assert child.exitcode == 128 + signal.SIGTERM and time.monotonic() - sent < 2.0
+    assert list(root.iterdir()) == []  # the half-built folder is gone; no finished one was published

@@ -11,17 +11,19 @@ with its ``max_num_timeout`` countdown intact; elsewhere it is the default actio
 ends by that signal), so a non-Slurm run behaves as if nothing were installed, only later.
 
 A second identical signal before the loop reached a step boundary (a long evaluation, a stuck
-data loader) runs the displaced handler at once, so ``kill`` twice still stops the process.
+data loader) runs the displaced handler at once, so ``kill`` twice still stops the process. Inside
+``immediate()`` (generating a dataset: no step boundary, nothing to save) the first signal acts at once.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any, Iterator, NoReturn
 
 import submitit
 
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 _displaced: dict[int, Any] = {}
 # The signal the loop has yet to act on (the preemption signal wins over SIGTERM).
 _pending: int | None = None
+_immediate = False  # inside immediate(): a signal does not wait for a step boundary
 
 
 def install() -> None:
@@ -69,8 +72,28 @@ def proceed() -> NoReturn:
     raise SystemExit(128 + signum)
 
 
+@contextlib.contextmanager
+def immediate() -> Iterator[None]:
+    """A block with no step boundary to wait for and nothing to save (a dataset being generated): a
+    signal inside it hands over at once (submitit: requeue), else ends the job with SystemExit(128 +
+    signal), so that `finally` blocks run and a half-built dataset's temporary folder is removed."""
+    global _immediate
+    previous, _immediate = _immediate, True
+    try:
+        yield
+    finally:
+        _immediate = previous
+
+
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     global _pending
+    if _immediate:
+        _pending = signum
+        log.warning("%s received outside the training loop: stopping now", signal.Signals(signum).name)
+        handler = _displaced[signum]
+        if callable(handler):
+            handler(signum, frame)
+        raise SystemExit(128 + signum)
     if _pending == signum:
         _run_displaced(signum, frame)  # asked twice: do not wait for the loop any longer
         return
