@@ -111,6 +111,15 @@ def _strip_key(root):
     path.write_text(json.dumps(data))
 
 
+def _edit_first_annotation(change):
+    def breakage(root):
+        path = root / "annotations" / "instances_train2017.json"
+        data = json.loads(path.read_text())
+        change(data["annotations"][0])
+        path.write_text(json.dumps(data))
+    return breakage
+
+
 def _delete_one_image(root):
     (root / "val2017" / "000000000002.jpg").unlink()
 
@@ -121,6 +130,11 @@ def _delete_one_image(root):
     (_corrupt_json, "is not readable JSON"),
     (_strip_key, "expected a COCO instances file"),
     (_delete_one_image, "1 images listed in annotations/instances_val2017.json are absent (e.g. 000000000002.jpg)"),
+    (_edit_first_annotation(lambda a: a.pop("bbox")), "instances_train2017.json: annotation id=1 (#0) lacks key 'bbox'"),
+    (_edit_first_annotation(lambda a: a.update(bbox=[1, 2, 3])),
+     "instances_train2017.json: annotation id=1 (#0) has bbox=[1, 2, 3]; expected [x, y, width, height]"),
+    (_edit_first_annotation(lambda a: a.update(category_id=999)),
+     "instances_train2017.json: annotation id=1 (#0) has category_id=999, which is not among the file's categories"),
 ])
 def test_broken_coco_layouts_fail_with_one_clear_line(coco_root, tmp_path, breakage, expected):
     root = copy_of(coco_root, tmp_path)
@@ -144,6 +158,15 @@ def test_coco_image_whose_size_disagrees_with_its_annotation_is_refused(coco_roo
     task.prepare()
     with pytest.raises(DataError, match=r"000000000001.jpg is 50x40 \(WxH\) but its annotation says 96x64"):
         next(iter(task.train_batches(batch_size=6, seed=0, epoch=0)))
+
+
+def test_a_corrupt_coco_image_is_named(coco_root, tmp_path):
+    root = copy_of(coco_root, tmp_path)
+    (root / "val2017" / "000000000002.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    task = coco_task(root)
+    task.prepare()
+    with pytest.raises(DataError, match=r"val2017/000000000002.jpg is not a decodable image"):
+        task._val.read_image(next(i for i, info in task._val.coco.imgs.items() if info["file_name"] == "000000000002.jpg"))
 
 
 def test_coco_training_items_are_torchvision_targets(coco_root):

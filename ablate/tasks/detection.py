@@ -58,11 +58,37 @@ def read_coco(path: Path) -> COCO:
     if not isinstance(dataset, dict) or any(not isinstance(dataset.get(k), list) for k in COCO_KEYS):
         found = sorted(dataset) if isinstance(dataset, dict) else type(dataset).__name__
         raise DataError(f"{path} has keys {found}; {hint}")
+    _check_annotations(path, dataset)
     coco = COCO()
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
         coco.createIndex()
     return coco
+
+
+ANNOTATION_KEYS = ("id", "image_id", "category_id", "bbox", "area", "segmentation")  # what training and COCOeval read
+
+
+def _check_annotations(path: Path, dataset: Mapping[str, Any]) -> None:
+    """DataError naming the file, the annotation's id and the key, for the first annotation that
+    lacks a key, has a box that is not [x, y, w, h], or names an image or category the file lacks."""
+    images = {image.get("id") for image in dataset["images"] if isinstance(image, dict)}
+    categories = {category.get("id") for category in dataset["categories"] if isinstance(category, dict)}
+    for index, ann in enumerate(dataset["annotations"]):
+        where = f"{path}: annotation id={ann.get('id') if isinstance(ann, dict) else None} (#{index})"
+        if not isinstance(ann, dict):
+            raise DataError(f"{where} is a {type(ann).__name__}, not an object")
+        missing = [key for key in ANNOTATION_KEYS if key not in ann]
+        if missing:
+            raise DataError(f"{where} lacks key {missing[0]!r}; an annotation has {', '.join(ANNOTATION_KEYS)}")
+        box = ann["bbox"]
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+            raise DataError(f"{where} has bbox={box!r}; expected [x, y, width, height], four numbers")
+        if ann["category_id"] not in categories:
+            raise DataError(f"{where} has category_id={ann['category_id']!r}, which is not among the file's "
+                            f"categories ({', '.join(map(str, sorted(categories, key=str)))})")
+        if ann["image_id"] not in images:
+            raise DataError(f"{where} has image_id={ann['image_id']!r}, which is not among the file's images")
 
 
 def coco_split(root: Path, split: str) -> tuple[Path, COCO]:
@@ -122,7 +148,10 @@ class CocoInstances(Dataset):
     def read_image(self, image_id: int) -> torch.Tensor:
         info = self.coco.imgs[image_id]
         path = self.image_dir / info["file_name"]
-        image = decode_image(str(path), mode=ImageReadMode.RGB)  # (3, H, W) uint8
+        try:
+            image = decode_image(str(path), mode=ImageReadMode.RGB)  # (3, H, W) uint8
+        except RuntimeError as exc:  # torchvision's message does not say which file
+            raise DataError(f"{path} is not a decodable image ({' '.join(str(exc).split())[:160]})") from None
         if tuple(image.shape[1:]) != (info["height"], info["width"]):
             raise DataError(
                 f"{path} is {image.shape[2]}x{image.shape[1]} (WxH) but its annotation says "
