@@ -109,6 +109,7 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
             record["metrics"] = result.metrics
             record["cost"]["world_size"] = cfg.trainer.devices
             record["cost"].update(_throughput(result, task), steps=result.steps, resumed_from_step=result.resumed_from_step)
+            record["checkpoint_set_aside"] = result.checkpoint_set_aside
             record["status"], failed = records.Status.COMPLETED, False
         except Diverged as exc:
             record["status"], record["error"] = records.Status.DIVERGED, _error(exc)

@@ -40,6 +40,10 @@ Schema ``ablate.result/1`` (all keys always present; values may be null where st
                 job ran for a tuning study (tuned keys are left out of `factors`)
     env         {"ablate", "git_commit", "git_dirty" (uncommitted changes to tracked files), "torch", "timm",
                  "python", "device", "hostname", "slurm_job_id", "started_at", "finished_at"}  (ISO-8601 UTC)
+    checkpoint_set_aside  null | {"file", "why"}: the checkpoint this attempt found it could not resume
+                from (unreadable, unsafe, lacking keys or shapes, a step outside the plan, another cell's),
+                moved to history/ (the file named) before the cell trained from step 0; absent in
+                records written before it existed
     family      {"name", "record_keys": [model keys every record's factors carry], "switches": {key: [arm
                 name when false, when true]}}: what the report needs of the model family, so that it never
                 imports the models; null for an unknown variant. A record written before this block
@@ -196,6 +200,7 @@ def new_record(config: dict, overrides: list[str], run_id: str, family: FamilyFa
         "tuning": config.get("tuning"),
         "env": dict(env or {}),
         "family": family.to_json() if family is not None else None,
+        "checkpoint_set_aside": None,
     }
 
 

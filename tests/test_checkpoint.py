@@ -118,7 +118,7 @@ def test_a_checkpoint_holding_a_pickled_object_is_refused(tmp_path):
 def test_an_unsafe_checkpoint_is_moved_aside_never_loaded(tmp_path, caplog):
     marker = tmp_path / "code-ran"
     torch.save({"step": 1, "evil": _Payload(marker)}, tmp_path / "checkpoint.pt")
-    assert checkpoint.load_for_resume(tmp_path / "checkpoint.pt") is None
+    assert checkpoint.load_for_resume(tmp_path / "checkpoint.pt")[0] is None
     assert not marker.exists() and not (tmp_path / "checkpoint.pt").exists()
     (kept,) = (tmp_path / "history").iterdir()
     assert kept.name.startswith("checkpoint-unusable-") and "NOT loaded" in caplog.text
@@ -141,7 +141,7 @@ def test_a_damaged_checkpoint_is_named_as_such_and_moved_to_history(tmp_path, ho
     with pytest.raises(checkpoint.UnusableCheckpoint, match="torn, empty or not a checkpoint") as raised:
         checkpoint.load(path)
     assert not isinstance(raised.value, pickle.UnpicklingError)  # not mistaken for an unsafe one
-    assert checkpoint.load_for_resume(path) is None
+    assert checkpoint.load_for_resume(path)[0] is None
     assert not path.exists() and len(list((tmp_path / "history").glob("checkpoint-unusable-*.pt"))) == 1
     assert "the cell restarts from step 0" in caplog.text
 

@@ -264,3 +264,33 @@ def test_a_torn_checkpoint_is_set_aside_and_its_cell_completes(tmp_path, tiny_ar
         assert len(list((run_dir / "history").glob("checkpoint-unusable-*.pt"))) == 1
         assert checkpoint.load(run_dir / "checkpoint.pt")["step"] == 3  # a fresh, good one
         assert "moved to" in (run_dir / "train.log").read_text()
+
+
+def test_a_checkpoint_that_does_not_fit_its_cell_is_set_aside_never_trusted(tmp_path, tiny_args):
+    # Each cell's checkpoint replaced by one that loads but cannot continue it: every retry used to hit a bare
+    # KeyError, or worse, report `completed` for a model trained a fraction of its plan.
+    results = tmp_path / "results"
+    args = ["-m"] + tiny_args + ["model.ssm=false", "seed=0,1,2", "sweep=unfit"] + NO_REPORT
+    run_cli(args, tmp_path)
+    runs = _runs(results)
+    good = checkpoint.load(runs[(False, 0)] / "checkpoint.pt")
+    first = next(iter(good["model"]))
+    broken = {
+        0: ({"step": 3}, "lacks model, optimizer, scheduler, scaler, rng"),
+        1: ({**good, "step": 30}, "is at step 30, outside this cell's plan of 3 steps"),
+        2: ({**good, "model": {**good["model"], first: good["model"][first][..., :1]}}, f"holds {first} of shape"),
+    }
+    for seed, (state, _) in broken.items():
+        (runs[(False, seed)] / "result.json").unlink()
+        checkpoint.save(runs[(False, seed)] / "checkpoint.pt", state)
+
+    run_cli(args, tmp_path)
+    for seed, (_, why) in broken.items():
+        run_dir = runs[(False, seed)]
+        record = records.read(run_dir / "result.json")
+        assert record["status"] == "completed" and record["cost"]["resumed_from_step"] is None
+        assert record["cost"]["steps"] == 3 and checkpoint.load(run_dir / "checkpoint.pt")["step"] == 3
+        (kept,) = (run_dir / "history").glob("checkpoint-unusable-*.pt")
+        assert record["checkpoint_set_aside"] == {"file": str(kept), "why": record["checkpoint_set_aside"]["why"]}
+        assert record["checkpoint_set_aside"]["why"].startswith(f"checkpoint {run_dir / 'checkpoint.pt'} {why}")
+        assert "the cell restarts from step 0" in (run_dir / "train.log").read_text()

@@ -22,7 +22,7 @@ import random
 import shutil
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -75,22 +75,29 @@ def load(path: Path, map_location: Any = "cpu") -> dict[str, Any] | None:
     return state
 
 
-def load_for_resume(path: Path, map_location: Any = "cpu") -> dict[str, Any] | None:
-    """``load``, except that an unusable checkpoint is moved to ``history/`` beside it and None returned.
+def load_for_resume(path: Path, map_location: Any = "cpu",
+                    check: Callable[[dict[str, Any]], str | None] | None = None) -> tuple[dict[str, Any] | None, dict | None]:
+    """``load``, except that a checkpoint that cannot be resumed from is moved to ``history/`` beside it.
 
-    A torn checkpoint would otherwise fail every retry of its cell until deleted by hand; the file is
-    kept (the user may want it), and the cell restarts from scratch. An unsafe one is never loaded.
+    Returns (state, None), (None, None) when there is no checkpoint, or (None, {"file", "why"}) when it
+    was set aside: unreadable, unsafe, or refused by ``check`` (which returns why, e.g. a step beyond
+    the plan). A bad checkpoint would otherwise fail every retry of its cell until deleted by hand,
+    or worse, end it early as completed; the file is kept (the user may want it), and the cell
+    restarts from scratch. An unsafe one is never loaded.
     """
     path = Path(path)
     try:
-        return load(path, map_location)
+        state = load(path, map_location)
+        refused = check(state) if state is not None and check is not None else None
+        why = f"checkpoint {path} {refused}" if refused else None
     except UnusableCheckpoint as error:
-        kept = _set_aside(path)
-        if isinstance(error, UnsafeCheckpoint):
-            log.error("%s; NOT loaded (it could run code): moved to %s, the cell restarts from step 0", error, kept)
-        else:
-            log.warning("%s: moved to %s, the cell restarts from step 0", error, kept)
-        return None
+        state, why = None, _first_line(error) + ("; NOT loaded (it could run code)"
+                                                 if isinstance(error, UnsafeCheckpoint) else "")
+    if why is None:
+        return state, None
+    kept = _set_aside(path)
+    log.warning("%s: moved to %s, the cell restarts from step 0", why, kept)
+    return None, {"file": str(kept), "why": why}
 
 
 def _set_aside(path: Path) -> Path:

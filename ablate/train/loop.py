@@ -71,6 +71,32 @@ class FitResult:
     train_images: int
     eval_seconds: float  # the final evaluation
     resumed_from_step: Optional[int]
+    checkpoint_set_aside: Optional[dict] = None  # {"file", "why"}: a checkpoint found unusable, kept in history/
+
+
+RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "step", "rng")
+
+
+def _unresumable(state: dict, model: nn.Module, total_steps: int, run_id: str) -> Optional[str]:
+    """Why a checkpoint cannot continue this cell (None when it can): keys, the model's shapes, the
+    step within the plan, and the cell it was written for (a file copied from another run folder)."""
+    missing = [key for key in RESUME_KEYS if key not in state]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    own = model.state_dict()
+    saved = state["model"]
+    if not isinstance(saved, dict) or saved.keys() != own.keys():
+        return "holds another model's weights (its parameter names differ from this cell's)"
+    shapes = [key for key in own if getattr(saved[key], "shape", None) != own[key].shape]
+    if shapes:
+        return f"holds {shapes[0]} of shape {tuple(saved[shapes[0]].shape)}, this cell's is {tuple(own[shapes[0]].shape)}"
+    step = state["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= total_steps:
+        return f"is at step {step!r}, outside this cell's plan of {total_steps} steps"
+    if state.get("total_steps", total_steps) != total_steps or state.get("run_id", run_id) != run_id:
+        return (f"was written for cell {state.get('run_id', run_id)} with {state.get('total_steps', total_steps)} "
+                f"steps, not this cell ({run_id}, {total_steps} steps)")
+    return None
 
 
 def seed_everything(seed: int) -> None:
@@ -165,11 +191,12 @@ def fit(
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "step": step, "rng": checkpoint.rng_state(),
             "wandb_id": getattr(tracker, "run_id", None), "curve": {"train": curve.train, "eval": curve.eval},
-            "loss_window": list(window),
+            "loss_window": list(window), "run_id": Path(run_dir).name, "total_steps": total_steps,
         })
         curve.write(run_dir)
 
-    state = checkpoint.load_for_resume(ckpt_path, map_location=device)
+    state, set_aside = checkpoint.load_for_resume(
+        ckpt_path, map_location=device, check=lambda state: _unresumable(state, model, total_steps, Path(run_dir).name))
     if state is None:
         step, resumed_from = 0, None
         # after model init, so augmentation draws match across arms. The same on every rank: each loads
@@ -247,7 +274,7 @@ def fit(
     metrics = _evaluate(model, task, device, autocast, step, on_eval, tracker, curve)
     if rank == 0:
         curve.write(run_dir)
-    return FitResult(metrics, step, train_seconds, train_images, time.perf_counter() - tic, resumed_from)
+    return FitResult(metrics, step, train_seconds, train_images, time.perf_counter() - tic, resumed_from, set_aside)
 
 
 def _evaluate(model, task, device, autocast, step, on_eval, tracker, curve: Curve) -> dict[str, float]:
