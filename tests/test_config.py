@@ -164,6 +164,25 @@ def test_a_bad_setting_on_the_command_line_exits_2_with_one_line(tmp_path, tiny_
     assert not (tmp_path / "results" / "runs").exists()  # nothing written, nothing trained
 
 
+@pytest.mark.parametrize("multirun", [False, True])
+def test_an_output_folder_that_cannot_be_written_exits_2_with_one_line(tmp_path, tiny_args, multirun):
+    import subprocess
+    import sys
+
+    from conftest import ROOT, clean_env
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("a file where the results folder should be")
+    cmd = [sys.executable, str(ROOT / "run.py"), *(["-m"] if multirun else []), *tiny_args, f"paths.results={blocked}",
+           f"paths.data={tmp_path / 'data'}", "sweep=s"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    folder = blocked / "sweeps" / "s" / ("" if multirun else "0")
+    assert lines == [f"ablate: cannot write the output folder {str(folder).rstrip('/')}: Not a directory "
+                     "(set paths.results to a writable folder)"]
+
+
 def test_every_task_file_has_one_shape_and_the_trainer_recipe_is_its_own_group():
     for path in sorted((CONF_DIR / "task").glob("*.yaml")):
         text = path.read_text()
