@@ -57,6 +57,20 @@ if not OmegaConf.has_resolver("short_dirname"):
     OmegaConf.register_new_resolver("short_dirname", short_dirname)
 
 
+def job_folder_exclusions() -> list[str]:
+    """hydra.job.config.override_dirname.exclude_keys: records.NON_SEMANTIC_KEYS leaf by leaf (their one
+    owner), except the tuning block: a trial's own keys must name its folder; only the study and
+    storage do not. The launcher and sweeper choices never name a cell either."""
+    from ablate.records import NON_SEMANTIC_KEYS
+
+    leaves = {"paths": [f"paths.{f.name}" for f in fields(PathsConfig)], "tuning": ["tuning.study", "tuning.storage"]}
+    return [leaf for key in NON_SEMANTIC_KEYS for leaf in leaves.get(key, [key])] + ["hydra/launcher", "hydra/sweeper"]
+
+
+if not OmegaConf.has_resolver("job_folder_exclusions"):
+    OmegaConf.register_new_resolver("job_folder_exclusions", job_folder_exclusions)
+
+
 SCHEDULES = ("cosine", "multistep", "poly")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RERUN_CHOICES = ("all", "stale")  # all: every cell again; stale: completed cells computed by other code
