@@ -340,10 +340,14 @@ def test_an_arm_that_did_not_learn_the_easy_part_decides_nothing(tmp_path: Path)
     assert row["decision"] == "insufficient evidence" and row["at_chance"]
     assert row["note"] == ("did not learn: model.ssm=false (mean iou_visible 13), not above 25 (learned:); "
                            "an arm that did not learn decides nothing")
-    # Once both arms clear the threshold the same pairs decide.
+    # Once both arms clear the threshold the same pairs decide; so do records that do not report the metric.
     for record in recs:
         record["metrics"]["iou_visible"] = 40.0
     (row,) = evaluate(h, _collection(tmp_path / "again", recs)).rows.to_dict("records")
+    assert row["decision"] == "supported" and not row["at_chance"]
+    for record in recs:
+        del record["metrics"]["iou_visible"]
+    (row,) = evaluate(h, _collection(tmp_path / "other-task", recs)).rows.to_dict("records")
     assert row["decision"] == "supported" and not row["at_chance"]
 
 

@@ -29,7 +29,8 @@ One YAML file per hypothesis; dropping a new file in the folder adds a hypothesi
     trend: false                  # also: the favoured arm's advantage grows with L (Spearman)
     labels: {true: SSM, false: no SSM}   # optional: arm names in the tables (default: the model family's)
     learned: {metric: iou_visible, above: 25}  # optional: a cell group decides only if each arm's mean of
-                                  #   this metric exceeds `above` (the arms learned the task's easy part)
+                                  #   this metric exceeds `above` (the arms learned the task's easy part);
+                                  #   cell groups whose records do not report the metric are not gated
 
 Decisions, per cell group (all factors but the ablated one and seed): `insufficient evidence` below
 min_pairs, otherwise `supported` when the Holm-adjusted p (across the hypothesis' cell groups of
@@ -302,9 +303,6 @@ def mismatches(hypothesis: Hypothesis, collection: Collection) -> list[str]:
     if h.metric != "primary" and not carried(h.value_column):
         metrics = sorted(c.removeprefix("metrics.") for c in runs if c.startswith("metrics."))
         found.append(f"{where}: metric {h.metric!r} is in no record; records carry: {', '.join(metrics)}")
-    if h.learned and not carried(f"metrics.{h.learned[0]}"):
-        metrics = sorted(c.removeprefix("metrics.") for c in runs if c.startswith("metrics."))
-        found.append(f"{where}: learned.metric {h.learned[0]!r} is in no record; records carry: {', '.join(metrics)}")
     for key, column in SCOPE_COLUMNS.items():
         wanted = getattr(h.scope, key)
         present = set(runs[column].dropna().astype(str)) if column in runs else set()
@@ -415,11 +413,12 @@ def _cell_rows(hypothesis: Hypothesis, pairing: Pairing, part: str, efficiency: 
 def _arms_at_chance(hypothesis: Hypothesis, group: pd.DataFrame) -> str:
     """A note naming each arm of a cell group whose primary metric is not clearly above chance, or
     whose `learned` metric is not above its threshold, else ''."""
-    if hypothesis.learned:
+    if hypothesis.learned:  # records that do not report the metric (another task's) are not gated
         metric, above = hypothesis.learned
+        means = {level: pd.to_numeric(group[f"metrics.{metric}{suffix}"]).mean()
+                 for level, suffix in ((hypothesis.treatment, "_t"), (hypothesis.control, "_c"))}
         short = [f"{hypothesis.factor}={_level_text(level)} (mean {metric} {mean:.3g})"
-                 for level, suffix in ((hypothesis.treatment, "_t"), (hypothesis.control, "_c"))
-                 if not (mean := float(pd.to_numeric(group[f"metrics.{metric}{suffix}"]).mean())) > above]
+                 for level, mean in means.items() if not pd.isna(mean) and not mean > above]
         if short:
             return f"did not learn: {'; '.join(short)}, not above {above:g} (learned:); an arm that did not learn decides nothing"
     chance = group["chance"].iloc[0] if "chance" in group else None

@@ -302,7 +302,8 @@ def _at_a_glance(verdicts: list[Verdict], collection: Collection) -> str:
         verdict = f"**{v.decision}**"
         if v.decision == INSUFFICIENT:
             notes = [n for n in v.rows["note"] if n] or (
-                [f"no record is at {', '.join(v.absent)}"] if v.absent else ["no cell group in scope"])
+                [f"no record in its scope ({v.hypothesis.scope.describe()})"] if not v.in_scope
+                else [f"no record in its scope is at {', '.join(v.absent)}"] if v.absent else ["no paired cell group"])
             verdict += ": " + (notes[0] if len(notes[0]) <= REASON_CHARS else notes[0][:REASON_CHARS - 1] + "…")
         rows.append({"hypothesis": v.hypothesis.id, "claim": v.hypothesis.claim, "verdict": verdict,
                      "effect, diff [90% CI]": effect, "pairs": int(main["n_pairs"].sum()), "mde": mde})
