@@ -19,7 +19,7 @@ install: $(STAMP)
 
 # Two workers (most tests wait on the job processes they start); a file's tests stay on one worker.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=10 tests
 
 # One sweep, a union of two grids (see experiments/demo.yaml), then its report.
 demo: $(STAMP)
