@@ -232,6 +232,11 @@ def validate(cfg: DictConfig) -> None:
             value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
             if not check.test(value):
                 raise ConfigError(f"{group}.{name}={value!r} is not allowed: {check.allowed()}")
+    trainer = cfg.trainer
+    if trainer.batch_size % trainer.devices:  # checked here, before any rank starts
+        raise ConfigError(f"trainer.batch_size={trainer.batch_size} is not allowed with trainer.devices="
+                          f"{trainer.devices}: a multiple of trainer.devices (each rank takes an equal share of "
+                          "the global batch)")
 
 
 def compose(overrides: list[str] | None = None, return_hydra_config: bool = False) -> DictConfig:

@@ -141,6 +141,10 @@ def _fit_on_ranks(cfg: DictConfig, model: torch.nn.Module, run_dir: Path) -> tup
     the cell diverged or pruned, as in one process; any other failure of a rank raises RankFailed."""
     from ablate.train.distributed import run_ranks
 
+    gpus = torch.cuda.device_count()
+    if resolve_device(cfg.trainer.device).type == "cuda" and cfg.trainer.devices > gpus:
+        raise ConfigError(f"trainer.devices={cfg.trainer.devices} is not allowed on this machine: at most the "
+                          f"{gpus} GPU(s) it has (one rank per GPU)")
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     config = OmegaConf.to_container(cfg, resolve=True)  # resolved here: a rank must not resolve ${now} again
     timeout = dt.timedelta(minutes=cfg.trainer.dist_timeout_min)

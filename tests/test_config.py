@@ -101,6 +101,8 @@ BAD_INPUTS = [
     (["task.auto_augment=bogus"], "task.auto_augment='bogus' "),
     (["task=shapes", "task.data_seed=-1"], "task.data_seed=-1 "),
     (["trainer.betas=[0.9]"], "trainer.betas=[0.9] "),
+    (["trainer.devices=3", "trainer.batch_size=32"], "trainer.batch_size=32 is not allowed with trainer.devices=3: "
+                                                     "a multiple of trainer.devices "),
     (["model=mambaout_schema"], "model.name has no value: the chosen model file sets none (a *_schema is a schema, "
                                 "not a model); allowed: model= one of: base, deit, femto, kobe, nano, pico, small, tiny "),
 ]
