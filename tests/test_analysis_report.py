@@ -507,3 +507,21 @@ def test_the_bars_show_every_paired_seed_as_a_point_joined_to_its_partner(monkey
     assert points == [70.0, 71.0, 72.0, 73.0, 74.0, 75.0]
     joins = [tuple(line.get_ydata()) for line in axes.lines if len(line.get_ydata()) == 2]
     assert sorted(joins) == [(70.0, 71.0), (72.0, 74.0), (75.0, 73.0)]  # (control, treatment) per seed
+
+
+def test_a_template_of_ones_own_renders_the_same_context(study: dict[str, Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    template = tmp_path / "mine.md.j2"
+    template.write_text("# {{ title }}\n{% for v in verdicts %}{{ v.hypothesis }}: {{ v.decision }} ({{ v.pairs }} pairs)\n"
+                        "{% endfor %}cells {{ ran.cells }}\n")
+    args = [str(study["sweep"]), "--results", str(study["results"]), "--hypotheses", str(study["hypotheses"])]
+    assert report.main(args + ["--out", str(tmp_path / "out"), "--template", str(template)]) == 0
+    (default_row,) = [line for line in study["report"].read_text().splitlines() if line.startswith("| H2 |")]
+    _, _, _, verdict, _, pairs, _ = [cell.strip() for cell in default_row.split("|")][:7]
+    lines = (tmp_path / "out" / "report.md").read_text().splitlines()
+    assert lines[0] == "# Ablation report: study" and lines[-1].startswith("cells ")
+    assert f"H2: {verdict.strip('*').split('*')[0]} ({pairs} pairs)" in lines  # the default template's numbers
+    template.write_text("{{ no_such_thing }}\n")
+    capsys.readouterr()
+    assert report.main(args + ["--out", str(tmp_path / "bad"), "--template", str(template)]) == 1
+    assert capsys.readouterr().err.strip() == f"ablate report: --template {template}: 'no_such_thing' is undefined"

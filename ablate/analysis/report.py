@@ -11,10 +11,11 @@ import argparse
 import json
 import logging
 import math
+import re
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,8 @@ from ablate.analysis.hypotheses import (
 log = logging.getLogger("ablate.analysis")
 
 REPORT_FILE = "report.md"
+TEMPLATES = Path(__file__).with_name("templates")
+DEFAULT_TEMPLATE = "report.md.j2"
 RESULTS_CSV = "results.csv"
 VERDICTS_CSV = "verdicts.csv"
 NON_COMPLETED = tuple(s for s in records.STATUSES if s != COMPLETED)
@@ -119,8 +122,10 @@ def write_report(
     hypotheses_dir: Path | None = None,
     *,
     results_root: Path | None = None,
+    template: Path | None = None,
 ) -> Path:
-    """Write report.md, figures and the two CSV files; return the path of report.md."""
+    """Write report.md (rendered from `template`, default the shipped one), figures and the two CSV
+    files; return the path of report.md."""
     sweep_dirs = [Path(d) for d in sweep_dirs]
     hypotheses = load_hypotheses(hypotheses_dir)
     collection = collect(sweep_dirs, results_root, extra_factors=_hypothesis_factors(hypotheses))
@@ -141,24 +146,46 @@ def write_report(
         drawn.update(_draw(out, view))
     curves, curve_files = _curves_section(collection, out, tasks)
     _write_csvs(out, collection.runs, verdicts)
-    sections = [
-        f"# Ablation report: {', '.join(s.name for s in collection.sweeps) or 'all runs'}",
-        *_did_not_learn(verdicts),
-        _at_a_glance(verdicts, collection),
-        _what_was_run(collection, results_root, hypotheses, hypotheses_dir),
-        _verdict_section(verdicts),
-        _paragraphs(verdicts),
-        _task_sections(tasks, drawn),
-        _arms_section(collection.runs, hypotheses),
-        curves,
-        _sequence_section(tasks, drawn),
-        _tuning_section(collection),
-        _problems_section(collection, pairing, verdicts, compared),
-        _files_section(drawn, curve_files),
-    ]
+    context = {
+        "title": f"Ablation report: {', '.join(s.name for s in collection.sweeps) or 'all runs'}",
+        "warning": _did_not_learn(verdicts),
+        "verdicts": _glance(verdicts),
+        "ran": _ran(collection),
+        "sections": {
+            "what_was_run": _what_was_run(collection, results_root, hypotheses, hypotheses_dir),
+            "verdict_details": _verdict_section(verdicts),
+            "numbers": _paragraphs(verdicts),
+            "per_task": _task_sections(tasks, drawn),
+            "arms": _arms_section(collection.runs, hypotheses),
+            "curves": curves,
+            "sequence": _sequence_section(tasks, drawn),
+            "tuning": _tuning_section(collection),
+            "problems": _problems_section(collection, pairing, verdicts, compared),
+            "files": _files_section(drawn, curve_files),
+        },
+    }
     path = out / REPORT_FILE
-    atomic.write(path, "\n\n".join(sections).rstrip() + "\n")
+    atomic.write(path, render(context, template))
     return path
+
+
+def render(context: Mapping[str, Any], template: Path | None = None) -> str:
+    """report.md from `context` (plain data: see write_report) through the shipped template
+    (ablate/analysis/templates/report.md.j2) or a user's own; ValueError (one line) on a template error."""
+    import jinja2
+
+    loader = jinja2.FileSystemLoader([str(Path(template).parent) if template else str(TEMPLATES)])
+    env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             autoescape=False, trim_blocks=True, lstrip_blocks=True)
+    name = Path(template).name if template else DEFAULT_TEMPLATE
+    try:
+        text = env.get_template(name).render(**context)
+    except jinja2.TemplateNotFound as exc:
+        raise ValueError(f"--template {template}: no such file") from exc
+    except jinja2.TemplateError as exc:
+        where = f" line {exc.lineno}" if getattr(exc, "lineno", None) else ""
+        raise ValueError(f"--template {template or name}{where}: {exc.message or type(exc).__name__}") from exc
+    return re.sub(r"\n{3,}", "\n\n", text).rstrip() + "\n"
 
 
 def _nothing_read(sweep_dirs: Sequence[Path], results_root: Path | None, collection: Collection) -> str:
@@ -186,15 +213,15 @@ def _nothing_read(sweep_dirs: Sequence[Path], results_root: Path | None, collect
     return f"{head}: it holds no records; {layout}"
 
 
-def _did_not_learn(verdicts: list[Verdict]) -> list[str]:
-    """A first-screen warning when some cell groups compare arms that did not learn (none otherwise)."""
+def _did_not_learn(verdicts: list[Verdict]) -> str:
+    """A first-screen warning when some cell groups compare arms that did not learn ('' otherwise)."""
     rows = pd.concat([v.rows for v in verdicts if not v.rows.empty] or [pd.DataFrame(columns=list(VERDICT_COLUMNS))])
     rows = rows[rows["part"] != "trend"]  # a trend row's "cell" is a series of cell groups
     stuck = sorted(set(rows.loc[rows["at_chance"].astype(bool), "cell"]))
     if not stuck:
-        return []
-    return [f"> **Warning: in {len(stuck)} of {rows['cell'].nunique()} cell group(s) an arm is not clearly above "
-            "chance: it did not learn, and those comparisons decide nothing** (see the notes under Verdicts)."]
+        return ""
+    return (f"> **Warning: in {len(stuck)} of {rows['cell'].nunique()} cell group(s) an arm is not clearly above "
+            "chance: it did not learn, and those comparisons decide nothing** (see the notes under Verdicts).")
 
 
 def _hypothesis_factors(hypotheses: Iterable[Hypothesis]) -> list[str]:
@@ -282,9 +309,9 @@ def _write_csvs(out: Path, runs: pd.DataFrame, verdicts: list[Verdict]) -> None:
 REASON_CHARS = 160  # a verdict's reason on the first screen; the full note is under "Verdicts"
 
 
-def _at_a_glance(verdicts: list[Verdict], collection: Collection) -> str:
-    """The first screen: one row per hypothesis (claim, verdict and why, effect with CI, pairs, mde),
-    then what ran in a few lines."""
+def _glance(verdicts: list[Verdict]) -> list[dict[str, Any]]:
+    """The first screen's rows, one per hypothesis: id, claim, decision, reason (when insufficient),
+    effect (diff with its CI, or the range over cell groups), pairs and mde, all as text."""
     rows = []
     for v in verdicts:
         main = v.rows[v.rows["part"] == v.hypothesis.test]
@@ -299,29 +326,30 @@ def _at_a_glance(verdicts: list[Verdict], collection: Collection) -> str:
             mde = low if low == high else f"{low}-{high}"
         else:
             effect, mde = "no pairs", ""
-        verdict = f"**{v.decision}**"
+        reason = ""
         if v.decision == INSUFFICIENT:
             notes = [n for n in v.rows["note"] if n] or (
                 [f"no record in its scope ({v.hypothesis.scope.describe()})"] if not v.in_scope
                 else [f"no record in its scope is at {', '.join(v.absent)}"] if v.absent else ["no paired cell group"])
-            verdict += ": " + (notes[0] if len(notes[0]) <= REASON_CHARS else notes[0][:REASON_CHARS - 1] + "…")
-        rows.append({"hypothesis": v.hypothesis.id, "claim": v.hypothesis.claim, "verdict": verdict,
-                     "effect, diff [90% CI]": effect, "pairs": int(main["n_pairs"].sum()), "mde": mde})
+            reason = notes[0] if len(notes[0]) <= REASON_CHARS else notes[0][:REASON_CHARS - 1] + "…"
+        rows.append({"hypothesis": v.hypothesis.id, "claim": v.hypothesis.claim, "decision": v.decision,
+                     "reason": reason, "effect": effect, "pairs": int(main["n_pairs"].sum()), "mde": mde})
+    return rows
+
+
+def _ran(collection: Collection) -> dict[str, Any]:
+    """What ran, for the first screen: cells by status, seeds, record problems, job hours, device."""
     runs = collection.runs
-    by_status = ", ".join(f"{int((runs['status'] == s).sum())} {s}" for s in records.STATUSES
-                          if (runs["status"] == s).any())
     wall = pd.to_numeric(runs.get("cost.wall_seconds"), errors="coerce").sum() if len(runs) else 0.0
-    seeds = sorted({int(s) for s in runs["seed"].dropna()}) if "seed" in runs else []
-    ran = [
-        f"- {len(runs)} cells read ({by_status or 'none'}), seeds {', '.join(map(str, seeds)) or 'none'}; "
-        f"{len(collection.problems)} record problem(s), listed under Problems",
-        f"- compute: {wall / 3600:.2f} h of job wall time on {_distinct(runs['env.device']) if len(runs) else 'unknown'}",
-    ]
-    return "\n".join(["## Verdicts at a glance", "",
-                      md_table(pd.DataFrame(rows, columns=["hypothesis", "claim", "verdict", "effect, diff [90% CI]",
-                                                           "pairs", "mde"])), "",
-                      "mde: the smallest effect the design could detect (80% power, paired one-sided t). "
-                      "Details, every cell group and the figures follow.", "", *ran])
+    return {
+        "cells": len(runs),
+        "by_status": {s: int((runs["status"] == s).sum()) for s in records.STATUSES if (runs["status"] == s).any()},
+        "seeds": sorted({int(s) for s in runs["seed"].dropna()}) if "seed" in runs else [],
+        "problems": len(collection.problems),
+        "job_hours": round(float(wall) / 3600, 2),
+        "device": _distinct(runs["env.device"]) if len(runs) else "unknown",
+    }
+
 
 def _what_was_run(collection: Collection, results_root: Path | None, hypotheses: list[Hypothesis],
                   hypotheses_dir: Path | None) -> str:
@@ -766,11 +794,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, metavar="ROOT", help="also read every record under ROOT/runs/")
     parser.add_argument("--out", type=Path, metavar="DIR", help="output folder (default reports/<sweep>/)")
     parser.add_argument("--hypotheses", type=Path, metavar="DIR", help="hypothesis YAMLs (default conf/hypothesis)")
+    parser.add_argument("--template", type=Path, metavar="FILE",
+                        help="a Jinja2 template of your own for report.md (default: ablate/analysis/templates/report.md.j2)")
     args = parser.parse_args(argv)
     if not args.sweep_dirs and args.results is None:
         parser.error("give at least one SWEEP_DIR or --results ROOT")
     try:
-        path = write_report(args.sweep_dirs, args.out, args.hypotheses, results_root=args.results)
+        path = write_report(args.sweep_dirs, args.out, args.hypotheses, results_root=args.results, template=args.template)
     except ValueError as exc:
         print(f"ablate report: {exc}", file=sys.stderr)
         return 1
