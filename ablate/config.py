@@ -16,6 +16,7 @@ import hashlib
 import importlib
 import os
 import re
+from dataclasses import MISSING as MISSING_FIELD
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, List, Optional
@@ -69,6 +70,8 @@ def job_folder_exclusions() -> list[str]:
 
 if not OmegaConf.has_resolver("job_folder_exclusions"):
     OmegaConf.register_new_resolver("job_folder_exclusions", job_folder_exclusions)
+if not OmegaConf.has_resolver("run_help"):
+    OmegaConf.register_new_resolver("run_help", lambda model, task: help_text(model, task))
 
 
 SCHEDULES = ("cosine", "multistep", "poly")
@@ -190,6 +193,43 @@ def register_configs() -> None:
 register_configs()
 
 VALIDATED_GROUPS = ("model", "trainer", "task", "logger")
+
+
+def help_text(model_name: str, task_target: str) -> str:
+    """`run.py --help` (hydra.help.template): the choices of every group, and each setting of the chosen
+    model family, trainer and task with its type, default and what it allows. `$` is doubled: Hydra
+    substitutes `$FLAGS_HELP` and the like in the template."""
+    from ablate.models import family_of
+
+    lines = ["run.py: one job per sweep cell, e.g.", "  python run.py -m model=pico model.ssm=true,false task=shapes seed=0,1,2",
+             "", "== Groups (group=option) =="]
+    store = ConfigStore.instance()  # plugins' options (hydra/launcher=local, hydra/sweeper=grid, ...) live there
+    folders = {p.parent.relative_to(CONF_DIR).as_posix() for p in CONF_DIR.glob("*/**/*.yaml")} - {"hypothesis"}
+    for group in sorted(folders | {"hydra/launcher", "hydra/sweeper"}):
+        options = {p.stem for p in (CONF_DIR / group).glob("*.yaml")}
+        options |= {name[:-5] for name in (store.list(group) if group.startswith("hydra/") else []) if name.endswith(".yaml")}
+        lines.append(f"{group}: {', '.join(sorted(o for o in options if not o.endswith('schema')))}")
+    family = family_of(model_name)
+    module, _, cls = task_target.rpartition(".")
+    task = getattr(importlib.import_module(module), cls)
+    for title, node in ((f"model.<key> ({family.name} family)", family.schema), ("trainer.<key>", TrainerConfig),
+                        (f"task.<key> ({cls})", schema(f"{cls}Config", constructor_settings(task)))):
+        lines += ["", f"== {title} =="] + _setting_lines(node)
+    lines += ["", "Hypotheses: conf/hypothesis/*.yaml. The composed config: python run.py --cfg job", "",
+              "== Flags ==", "FLAGS_HELP_PLACEHOLDER"]
+    return "\n".join(lines).replace("$", "$$").replace("FLAGS_HELP_PLACEHOLDER", "$FLAGS_HELP")
+
+
+def _setting_lines(node: type) -> list[str]:
+    """One line per field of a settings dataclass: name, type, default, what it allows."""
+    out = []
+    for spec in fields(node):
+        default = spec.default_factory() if spec.default_factory is not MISSING_FIELD else spec.default
+        check = spec.metadata.get("rule")
+        kind = spec.type.__name__ if isinstance(spec.type, type) else str(spec.type).replace("typing.", "")
+        shown = "required" if default is MISSING or default is MISSING_FIELD else f"default {default!r}"
+        out.append(f"  {spec.name:<20} {kind:<16} {shown}" + (f"; allowed: {check.allowed()}" if check else ""))
+    return out
 
 
 def setting_error(cfg: DictConfig) -> ConfigError | None:

@@ -185,6 +185,27 @@ def test_an_output_folder_that_cannot_be_written_exits_2_with_one_line(tmp_path,
                      "(set paths.results to a writable folder)"]
 
 
+def test_help_lists_the_groups_and_every_setting_with_what_it_allows(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT, clean_env
+
+    done = subprocess.run([sys.executable, str(ROOT / "run.py"), "--help", "model=pico", "task=occlusion"], cwd=tmp_path,
+                          env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert "model: base, deit, femto, kobe, nano, pico, small, tiny" in lines  # no *_schema among the choices
+    launchers = next(line for line in lines if line.startswith("hydra/launcher: ")).split(": ")[1].split(", ")
+    assert {"local", "slurm"} <= set(launchers) and "grid" in next(line for line in lines if line.startswith("hydra/sweeper: "))
+    assert not any("schema" in line for line in lines if ":" in line and not line.startswith(" "))
+    (name,) = [line for line in lines if line.split()[:1] == ["name"] and "pico" in line]
+    assert name.endswith("required; allowed: one of: pico, nano, femto, kobe, tiny, small, base")
+    assert any(line.split()[:3] == ["dt_rank", "Optional[int]", "default"] for line in lines)
+    assert any(line.split()[:1] == ["occluder_size"] for line in lines)  # the chosen task's own settings
+    assert any(line.split()[:2] == ["dist_timeout_min", "float"] for line in lines)
+
+
 def test_every_task_file_has_one_shape_and_the_trainer_recipe_is_its_own_group():
     for path in sorted((CONF_DIR / "task").glob("*.yaml")):
         text = path.read_text()
