@@ -270,7 +270,8 @@ def _row(path: Path, record: Mapping[str, Any], factors: Mapping[str, Any], prob
         "higher_is_better": bool(task.get("higher_is_better", True)), "chance": task.get("chance"), "value": value,
         "error": f"{error.get('type', '')}: {error.get('message', '')}" if error else None,
         "overrides": list(record["overrides"]),
-        # the model family's facts as JSON text (a scalar, so the table groups and compares it); None before v1's block
+        # the model family's facts as JSON text (a scalar, so the table groups and compares it); None in records
+        # written before the block existed
         "family": json.dumps(record["family"], sort_keys=True) if record.get("family") else None,
     }
     row.update(factors)

@@ -19,6 +19,7 @@ import datetime as dt
 import logging
 import os
 import signal
+import time
 import uuid
 import warnings
 from typing import Any, Callable, Sequence, TypeVar
@@ -113,8 +114,6 @@ def _timed_out(exc: BaseException) -> bool:
 def _ranks_that_never_timed_out() -> list[int]:
     """Every rank whose collective times out says so in the rendezvous store, then waits a few
     seconds for the others to say so too; the ranks that never do were not waiting: they hung."""
-    import time
-
     rank, world = rank_and_world()
     store = dist.PrefixStore("ablate/timed_out", dist.TCPStore(
         os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
