@@ -22,7 +22,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from ablate.tasks.toydata.imagefolder import SPLIT_CODES, SPLITS, cached_dataset, check_image_size, check_seed
+from ablate.tasks.toydata.imagefolder import (
+    SPLIT_CODES, SPLITS, cached_dataset, check_image_size, check_positive, check_seed,
+)
 
 GENERATOR = "occlusion"
 VERSION = 1
@@ -139,8 +141,7 @@ def generate_occlusion(
     """Generate (or find cached) an `occlusion` dataset under `root`; return its folder."""
     size = check_image_size(image_size, minimum=32)
     for key, value in (("train_size", train_size), ("val_size", val_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"task.{key}={value!r} is not allowed; expected an integer >= 1")
+        check_positive(f"task.{key}", value)
     check_seed(seed)
     if isinstance(curvature, bool) or not isinstance(curvature, (int, float)) or not 0 <= curvature <= 2:
         raise ValueError(f"task.curvature={curvature!r} is not allowed; expected a number in [0, 2]")
