@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ablate import records
+from ablate import chain, records
 from ablate.models import family_of
 from ablate.train.loop import effective_lr
 
@@ -31,9 +31,20 @@ def resolve(cfg: DictConfig, scale_lr: bool = True) -> tuple[dict[str, Any], str
     config.pop("rerun", None)
     if scale_lr:
         config["trainer"]["lr"] = effective_lr(cfg.trainer)
-    for key, default in inert_defaults(cfg.model).items():
-        config["model"][key] = default
+    config["model"].update(inert_defaults(cfg.model))
     return config, records.run_id(config)
+
+
+def chain_view(cfg: DictConfig) -> dict[str, Any] | None:
+    """The part of a job's config that ablate.chain matches cells on (task name and backbone_from, seed,
+    the model settings as the record holds them), read without resolving the rest: a launcher holds
+    the job's config with its unresolved hydra node. None for an app's config that is not a cell's."""
+    if not all(key in cfg for key in ("model", "task", "seed")):
+        return None
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    model.update(inert_defaults(cfg.model))
+    return {"task": {"name": cfg.task.name, chain.UPSTREAM_KEY: cfg.task.get(chain.UPSTREAM_KEY)},
+            "seed": cfg.seed, "model": model}
 
 
 def inert_defaults(model_cfg: DictConfig) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import ablate
-from ablate import cell, records, secrets, tracking
+from ablate import cell, chain, records, secrets, tracking
 from ablate.config import ConfigError, validate
 from ablate.models import Family, family_of
 from ablate.train import preemption
@@ -86,11 +86,12 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
         try:
             if config_error is not None:
                 raise config_error
+            record["init"], task_args = _initial_weights(cfg, config)
             tracker = tracking.start(
                 cfg.logger, run_dir=run_dir, run_id=run_id, sweep=cfg.sweep, config=config,
                 task_name=cfg.task.name, variant=cfg.model.name, arms=_arms(cfg.model), resume=previous is None,
             )
-            task = instantiate(cfg.task)  # validates the task's settings (sizes, choices)
+            task = instantiate(cfg.task, **task_args)  # validates the task's settings (sizes, choices)
             record["task"] = dict(vars(task.info))
             family = family_of(cfg.model.name)
             record["cost"]["seq_len"] = family.seq_len(task.image_size)
@@ -111,6 +112,9 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
             record["cost"].update(_throughput(result, task), steps=result.steps, resumed_from_step=result.resumed_from_step)
             record["checkpoint_set_aside"] = result.checkpoint_set_aside
             record["status"], failed = records.Status.COMPLETED, False
+        except chain.UpstreamNotCompleted as exc:  # trained from scratch it would be another cell: not run
+            record["status"], record["error"] = records.Status.SKIPPED, _error(exc)
+            record["init"] = exc.init
         except Diverged as exc:
             record["status"], record["error"] = records.Status.DIVERGED, _error(exc)
         except Pruned as exc:
@@ -127,10 +131,11 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
             log.error("cell %s: its record was not written: %s", run_id, exc)
             record["status"], record["error"] = records.Status.FAILED, record["error"] or _error(exc)  # the first cause
         if tracker is not None:
-            tracker.finish({"status": record["status"], "metrics": record["metrics"], "cost": record["cost"]}, failed)
+            tracker.finish({"status": record["status"], "metrics": record["metrics"], "cost": record["cost"],
+                            "init": record["init"] or {}}, failed)  # a fine-tuned run names its upstream cell
         if record["status"] == records.Status.COMPLETED:
             log.info("cell %s completed: %s", run_id, record["metrics"])
-        elif record["status"] != records.Status.FAILED:  # diverged or pruned: their only line (a failure was logged above)
+        elif record["status"] != records.Status.FAILED:  # diverged, pruned or skipped: their only line (a failure was logged above)
             log.info("cell %s %s: %s", run_id, record["status"], record["error"]["message"])
         return record
 
@@ -182,10 +187,44 @@ def _fit_rank(config: dict, run_dir: Path, state: dict) -> tuple[str, Any]:
         return "completed", (result, task.data_summary())
 
 
+def _initial_weights(cfg: DictConfig, config: Mapping[str, Any]) -> tuple[Optional[dict], dict[str, Any]]:
+    """The record's `init` block and the task arguments that load those weights.
+
+    task.backbone_from=T: the final checkpoint of the upstream cell (ablate.chain), which must be a
+    completed classification cell (else UpstreamNotCompleted: the cell is skipped); task.backbone_ckpt:
+    a user's own file; neither: None (weights from the model's init).
+    """
+    wanted = chain.upstream_task(config)
+    if wanted is None:
+        path = cfg.task.get("backbone_ckpt")
+        if not path:
+            return None, {}
+        digest = chain.sha256(path) if Path(path).is_file() else None  # a missing file: the task names it
+        return {"upstream_run_id": None, "checkpoint": str(path), "sha256": digest}, {}
+    from hydra.core.hydra_config import HydraConfig
+
+    sweep_dir = Path(HydraConfig.get().sweep.dir) if HydraConfig.initialized() else None
+    upstream = chain.find_upstream(config, Path(cfg.paths.results), sweep_dir)
+    if not upstream.completed:
+        raise chain.UpstreamNotCompleted(upstream)
+    kind = upstream.record["task"]["kind"]
+    if kind != "classification":
+        raise chain.UpstreamError(f"task.backbone_from={wanted} is a {kind} task: a backbone starts from a "
+                                  f"classification cell's weights (e.g. imagenet)")
+    path = upstream.checkpoint
+    if not path.is_file():
+        raise chain.UpstreamError(f"task.backbone_from={wanted}: cell {upstream.run_id} completed but its final "
+                                  f"checkpoint {path} is gone; rerun that cell with +rerun=all")
+    init = {"upstream_run_id": upstream.run_id, "checkpoint": str(path), "sha256": chain.sha256(path)}
+    log.info("cell backbone from %s cell %s (%s, sha256 %s)", wanted, upstream.run_id, path, init["sha256"][:12])
+    return init, {"backbone_ckpt": str(path), chain.UPSTREAM_KEY: None}
+
+
 def record_death(cfg: DictConfig, overrides: list[str], error: BaseException) -> dict[str, Any]:
     """The failed record of a cell whose job process ended without writing one (killed by a signal
     or the OOM killer, a Slurm job cancelled or lost), written by the sweep's driver: `error` says how
-    it ended. A completed record, or one the job wrote itself, is kept and returned."""
+    it ended. A completed record, or one the job wrote itself, is kept and returned. A downstream cell
+    whose upstream did not complete (Slurm cancels a job whose afterok dependency failed) is skipped."""
     try:
         validate(cfg)
         valid = True
@@ -201,10 +240,18 @@ def record_death(cfg: DictConfig, overrides: list[str], error: BaseException) ->
             return previous
         record = _new_record(config, overrides, run_id)
         record["error"] = _error(error)
+        if chain.upstream_task(config) is not None:
+            try:
+                upstream = chain.find_upstream(config, Path(cfg.paths.results))
+            except chain.UpstreamError:
+                upstream = None
+            if upstream is not None and not upstream.completed:
+                skipped = chain.UpstreamNotCompleted(upstream)
+                record["status"], record["error"], record["init"] = records.Status.SKIPPED, _error(skipped), skipped.init
         record["curve"] = Curve.read(run_dir).summary()
         record["env"]["finished_at"] = _now()
         records.write_json_atomic(run_dir / "result.json", record)
-    log.error("cell %s failed: %s: %s", run_id, record["error"]["type"], record["error"]["message"])
+    log.error("cell %s %s: %s: %s", run_id, record["status"], record["error"]["type"], record["error"]["message"])
     return record
 
 

@@ -15,7 +15,8 @@ Schema ``ablate.result/1`` (all keys always present; values may be null where st
                 inert keys: MambaOut's model.scan, d_state, dt_rank while model.ssm=false) are held
                 at their defaults in `config` (ablate/cell.py), so they do not make another cell
     sweep       sweep name the job ran under (the cell may be shared by several sweeps)
-    status      "completed" | "failed" | "diverged" | "pruned" (a tuning trial stopped early)
+    status      "completed" | "failed" | "diverged" | "pruned" (a tuning trial stopped early) | "skipped"
+                (task.backbone_from: its upstream cell did not complete; `error` says why)
     error       null | {"type": str, "message": str, "traceback": str (last ~30 lines)}
     config      the resolved job config (dict)
     overrides   the job's Hydra overrides (list of "key=value")
@@ -44,6 +45,10 @@ Schema ``ablate.result/1`` (all keys always present; values may be null where st
                 from (unreadable, unsafe, lacking keys or shapes, a step outside the plan, another cell's),
                 moved to history/ (the file named) before the cell trained from step 0; absent in
                 records written before it existed
+    init        null (weights from the model's init) | {"upstream_run_id": the cell whose final checkpoint
+                the backbone started from (task.backbone_from) or null (task.backbone_ckpt, a user's file),
+                "checkpoint": path | null, "sha256": of that file | null}; a skipped cell has the upstream
+                run id alone; absent in records written before it existed
     family      {"name", "record_keys": [model keys every record's factors carry], "switches": {key: [arm
                 name when false, when true]}}: what the report needs of the model family, so that it never
                 imports the models; null for an unknown variant. A record written before this block
@@ -71,6 +76,7 @@ class Status(str, Enum):
     FAILED = "failed"
     DIVERGED = "diverged"  # the training loss became non-finite
     PRUNED = "pruned"  # a tuning trial stopped early
+    SKIPPED = "skipped"  # a downstream cell whose upstream cell did not complete (ablate.chain)
 
     __str__ = str.__str__  # f"{Status.FAILED}" is "failed"
 
@@ -201,6 +207,7 @@ def new_record(config: dict, overrides: list[str], run_id: str, family: FamilyFa
         "env": dict(env or {}),
         "family": family.to_json() if family is not None else None,
         "checkpoint_set_aside": None,
+        "init": None,
     }
 
 

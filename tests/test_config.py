@@ -117,8 +117,8 @@ def test_bad_settings_fail_with_one_line_naming_key_and_value(overrides, expecte
     assert "\n" not in message and ("allowed" in message)
 
 
-@pytest.mark.parametrize("task", ["imagenet", "shapes", "pathfinder", "coco", "coco_toy", "ade20k", "ade20k_toy",
-                                  "occlusion"])
+@pytest.mark.parametrize("task", ["imagenet", "imagenet_toy", "shapes", "pathfinder", "coco", "coco_toy", "ade20k",
+                                  "ade20k_toy", "occlusion"])
 def test_every_shipped_task_validates(task):
     validate(compose([f"task={task}"]))
 
@@ -132,7 +132,17 @@ def test_the_shipped_experiments_validate(task, experiment):
 def test_the_h2_study_validates():
     cfg = compose(["+experiment=h2_occlusion"])
     validate(cfg)
-    assert (cfg.task.name, cfg.model.name, cfg.trainer.max_steps) == ("occlusion", "pico", 200)
+    assert (cfg.task.name, cfg.model.name, cfg.trainer.max_steps) == ("occlusion", "pico", 400)
+
+
+@pytest.mark.parametrize("grid", [0, 1])
+@pytest.mark.parametrize("experiment", ["pretrain_demo", "paper_protocol"])
+def test_the_chain_experiments_validate_in_every_grid(experiment, grid):
+    spec = OmegaConf.load(CONF_DIR / "experiment" / f"{experiment}.yaml").hydra.sweeper.grids[grid]
+    # a swept value (task: coco,ade20k) composes with its first choice
+    cfg = compose([f"+experiment={experiment}", *(f"{key}={str(value).split(',')[0]}" for key, value in spec.items())])
+    validate(cfg)
+    assert cfg.task.get("backbone_from") == (None if grid == 0 else spec["task.backbone_from"])
 
 
 def test_pathfinder_hardness_is_rejected_for_shapes_and_reaches_the_generator(tmp_path):

@@ -86,9 +86,11 @@ def cleaned_up(driver: subprocess.Popen, sweep_dir: Path):
         if driver.poll() is None:
             driver.kill()
             driver.wait(timeout=SLURM_CMD_S)
-            for array_id in {task.split("_")[0] for task in array_tasks(sweep_dir)}:
+            folder = sweep_dir / ".submitit"
+            jobs = [p.name for p in folder.iterdir() if re.fullmatch(r"\d+(_\d+)?", p.name)] if folder.exists() else []
+            for job_id in {job.split("_")[0] for job in jobs}:  # arrays, and jobs submitted one by one
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    slurm_cmd("scancel", array_id, check=False)
+                    slurm_cmd("scancel", job_id, check=False)
 
 
 def finish(driver: subprocess.Popen, timeout_s: float = 120, check: bool = True) -> str:
@@ -293,3 +295,21 @@ def test_real_job_preempted_on_slurm_resumes_and_matches_an_uninterrupted_run(re
     assert uninterrupted["run_id"] == cell["run_id"]
     assert uninterrupted["cost"]["resumed_from_step"] is None
     assert cell["metrics"] == pytest.approx(uninterrupted["metrics"], rel=1e-6)
+
+
+def test_a_chain_on_slurm_waits_on_its_upstream_job_and_skips_the_cells_of_a_failed_one(tmp_path):
+    from test_chain import BASE, chain_experiment, check_chain_sweep
+
+    results = tmp_path / "results"
+    slurm = [o for o in SLURM if not o.startswith("hydra.searchpath=")]
+    searchpath = chain_experiment(tmp_path).replace("=[", f"=[file://{REPO / 'conf'},")
+    command = [sys.executable, str(REPO / "run.py"), "-m", *slurm, "hydra.launcher.mem_gb=2", searchpath,
+               *BASE, "+experiment=chain", "sweep=slurmchain", f"paths.results={results}",
+               f"paths.data={tmp_path / 'data'}"]
+    driver = start_driver(command, tmp_path, tmp_path / "driver.log")
+    with cleaned_up(driver, results / "sweeps" / "slurmchain"):
+        output = finish(driver, timeout_s=600, check=False)
+    assert driver.returncode == 1, output  # the failed pretraining
+    assert re.search(r"#\d+ submitted as \d+ after \d+_\d+", output), output  # afterok on its array task
+    check_chain_sweep(results)
+

@@ -37,7 +37,7 @@ def sweep_outcome(sweep_dir: Path) -> tuple[str, int]:
     statuses = collection.runs["status"].value_counts() if not collection.runs.empty else {}
     missing = int(collection.problems["kind"].isin([MISSING_RECORD, UNREADABLE]).sum())
     cells = len(collection.runs) + missing
-    parts = [f"{int(statuses.get(s, 0))} {s}" for s in (Status.FAILED, Status.DIVERGED, Status.PRUNED)
+    parts = [f"{int(statuses.get(s, 0))} {s}" for s in (Status.FAILED, Status.DIVERGED, Status.PRUNED, Status.SKIPPED)
              if statuses.get(s, 0)]
     parts += [f"{missing} without a record"] if missing else []
     runs = collection.runs

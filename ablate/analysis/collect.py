@@ -38,10 +38,11 @@ HEAD_COLUMNS = (
 )
 ENV_KEYS = ("git_commit", "git_dirty", "device", "hostname", "started_at", "finished_at")
 CURVE_KEYS = ("file", "points", "first_loss", "last_loss")  # the record's curve summary
+INIT_KEYS = ("upstream_run_id", "checkpoint", "sha256")  # where a dense cell's backbone weights came from
 # Columns present even when no record has them (the analysis reads them).
 ALWAYS_COLUMNS = (
     *(f"cost.{k}" for k in records.NUMERIC_COST), "tuning.study", "tuning.trial", "tuning.storage", "tuning.role",
-    *(f"env.{k}" for k in ENV_KEYS), *(f"curve.{k}" for k in CURVE_KEYS),
+    *(f"env.{k}" for k in ENV_KEYS), *(f"curve.{k}" for k in CURVE_KEYS), *(f"init.{k}" for k in INIT_KEYS),
 )
 
 
@@ -283,6 +284,8 @@ def _row(path: Path, record: Mapping[str, Any], factors: Mapping[str, Any], prob
     row.update({f"env.{k}": (record.get("env") or {}).get(k) for k in ENV_KEYS})
     curve = record.get("curve") or {}
     row.update({f"curve.{k}": curve.get(k) for k in CURVE_KEYS})
+    init = record.get("init") or {}  # null, or absent in records written before the block existed
+    row.update({f"init.{k}": init.get(k) for k in INIT_KEYS})
     if record["status"] == COMPLETED:
         lacking = [k for k in ("params", "macs", "macs_ssm", "seq_len", "tau") if cost.get(k) is None]
         if lacking:
@@ -291,9 +294,9 @@ def _row(path: Path, record: Mapping[str, Any], factors: Mapping[str, Any], prob
 
 
 def _columns(rows: list[dict], factors: list[str]) -> list[str]:
-    """Fixed head, the factors, then every metrics./cost./env./tuning. column (the analysed ones always)."""
+    """Fixed head, the factors, then every metrics./cost./env./tuning./curve./init. column (the analysed ones always)."""
     present = {key for row in rows for key in row} | set(ALWAYS_COLUMNS)
-    grouped = sorted(k for k in present if k.startswith(("metrics.", "cost.", "tuning.", "env.", "curve.")))
+    grouped = sorted(k for k in present if k.startswith(("metrics.", "cost.", "tuning.", "env.", "curve.", "init.")))
     return list(HEAD_COLUMNS) + factors + grouped
 
 

@@ -373,7 +373,31 @@ def _what_was_run(collection: Collection, results_root: Path | None, hypotheses:
         f" from {shown_path(hypotheses_dir or CONF_DIR)}",
         "", "Jobs by status:", "", md_table(pd.DataFrame(counts)),
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + _init_block(runs))
+
+
+def _init_block(runs: pd.DataFrame) -> list[str]:
+    """Where each fine-tuned cell's backbone came from (the record's `init`): the upstream cell, its task
+    and sha256; [] when no cell started from a checkpoint."""
+    started = runs[runs["init.upstream_run_id"].notna() | runs["init.checkpoint"].notna()]
+    if started.empty:
+        return []
+    tasks = runs.set_index("run_id")["task"].to_dict()
+    rows = pd.DataFrame({
+        "cell": started["run_id"], "task": started["task"], "seed": started["seed"],
+        "arm": [" ".join(f"{k}={v}" for k, v in sorted(_switches(r).items())) for _, r in started.iterrows()],
+        "status": started["status"],
+        "started from": [(f"{up} ({tasks.get(up, 'not in this report')})" if isinstance(up, str) else "task.backbone_ckpt")
+                         for up in started["init.upstream_run_id"]],
+        "checkpoint sha256": [f"`{h[:16]}`" if isinstance(h, str) else "" for h in started["init.sha256"]],
+    })
+    return ["", "Initial backbone weights (task.backbone_from / task.backbone_ckpt):", "", md_table(rows)]
+
+
+def _switches(row: pd.Series) -> dict[str, Any]:
+    """The run's model-family switch values (its arm), from its family block."""
+    family = records.FamilyFacts.from_json(json.loads(row["family"])) if isinstance(row["family"], str) else None
+    return {f"model.{key}": row.get(f"model.{key}") for key, _ in (family.switches if family else ())}
 
 
 def _distinct(column: pd.Series) -> str:

@@ -5,7 +5,9 @@
 Takes the same overrides as `python run.py -m`, expands them exactly as Hydra's basic sweeper does
 (sweeper params from the config first, command line after), composes every cell, and prints one row
 per cell: factors, params and MACs per image, seq_len vs tau, whether the cell is already completed,
-and the training cost estimate: steps x batch x MACs x 3 (forward + backward ~ 3x forward), in PFLOP
+the cell a fine-tuning cell starts from (task.backbone_from: a planned row, or a finished cell), and
+the training cost estimate: steps x batch x MACs x 3 (forward + backward ~ 3x forward; a dense
+task's MACs are its whole detector's or segmenter's at task.cost_size), in PFLOP
 (2 FLOPs per MAC) and GPU-hours at `--tflops` sustained. Exits 1 on any config error, before any job
 would be submitted.
 """
@@ -23,7 +25,7 @@ from hydra.utils import instantiate
 from omegaconf.errors import ValidationError
 from tabulate import tabulate
 
-from ablate import cell
+from ablate import cell, chain
 from ablate.config import ConfigError, compose, validate
 from ablate.models import family_of
 from ablate.tasks.base import DataError
@@ -65,13 +67,37 @@ def plan_cell(overrides: list[str], cost_cache: dict) -> dict[str, Any]:
         except DataError:
             steps = None  # data not on this machine: the cost stays unknown rather than guessed
     family = family_of(cfg.model.name)
-    train_flops = None if steps is None else 3 * 2 * cost["macs"] * steps * cfg.trainer.batch_size
+    # the whole network trains: a dense task's detector or segmenter (at task.cost_size), not its backbone alone
+    macs = next((cost[key] for key in ("detector_macs", "segmenter_macs") if key in cost), cost["macs"])
+    train_flops = None if steps is None else 3 * 2 * macs * steps * cfg.trainer.batch_size
     return {
         "cell": " ".join(o for o in overrides), "run_id": run_id, "status": status,
+        "_config": config,  # for upstream_column; not printed
         "params_M": cost["params"] / 1e6, "GMACs": cost["macs"] / 1e9, "GMACs_ssm": cost["macs_ssm"] / 1e9,
         "seq_len": family.seq_len(cfg.task.image_size), "tau": family.tau(cfg.model.name),
         "steps": steps, "train_PFLOP": None if train_flops is None else train_flops / 1e15,
     }
+
+
+def upstream_column(rows: list[dict[str, Any]]) -> None:
+    """Give every row an `upstream` (cells with task.backbone_from only, ablate.chain): the planned row
+    it starts from (#n, counting from 0), else the completed cell under paths.results (its run id), else
+    why there is none. Drops each row's `_config`."""
+    configs = [row.pop("_config") for row in rows]
+    if not any(chain.upstream_task(config) for config in configs):
+        return
+    deps = chain.dependencies(configs)
+    for row, config, ups in zip(rows, configs, deps):
+        if chain.upstream_task(config) is None:
+            row["upstream"] = ""
+        elif ups:
+            row["upstream"] = f"#{ups[0]}"
+        else:
+            try:
+                found = chain.find_upstream(config, Path(config["paths"]["results"]))
+                row["upstream"] = f"{found.run_id} ({found.record['status']})"
+            except chain.UpstreamError:
+                row["upstream"] = "none: the job will fail"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = expand(args.overrides)
         cache: dict = {}
         rows = [plan_cell(job, cache) for job in jobs]
+        upstream_column(rows)
     except (HydraException, ValueError, KeyError) as exc:
         if isinstance(exc, InstantiationException) and exc.__cause__ is not None:
             exc = exc.__cause__  # the task's own message, not Hydra's "Error in call to target ..."

@@ -112,7 +112,7 @@ class ImageFiles(Dataset):
 
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming", "random")
-GENERATORS = ("shapes", "pathfinder")  # the embedded datasets (ablate/tasks/toydata)
+GENERATORS = ("shapes", "pathfinder", "imagenet_toy")  # the embedded datasets (ablate/tasks/toydata)
 
 
 def _augment_policy(v: Any) -> bool:
@@ -257,7 +257,7 @@ class ImageFolderClassification(SplitDatasetTask):
 
 
 class EmbeddedClassification(ImageFolderClassification):
-    """A procedural dataset (toydata.shapes / toydata.pathfinder) generated on first use, then cached."""
+    """A procedural dataset (toydata: shapes, pathfinder, imagenet_toy) generated on first use, then cached."""
 
     GENERATORS = GENERATORS
 
@@ -299,12 +299,11 @@ class EmbeddedClassification(ImageFolderClassification):
         from ablate.tasks import toydata
 
         train_size, val_size = self.sizes
-        if self.generator == "shapes":
+        if self.generator in ("shapes", "imagenet_toy"):
+            generate = toydata.generate_shapes if self.generator == "shapes" else toydata.generate_imagenet_toy
             per_class = (train_size // self.num_classes, val_size // self.num_classes)
-            self.root = toydata.generate_shapes(
-                self.root, self.image_size, per_class[0], per_class[1], seed=self.data_seed,
-                num_classes=self.num_classes,
-            )
+            self.root = generate(self.root, self.image_size, per_class[0], per_class[1], seed=self.data_seed,
+                                 num_classes=self.num_classes)
         else:
             self.root = toydata.generate_pathfinder(
                 self.root, self.image_size, train_size, val_size, seed=self.data_seed, **self.hardness)

@@ -38,7 +38,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from ablate.models import count_cost
 from ablate.rules import at_least, channel_values, size_pair, within
 from ablate.tasks.base import DataError, GeneratedScenesMixin, SplitDatasetTask, TaskInfo
-from ablate.tasks.heads import BackboneWithFPN, build_backbone, input_size, no_weight_decay
+from ablate.tasks.heads import BackboneWithFPN, backbone_source, build_backbone, input_size, no_weight_decay
 
 AP_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # the first six COCOeval.stats
 IOU_TYPES = {"bbox": "bbox", "segm": "mask"}  # COCOeval iouType -> metric prefix ("bbox_AP", "mask_AP")
@@ -270,6 +270,7 @@ class CocoDetection(SplitDatasetTask):
         image_size: Annotated[Sequence[int], size_pair()] = (800, 1280),  # nominal input: MACs and L taken here
         num_classes: Annotated[int, at_least(1)] = 80,
         backbone_ckpt: str | None = None,  # classification checkpoint.pt of the same arm, or safetensors
+        backbone_from: str | None = None,  # a classification task: start from its cell of this arm and seed (ablate.chain)
         train_split: str = "train2017",
         val_split: str = "val2017",
         fpn_channels: Annotated[int, at_least(1)] = 256,
@@ -288,7 +289,7 @@ class CocoDetection(SplitDatasetTask):
         self.image_size = input_size("image_size", image_size)
         self.min_size, self.max_size = self.image_size[0], self.image_size[0] * 5 // 3  # 800 -> 1333
         self.num_classes = num_classes
-        self.backbone_ckpt = backbone_ckpt
+        self.backbone_ckpt = backbone_source(backbone_ckpt, backbone_from)
         self.splits = (train_split, val_split)
         self.fpn_channels, self.roi_batch_size = fpn_channels, roi_batch_size
         self.hflip = hflip

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from ablate.models import count_cost
 from ablate.rules import at_least, channel_values, is_number, ordered_pair, rule, size_pair, within
 from ablate.tasks.base import DataError, GeneratedScenesMixin, SplitDatasetTask, TaskInfo
-from ablate.tasks.heads import UperNet, build_backbone, input_size
+from ablate.tasks.heads import UperNet, backbone_source, build_backbone, input_size
 
 IGNORE = 255
 SPLIT_FOLDERS = ("training", "validation")
@@ -190,7 +190,8 @@ class ADE20KSegmentation(SplitDatasetTask):
         data_root: str,
         image_size: Annotated[Sequence[int], size_pair()] = (512, 2048),  # test scale; crops min(H, W) squared
         num_classes: Annotated[int, at_least(1)] = 150,
-        backbone_ckpt: str | None = None,
+        backbone_ckpt: str | None = None,  # classification checkpoint.pt of the same arm, or safetensors
+        backbone_from: str | None = None,  # a classification task: start from its cell of this arm and seed (ablate.chain)
         channels: Annotated[int, at_least(1)] = 512,
         aux_channels: Annotated[int, at_least(1)] = 256,
         aux_weight: Annotated[float, at_least(0)] = 0.4,
@@ -211,7 +212,7 @@ class ADE20KSegmentation(SplitDatasetTask):
         self.image_size = input_size("image_size", image_size)
         self.scale = (min(self.image_size), max(self.image_size))  # (shorter, longer) side limits
         self.num_classes = num_classes
-        self.backbone_ckpt = backbone_ckpt
+        self.backbone_ckpt = backbone_source(backbone_ckpt, backbone_from)
         self.channels, self.aux_channels, self.aux_weight = channels, aux_channels, aux_weight
         self.augment = dict(
             ratio_range=tuple(ratio_range), cat_max_ratio=cat_max_ratio, hflip=hflip, photometric=photometric

@@ -20,7 +20,8 @@ A sweep may also be a union of grids, declared in an experiment file:
             task.image_size: "[64,64],[208,208]"
 
 A key given both in a grid and in ``params`` takes the grid's value; the command line wins over
-both (as everywhere in Hydra). A cell that two grids both produce runs once.
+both (as everywhere in Hydra). A cell that two grids both produce runs once. Jobs that set
+``task.backbone_from`` (a fine-tuning cell, ablate.chain) run after the others.
 """
 # No `from __future__ import annotations`: see hydra_plugins/ablate_launcher/local_launcher.py.
 import logging
@@ -124,7 +125,13 @@ def grid_jobs(params: Sequence[str], grids: Sequence[Dict[str, Any]], arguments:
                 if key not in seen:
                     seen.add(key)
                     jobs.append(job)
-    return jobs
+    # Cells that start from another cell's checkpoint (task.backbone_from, ablate.chain) after the cells
+    # that start afresh, so that a launcher running jobs in order (Hydra's basic one) trains the upstream
+    # cell first; the local and Slurm launchers also wait on it. A stable sort: otherwise grid order.
+    from ablate.chain import UPSTREAM_KEY
+    from ablate.records import override_parts
+
+    return sorted(jobs, key=lambda job: any(override_parts(item)[0] == f"task.{UPSTREAM_KEY}" for item in job))
 
 
 def _text(value: Any) -> str:

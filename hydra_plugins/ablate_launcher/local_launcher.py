@@ -30,10 +30,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import cloudpickle
 from hydra.core.config_store import ConfigStore
@@ -115,7 +114,7 @@ class GpuPoolLauncher(Launcher):
             threads = max(1, available_cores() // len(slots))
             mode = f"GPU slots {slots}" if gpus else f"{len(slots)} CPU job(s) at once"
             log.info(f"Launching {len(job_overrides)} jobs locally: {mode}, {threads} thread(s) per job")
-            return _run_pool(jobs, slots, threads)
+            return _run_pool(jobs, slots, threads, _upstream_jobs(jobs))
         finally:
             shutil.rmtree(private, ignore_errors=True)
 
@@ -233,17 +232,30 @@ def _start(job: _Job, slot: Optional[str], threads: int) -> subprocess.Popen:
                                 stdin=subprocess.DEVNULL)
 
 
-def _run_pool(jobs: List[_Job], slots: List[Optional[str]], threads: int) -> List[JobReturn]:
-    """Run the jobs, at most one per slot at a time; return their outcomes in job order."""
-    pending = deque(jobs)
+def _upstream_jobs(jobs: List[_Job]) -> Dict[int, List[int]]:
+    """{job idx: idx of the jobs it waits for}: the upstream cells of fine-tuning cells (ablate.chain)."""
+    from ablate import cell, chain
+
+    deps = chain.dependencies([cell.chain_view(job.config) for job in jobs])
+    return {job.idx: [jobs[up].idx for up in ups] for job, ups in zip(jobs, deps)}
+
+
+def _run_pool(jobs: List[_Job], slots: List[Optional[str]], threads: int,
+              waits_for: Optional[Dict[int, List[int]]] = None) -> List[JobReturn]:
+    """Run the jobs, at most one per slot at a time, each after the jobs it waits for (`waits_for`,
+    by idx) have ended, however they ended; return their outcomes in job order."""
+    waits_for = waits_for or {}
+    pending = list(jobs)
     free = list(slots)
     running: dict = {}  # Popen -> (job, slot)
     returns: dict = {}
     try:
         while pending or running:
-            while pending and free:
-                job, slot = pending.popleft(), free.pop(0)
-                running[_start(job, slot, threads)] = (job, slot)
+            while free and (ready := next((job for job in pending if all(
+                    up in returns for up in waits_for.get(job.idx, ()))), None)) is not None:
+                pending.remove(ready)
+                slot = free.pop(0)
+                running[_start(ready, slot, threads)] = (ready, slot)
             done = [process for process in running if process.poll() is not None]
             if not done:
                 time.sleep(_POLL_S)

@@ -52,21 +52,53 @@ class AblateSlurmLauncher(SlurmLauncher):
 
         numbers = [initial_job_idx + n for n in range(len(job_overrides))]
         overrides = [list(job) for job in job_overrides]
-        refused = {}
+        refused, configs = {}, []
         for number, job in zip(numbers, overrides):
             log.info(f"\t#{number} : {' '.join(filter_overrides(job))}")
-            error = setting_error(self.hydra_context.config_loader.load_sweep_config(self.config, job))
+            configs.append(self.hydra_context.config_loader.load_sweep_config(self.config, job))
+            error = setting_error(configs[-1])
             if error is not None:
                 log.error(f"\t#{number} not submitted: config error: {error}")
                 refused[number] = failed_return(job, error)
-        queued = [(n, job) for n, job in zip(numbers, overrides) if n not in refused]
+        waits_for = _upstream_jobs(numbers, overrides, configs, refused)
         state = Singleton.get_state()
         # The arguments of each job's __call__ (inherited): overrides, job_dir_key, job_num, job_id, singletons.
-        jobs = executor.map_array(self, [job for _, job in queued], ["hydra.sweep.dir"] * len(queued),
-                                  [n for n, _ in queued], [f"job_id_for_{n}" for n, _ in queued],
-                                  [state] * len(queued)) if queued else []
-        outcomes = {n: _outcome(job, overrides) for (n, overrides), job in zip(queued, jobs)}
+        fresh = [(n, job) for n, job in zip(numbers, overrides) if n not in refused and not waits_for[n]]
+        submitted = dict(zip([n for n, _ in fresh], executor.map_array(
+            self, [job for _, job in fresh], ["hydra.sweep.dir"] * len(fresh), [n for n, _ in fresh],
+            [f"job_id_for_{n}" for n, _ in fresh], [state] * len(fresh)))) if fresh else {}
+        # Fine-tuning cells (ablate.chain), each once its upstream jobs have succeeded; Slurm cancels one
+        # whose upstream failed, and the sweep then records it as skipped (ablate.job.record_death).
+        extra = dict(_job_parameters(self.params).get("slurm_additional_parameters") or {})
+        for n, job in zip(numbers, overrides):
+            if n in refused or not waits_for[n]:
+                continue
+            ids = ":".join(submitted[up].job_id for up in waits_for[n])
+            executor.update_parameters(slurm_additional_parameters={
+                **extra, "dependency": f"afterok:{ids}", "kill-on-invalid-dep": "yes"})
+            submitted[n] = executor.submit(self, job, "hydra.sweep.dir", n, f"job_id_for_{n}", state)
+            log.info(f"\t#{n} submitted as {submitted[n].job_id} after {ids}")
+        executor.update_parameters(slurm_additional_parameters=extra)
+        outcomes = {n: _outcome(submitted[n], job) for n, job in zip(numbers, overrides) if n in submitted}
         return [refused.get(n) or outcomes[n] for n in numbers]
+
+
+def _upstream_jobs(numbers: List[int], overrides: List[List[str]], configs: List[Any],
+                   refused: Dict[int, JobReturn]) -> Dict[int, List[int]]:
+    """{job number: numbers of the jobs it waits for} (ablate.chain). A job whose upstream job was not
+    submitted is not submitted either (added to `refused`): its cell could not start from it."""
+    from ablate import cell, chain
+
+    deps = chain.dependencies([cell.chain_view(config) for config in configs])
+    waits_for = {n: [numbers[up] for up in ups] for n, ups in zip(numbers, deps)}
+    for n, job, config in zip(numbers, overrides, configs):
+        unsent = [up for up in waits_for[n] if up in refused]
+        if unsent and n not in refused:
+            error = chain.UpstreamError(f"its upstream job #{unsent[0]} (task.{chain.UPSTREAM_KEY}="
+                                        f"{config.task.get(chain.UPSTREAM_KEY)}) was not submitted")
+            log.error(f"\t#{n} not submitted: {error}")
+            refused[n] = failed_return(job, error)
+    return waits_for
 
 
 def _job_parameters(params: Dict[str, Any]) -> Dict[str, Any]:

@@ -16,7 +16,7 @@ from timm.layers import LayerNorm2d
 from torch import nn
 
 from ablate.models import Family, family_of
-from ablate.rules import hw_pair
+from ablate.rules import ConfigError, hw_pair
 from ablate.tasks.base import DataError
 
 HEAD_PREFIX = "head."  # the classifier's head; everything else in a classifier is the backbone
@@ -46,6 +46,16 @@ class StageFeatures(nn.Module):
         # 4 tensors (B, dims[i], H / 2^(i+2), W / 2^(i+2))
         stages = self.backbone.forward_intermediates(x, intermediates_only=True)
         return [norm(f) for norm, f in zip(self.norms, stages)]
+
+
+def backbone_source(backbone_ckpt: str | None, backbone_from: str | None) -> str | None:
+    """The checkpoint a dense task's backbone starts from, as the task is constructed: `backbone_ckpt`
+    (a user's own weights); None with `backbone_from` set, because the job finds that cell's checkpoint
+    (ablate.chain) and constructs the task again with it. One-line ConfigError when both are set."""
+    if backbone_ckpt and backbone_from:
+        raise ConfigError(f"task.backbone_ckpt={backbone_ckpt} and task.backbone_from={backbone_from} are both set; "
+                          "give one: a checkpoint file, or the task whose cell of this arm and seed to start from")
+    return backbone_ckpt or None
 
 
 def build_backbone(model_cfg: Mapping[str, Any], image_size: Sequence[int],

@@ -3,9 +3,12 @@
 
 - `generate_shapes`: short-sequence, fully-visible shape classification (the H1 analogue).
 - `generate_pathfinder`: long-range "are the two markers connected?" (the H2 analogue).
+- `generate_imagenet_toy`: ImageNet's on-disk layout (synset folders, JPEG files) for the offline
+  pretrain-then-fine-tune chain.
 - `cached_dataset`: the caching / atomic-publish helper the generators (and dense-task
   generators) are built on.
 """
+from ablate.tasks.toydata.imagenet import generate_imagenet_toy
 from ablate.tasks.toydata.imagefolder import cached_dataset, imagefolder_counts, read_meta, save_png
 from ablate.tasks.toydata.pathfinder import (
     CLASSES as PATHFINDER_CLASSES,
@@ -24,6 +27,7 @@ __all__ = [
     "default_distractors",
     "draw_pathfinder",
     "draw_shape",
+    "generate_imagenet_toy",
     "generate_pathfinder",
     "generate_shapes",
     "imagefolder_counts",

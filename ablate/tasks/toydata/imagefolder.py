@@ -132,12 +132,15 @@ def save_png(path: Path, image: np.ndarray) -> None:
 def write_imagefolder(
     folder: Path, per_class: Mapping[str, int], classes: list[str], seed: int,
     draw: Callable[[np.random.Generator, int], np.ndarray],
+    file_name: Callable[[str, str, int, int], str] = lambda split, name, index, number: f"{index:05d}.png",
+    save: Callable[[Path, np.ndarray], None] = save_png,
 ) -> dict[str, dict[str, int]]:
-    """Write folder/<split>/<class>/<index>.png, `per_class[split]` images per class.
+    """Write folder/<split>/<class>/<file_name>, `per_class[split]` images per class.
 
     Every image gets its own generator, seeded from (seed, split, class index, image index), so
-    the bytes do not depend on generation order. `draw(rng, class_index)` returns (H, W, 3) uint8.
-    Returns the counts {split: {class: n}} for meta.json.
+    the bytes do not depend on generation order. `draw(rng, class_index)` returns (H, W, 3) uint8;
+    `file_name(split, class, index in class, number in split from 1)` names it (default <index>.png)
+    and `save(path, image)` writes it. Returns the counts {split: {class: n}} for meta.json.
     """
     for split, count in per_class.items():
         for class_index, name in enumerate(classes):
@@ -145,7 +148,8 @@ def write_imagefolder(
             class_dir.mkdir(parents=True)
             for index in range(count):
                 rng = np.random.default_rng([seed, SPLIT_CODES[split], class_index, index])
-                save_png(class_dir / f"{index:05d}.png", draw(rng, class_index))
+                number = class_index * count + index + 1
+                save(class_dir / file_name(split, name, index, number), draw(rng, class_index))
     return {split: {name: count for name in classes} for split, count in per_class.items()}
 
 
