@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ablate import chain, records
 from ablate.models import family_of
-from ablate.train.loop import effective_lr
+from ablate.train.lr import effective_lr
 
 
 def resolve(cfg: DictConfig, scale_lr: bool = True) -> tuple[dict[str, Any], str]:

@@ -220,11 +220,13 @@ def _initial_weights(cfg: DictConfig, config: Mapping[str, Any]) -> tuple[Option
     return init, {"backbone_ckpt": str(path), chain.UPSTREAM_KEY: None}
 
 
-def record_death(cfg: DictConfig, overrides: list[str], error: BaseException) -> dict[str, Any]:
+def record_death(cfg: DictConfig, overrides: list[str], error: BaseException,
+                 sweep_dir: Optional[Path] = None) -> dict[str, Any]:
     """The failed record of a cell whose job process ended without writing one (killed by a signal
     or the OOM killer, a Slurm job cancelled or lost), written by the sweep's driver: `error` says how
     it ended. A completed record, or one the job wrote itself, is kept and returned. A downstream cell
-    whose upstream did not complete (Slurm cancels a job whose afterok dependency failed) is skipped."""
+    whose upstream did not complete (Slurm cancels a job whose afterok dependency failed) is skipped;
+    `sweep_dir` (the sweep's folder) is where its upstream is looked for first."""
     try:
         validate(cfg)
         valid = True
@@ -242,7 +244,7 @@ def record_death(cfg: DictConfig, overrides: list[str], error: BaseException) ->
         record["error"] = _error(error)
         if chain.upstream_task(config) is not None:
             try:
-                upstream = chain.find_upstream(config, Path(cfg.paths.results))
+                upstream = chain.find_upstream(config, Path(cfg.paths.results), sweep_dir)
             except chain.UpstreamError:
                 upstream = None
             if upstream is not None and not upstream.completed:

@@ -77,25 +77,24 @@ def test_plan_of_a_known_sweep_counts_cells_cost_and_status(tmp_path, capsys):
 
 
 def test_plan_lists_every_cell_of_the_experiments_grids(tmp_path, capsys):
-    # experiments/demo.yaml sweeps model.ssm: true,false and seed: 0,1,2 over two grids: shapes, and pathfinder
-    # at two sizes -> 6 + 12 = 18 cells, what `run.py -m +experiment=demo` runs. No max_steps: the plan counts
-    # epochs x full batches of each task's planned training set.
+    # experiments/demo.yaml sweeps model.ssm: true,false and seed: 0,1,2 over two grids: shapes, and occlusion
+    # at 96 px with its own recipe -> 6 + 6 = 12 cells, what `run.py -m +experiment=demo` runs. No max_steps
+    # for shapes: the plan counts epochs x full batches of its planned training set.
     demo = OmegaConf.load(CONF_DIR / "experiment" / "demo.yaml")
     assert dict(demo.hydra.sweeper.params) == {"model.ssm": "true,false", "seed": "0,1,2"}
-    shapes_grid, pathfinder_grid = demo.hydra.sweeper.grids
+    shapes_grid, occlusion_grid = demo.hydra.sweeper.grids
     rows = _plan_json(capsys, ["+experiment=demo"] + _paths(tmp_path))["cells"]
-    assert len(rows) == 18 and len({r["run_id"] for r in rows}) == 18
-    shapes = [r for r in rows if "pathfinder" not in r["cell"]]
+    assert len(rows) == 12 and len({r["run_id"] for r in rows}) == 12
+    shapes = [r for r in rows if "occlusion" not in r["cell"]]
     assert sorted(_cell_factors(r) for r in shapes) == [(False, 0), (False, 1), (False, 2), (True, 0), (True, 1), (True, 2)]
     assert {r["steps"] for r in shapes} == {demo.trainer.epochs * (demo.task.train_size // demo.trainer.batch_size)}
     assert {r["seq_len"] for r in shapes} == {4}
-    pathfinder = [r for r in rows if "pathfinder" in r["cell"]]
-    assert {r["seq_len"] for r in pathfinder} == {16, 169}  # 64x64 and 208x208
-    assert {r["steps"] for r in pathfinder} == {pathfinder_grid["trainer.epochs"] * (
-        pathfinder_grid["task.train_size"] // demo.trainer.batch_size)}
-    for row in rows:
+    for row in shapes:
         macs = row["GMACs"] * 1e9
         assert row["train_PFLOP"] == pytest.approx(3 * 2 * macs * row["steps"] * demo.trainer.batch_size / 1e15, rel=1e-9)
+    occlusion = [r for r in rows if "occlusion" in r["cell"]]
+    assert len(occlusion) == 6 and {r["seq_len"] for r in occlusion} == {36}  # 96x96
+    assert {r["steps"] for r in occlusion} == {occlusion_grid["trainer.max_steps"]}
 
     # The command line comes last, as in the sweeper: seed=7 wins in every grid.
     rows = _plan_json(capsys, ["+experiment=demo", "seed=7", "trainer.max_steps=2"] + _paths(tmp_path))["cells"]

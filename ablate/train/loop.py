@@ -28,6 +28,7 @@ from ablate.config import PRECISIONS, SCHEDULES
 from ablate.records import write_json_atomic
 from ablate.tasks.base import Task
 from ablate.train import checkpoint, preemption
+from ablate.train.lr import effective_lr
 from ablate.train.distributed import from_rank0, mean_over_ranks, rank_and_world, shard
 from ablate.train.stops import Diverged, Pruned
 
@@ -125,11 +126,6 @@ def resolve_precision(name: str, device: torch.device) -> Optional[torch.dtype]:
     if name != "fp32" and device.type != "cuda":
         raise ValueError(f"trainer.precision={name} needs a CUDA device; on {device} use fp32 or auto")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
-def effective_lr(cfg: Any) -> float:
-    """trainer.lr if set, else the linear scaling rule lr_base * batch_size / lr_base_size."""
-    return cfg.lr if cfg.lr is not None else cfg.lr_base * cfg.batch_size / cfg.lr_base_size
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, steps_per_epoch: int, total_steps: int):

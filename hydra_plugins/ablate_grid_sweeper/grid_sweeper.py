@@ -105,7 +105,7 @@ class GridSweeper(BasicSweeper):
             with open_dict(config):  # the job's own view: no hydra node (as run_job gives it), its sweep's name
                 del config["hydra"]
                 config.sweep = Path(str(self.config.hydra.sweep.dir)).name
-            record_death(config, overrides, error)
+            record_death(config, overrides, error, Path(str(self.config.hydra.sweep.dir)))
         except Exception as exc:  # noqa: BLE001 - the sweep goes on; the report lists the cell without a record
             log.error(f"\t#{number}: its failed record could not be written: {type(exc).__name__}: {exc}")
 
