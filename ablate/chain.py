@@ -26,7 +26,6 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 from ablate import records
 
 UPSTREAM_KEY = "backbone_from"  # task.<key>: the upstream task's name
-CHECKPOINT_FILE = "checkpoint.pt"  # a cell's final weights, beside its record (ablate.train.loop)
 
 
 class UpstreamError(ValueError):
@@ -99,7 +98,7 @@ class Upstream:
 
     @property
     def checkpoint(self) -> Path:
-        return self.run_dir / CHECKPOINT_FILE
+        return self.run_dir / records.CHECKPOINT_FILE
 
     def why_not(self) -> str:
         """Why this upstream cannot feed its downstream cell (for a skipped record)."""
@@ -131,7 +130,7 @@ def find_upstream(config: Mapping[str, Any], results: Path, sweep_dir: Optional[
         ids = ", ".join(sorted(cell.run_id for cell in done))
         raise UpstreamError(f"task.{UPSTREAM_KEY}={wanted.task}: {len(done)} completed {wanted.task} cells of these "
                             f"model settings and seed {wanted.seed} under {runs} ({ids}), trained with different "
-                            f"recipes; name the one to start from with task.backbone_ckpt=<run dir>/{CHECKPOINT_FILE}")
+                            f"recipes; name the one to start from with task.backbone_ckpt=<run dir>/{records.CHECKPOINT_FILE}")
     if found:
         return sorted(found, key=lambda cell: cell.record.get("env", {}).get("finished_at") or "")[-1]
     raise UpstreamError(_nothing_found(wanted, config["model"], runs))
@@ -167,7 +166,7 @@ def _records(runs: Path, run_ids: Optional[Iterable[str]]) -> list[Upstream]:
         sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else [])
     out = []
     for folder in folders:
-        path = folder / "result.json"
+        path = folder / records.RESULT_FILE
         if not path.is_file():
             continue
         try:

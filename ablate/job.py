@@ -63,7 +63,7 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
     _write_cell_pointer(run_id, run_dir, overrides)
 
     with _locked(run_dir) as read_only, _log_to(run_dir / "train.log"):
-        previous = _read_previous(run_dir / "result.json")
+        previous = _read_previous(run_dir / records.RESULT_FILE)
         if config_error is not None and previous is not None and previous["status"] != records.Status.FAILED:
             # Only a non-semantic key (device, logger, rerun...) can be bad and still name a cell that
             # has a result: that record stays as it is, and this job reports the error without writing one.
@@ -126,7 +126,7 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
         record["cost"].update(wall_seconds=round(time.time() - started, 3), peak_memory_mb=_peak_memory_mb())
         record["env"]["finished_at"] = _now()
         try:
-            records.write_json_atomic(run_dir / "result.json", record)
+            records.write_json_atomic(run_dir / records.RESULT_FILE, record)
         except OSError as exc:  # e.g. ENOSPC: the cell is failed (the error names errno and path), the sweep goes on
             log.error("cell %s: its record was not written: %s", run_id, exc)
             record["status"], record["error"] = records.Status.FAILED, record["error"] or _error(exc)  # the first cause
@@ -237,7 +237,7 @@ def record_death(cfg: DictConfig, overrides: list[str], error: BaseException,
     run_dir = Path(cfg.paths.results) / "runs" / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     with _locked(run_dir):  # a dead process holds no lock; a live one of the same cell is waited for
-        previous = _read_previous(run_dir / "result.json")
+        previous = _read_previous(run_dir / records.RESULT_FILE)
         if previous is not None:  # the job wrote its record (it died on the way out) or the cell is done
             return previous
         record = _new_record(config, overrides, run_id)
@@ -252,7 +252,7 @@ def record_death(cfg: DictConfig, overrides: list[str], error: BaseException,
                 record["status"], record["error"], record["init"] = records.Status.SKIPPED, _error(skipped), skipped.init
         record["curve"] = Curve.read(run_dir).summary()
         record["env"]["finished_at"] = _now()
-        records.write_json_atomic(run_dir / "result.json", record)
+        records.write_json_atomic(run_dir / records.RESULT_FILE, record)
     log.error("cell %s %s: %s: %s", run_id, record["status"], record["error"]["type"], record["error"]["message"])
     return record
 
@@ -327,11 +327,11 @@ def _archive(run_dir: Path, previous: Mapping[str, Any], fresh_start: bool) -> N
     history = run_dir / "history"
     history.mkdir(exist_ok=True)
     stamp = (previous.get("env", {}).get("finished_at") or _now()).replace(":", "-")
-    shutil.move(str(run_dir / "result.json"), history / f"result-{stamp}.json")
+    shutil.move(str(run_dir / records.RESULT_FILE), history / f"result-{stamp}.json")
     if (run_dir / CURVE_FILE).exists():  # the attempt's curve goes with its record (a resume rewrites it)
         shutil.move(str(run_dir / CURVE_FILE), history / f"curve-{stamp}.json")
-    if fresh_start and (run_dir / "checkpoint.pt").exists():
-        shutil.move(str(run_dir / "checkpoint.pt"), history / f"checkpoint-{stamp}.pt")
+    if fresh_start and (run_dir / records.CHECKPOINT_FILE).exists():
+        shutil.move(str(run_dir / records.CHECKPOINT_FILE), history / f"checkpoint-{stamp}.pt")
 
 
 def _config_error(cfg: DictConfig) -> Optional[ConfigError]:

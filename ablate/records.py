@@ -67,6 +67,8 @@ from typing import Any, Iterable, Mapping
 from ablate import atomic
 
 SCHEMA = "ablate.result/1"
+RESULT_FILE = "result.json"  # a cell's record, in results/runs/<run_id>/
+CHECKPOINT_FILE = "checkpoint.pt"  # a cell's latest (finally its last) training state, beside its record
 
 
 class Status(str, Enum):

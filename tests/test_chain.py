@@ -198,7 +198,9 @@ def test_plan_shows_each_fine_tuning_cell_its_upstream_row_and_the_whole_detecto
         if config["task"]["name"] == "imagenet_toy":
             assert row["upstream"] == ""
             continue
-        upstream = configs[int(row["upstream"].removeprefix("#"))]
+        run_id, planned = row["upstream"].split(" ")
+        assert planned == "(planned)"
+        upstream = configs[[r["run_id"] for r in rows].index(run_id)]
         assert upstream["task"]["name"] == "imagenet_toy"
         assert (upstream["seed"], upstream["model"]) == (config["seed"], config["model"])
     coco = next(i for i, config in enumerate(configs) if config["task"]["name"] == "coco_toy")

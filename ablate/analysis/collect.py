@@ -21,8 +21,8 @@ import pandas as pd
 import yaml
 
 from ablate import records
+from ablate.records import RESULT_FILE  # noqa: F401 - also the report's name for it
 
-RESULT_FILE = "result.json"
 CELL_FILE = "cell.json"
 # One line per multirun (leg) run into a sweep folder: {"command", "started_at"}; Hydra's multirun.yaml
 # keeps only the last leg's.

@@ -5,7 +5,7 @@
 Takes the same overrides as `python run.py -m`, expands them exactly as Hydra's basic sweeper does
 (sweeper params from the config first, command line after), composes every cell, and prints one row
 per cell: factors, params and MACs per image, seq_len vs tau, whether the cell is already completed,
-the cell a fine-tuning cell starts from (task.backbone_from: a planned row, or a finished cell), and
+the cell a fine-tuning cell starts from (task.backbone_from: a planned cell, or a finished one), and
 the training cost estimate: steps x batch x MACs x 3 (forward + backward ~ 3x forward; a dense
 task's MACs are its whole detector's or segmenter's at task.cost_size), in PFLOP
 (2 FLOPs per MAC) and GPU-hours at `--tflops` sustained. Exits 1 on any config error, before any job
@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from omegaconf.errors import ValidationError
 from tabulate import tabulate
 
-from ablate import cell, chain
+from ablate import cell, chain, records
 from ablate.config import ConfigError, compose, validate
 from ablate.models import family_of
 from ablate.tasks.base import DataError
@@ -49,7 +49,7 @@ def plan_cell(overrides: list[str], cost_cache: dict) -> dict[str, Any]:
     cfg = compose(overrides)
     validate(cfg)  # each job would raise this at its start
     config, run_id = cell.resolve(cfg)  # as the job does: the same run_id
-    result = Path(cfg.paths.results) / "runs" / run_id / "result.json"
+    result = Path(cfg.paths.results) / "runs" / run_id / records.RESULT_FILE
     status = json.loads(result.read_text()).get("status", "?") if result.exists() else "new"
     task = instantiate(cfg.task)
     # the cost depends on the task and the model as the cell defines them (inert keys at their defaults)
@@ -80,9 +80,9 @@ def plan_cell(overrides: list[str], cost_cache: dict) -> dict[str, Any]:
 
 
 def upstream_column(rows: list[dict[str, Any]]) -> None:
-    """Give every row an `upstream` (cells with task.backbone_from only, ablate.chain): the planned row
-    it starts from (#n, counting from 0), else the completed cell under paths.results (its run id), else
-    why there is none. Drops each row's `_config`."""
+    """Give every row an `upstream` (cells with task.backbone_from only, ablate.chain): the run id of the
+    planned cell it starts from, else of the cell under paths.results (with its status), else why there
+    is none. Drops each row's `_config`."""
     configs = [row.pop("_config") for row in rows]
     if not any(chain.upstream_task(config) for config in configs):
         return
@@ -91,7 +91,7 @@ def upstream_column(rows: list[dict[str, Any]]) -> None:
         if chain.upstream_task(config) is None:
             row["upstream"] = ""
         elif ups:
-            row["upstream"] = f"#{ups[0]}"
+            row["upstream"] = f"{rows[ups[0]]['run_id']} (planned)"
         else:
             try:
                 found = chain.find_upstream(config, Path(config["paths"]["results"]))

@@ -25,11 +25,12 @@ from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, PolyLRSchedu
 from torch import nn
 
 from ablate.config import PRECISIONS, SCHEDULES
+from ablate import records
 from ablate.records import write_json_atomic
 from ablate.tasks.base import Task
 from ablate.train import checkpoint, preemption
-from ablate.train.lr import effective_lr
 from ablate.train.distributed import from_rank0, mean_over_ranks, rank_and_world, shard
+from ablate.train.lr import effective_lr
 from ablate.train.stops import Diverged, Pruned
 
 log = logging.getLogger("ablate.train")
@@ -176,7 +177,7 @@ def fit(
     )
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
-    ckpt_path = Path(run_dir) / "checkpoint.pt"
+    ckpt_path = Path(run_dir) / records.CHECKPOINT_FILE
 
     curve, window = Curve(), []  # window: losses since the last curve point
 
