@@ -24,7 +24,7 @@ def main(cfg: DictConfig) -> dict:
     except ConfigError as exc:  # a single run's bad setting (a multirun records it per cell): one line
         logging.getLogger("ablate").error("config error: %s", exc)
         sys.exit(2)
-    if HydraConfig.get().mode == RunMode.RUN and record["status"] == "failed":
+    if HydraConfig.get().mode == RunMode.RUN and record["status"] in ("failed", "skipped"):
         sys.exit(1)  # a multirun goes on to its other cells and counts this one at the end
     return record
 

@@ -216,7 +216,7 @@ def _initial_weights(cfg: DictConfig, config: Mapping[str, Any]) -> tuple[Option
         raise chain.UpstreamError(f"task.backbone_from={wanted}: cell {upstream.run_id} completed but its final "
                                   f"checkpoint {path} is gone; rerun that cell with +rerun=all")
     init = {"upstream_run_id": upstream.run_id, "checkpoint": str(path), "sha256": chain.sha256(path)}
-    log.info("cell backbone from %s cell %s (%s, sha256 %s)", wanted, upstream.run_id, path, init["sha256"][:12])
+    log.info("the backbone starts from %s cell %s (%s, sha256 %s)", wanted, upstream.run_id, path, init["sha256"][:12])
     return init, {"backbone_ckpt": str(path), chain.UPSTREAM_KEY: None}
 
 

@@ -42,6 +42,13 @@ def _record(results: Path, task: str, ssm: bool) -> dict:
     return record
 
 
+def test_a_single_run_after_a_failed_upstream_is_skipped_and_exits_1(tmp_path):
+    run_cli(["-m", *UPSTREAM, "model.ssm=false", "task.val_size=7", "sweep=pretrain"], tmp_path, check=False)
+    proc = run_cli([*DOWNSTREAM, "model.ssm=false"], tmp_path, check=False)
+    assert proc.returncode == 1
+    assert _record(tmp_path / "results", "ade20k_toy", False)["status"] == "skipped"
+
+
 def test_the_fine_tuned_backbone_starts_from_the_upstream_checkpoint(pretrained):
     run_cli([*DOWNSTREAM, "model.ssm=true"], pretrained)
     results = pretrained / "results"
