@@ -31,8 +31,13 @@ def resolve(cfg: DictConfig, scale_lr: bool = True) -> tuple[dict[str, Any], str
     config.pop("rerun", None)
     if scale_lr:
         config["trainer"]["lr"] = effective_lr(cfg.trainer)
-    config["model"].update(inert_defaults(cfg.model))
+    config["model"] = model_settings(cfg.model)
     return config, records.run_id(config)
+
+
+def model_settings(model_cfg: DictConfig) -> dict[str, Any]:
+    """The model config as a cell's record holds it: resolved, the keys the model does not use at their defaults."""
+    return {**OmegaConf.to_container(model_cfg, resolve=True), **inert_defaults(model_cfg)}
 
 
 def chain_view(cfg: DictConfig) -> dict[str, Any] | None:
@@ -41,10 +46,8 @@ def chain_view(cfg: DictConfig) -> dict[str, Any] | None:
     the job's config with its unresolved hydra node. None for an app's config that is not a cell's."""
     if not all(key in cfg for key in ("model", "task", "seed")):
         return None
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    model.update(inert_defaults(cfg.model))
     return {"task": {"name": cfg.task.name, chain.UPSTREAM_KEY: cfg.task.get(chain.UPSTREAM_KEY)},
-            "seed": cfg.seed, "model": model}
+            "seed": cfg.seed, "model": model_settings(cfg.model)}
 
 
 def inert_defaults(model_cfg: DictConfig) -> dict[str, Any]:

@@ -120,9 +120,12 @@ def find_upstream(config: Mapping[str, Any], results: Path, sweep_dir: Optional[
     assert wanted is not None, "find_upstream needs a config with task.backbone_from"
     runs = Path(results) / "runs"
     in_sweep = _sweep_run_ids(sweep_dir) if sweep_dir is not None else None
-    found = [cell for cell in _records(runs, in_sweep) if own_link(cell.record["config"]) == wanted]
+    candidates = _records(runs, in_sweep)
+    everything = candidates if in_sweep is None else []  # every record, read at most once
+    found = [cell for cell in candidates if own_link(cell.record["config"]) == wanted]
     if not found and in_sweep is not None:
-        found = [cell for cell in _records(runs, None) if own_link(cell.record["config"]) == wanted]
+        everything = _records(runs, None)
+        found = [cell for cell in everything if own_link(cell.record["config"]) == wanted]
     done = [cell for cell in found if cell.completed]
     if len(done) == 1:
         return done[0]
@@ -133,13 +136,13 @@ def find_upstream(config: Mapping[str, Any], results: Path, sweep_dir: Optional[
                             f"recipes; name the one to start from with task.backbone_ckpt=<run dir>/{records.CHECKPOINT_FILE}")
     if found:
         return sorted(found, key=lambda cell: cell.record.get("env", {}).get("finished_at") or "")[-1]
-    raise UpstreamError(_nothing_found(wanted, config["model"], runs))
+    raise UpstreamError(_nothing_found(wanted, config["model"], runs, everything))
 
 
-def _nothing_found(wanted: Link, model: Mapping[str, Any], runs: Path) -> str:
-    """The one line for a downstream cell without an upstream: what differs in the nearest candidate."""
-    same_task = [cell.record["config"] for cell in _records(runs, None)
-                 if cell.record["config"]["task"]["name"] == wanted.task]
+def _nothing_found(wanted: Link, model: Mapping[str, Any], runs: Path, cells: Sequence[Upstream]) -> str:
+    """The one line for a downstream cell without an upstream among `cells` (every record under `runs`):
+    what differs in the nearest candidate."""
+    same_task = [cell.record["config"] for cell in cells if cell.record["config"]["task"]["name"] == wanted.task]
     where = f"task.{UPSTREAM_KEY}={wanted.task}: no {wanted.task} cell"
     if not same_task:
         return (f"{where} under {runs}; run it first (put its grid in the same sweep, before this one) "

@@ -44,7 +44,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from hydra_plugins.ablate_launcher._common import failed_return
+from hydra_plugins.ablate_launcher._common import failed_return, upstream_jobs
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class GpuPoolLauncher(Launcher):
             threads = max(1, available_cores() // len(slots))
             mode = f"GPU slots {slots}" if gpus else f"{len(slots)} CPU job(s) at once"
             log.info(f"Launching {len(job_overrides)} jobs locally: {mode}, {threads} thread(s) per job")
-            return _run_pool(jobs, slots, threads, _upstream_jobs(jobs))
+            return _run_pool(jobs, slots, threads, upstream_jobs([job.idx for job in jobs], [job.config for job in jobs]))
         finally:
             shutil.rmtree(private, ignore_errors=True)
 
@@ -230,14 +230,6 @@ def _start(job: _Job, slot: Optional[str], threads: int) -> subprocess.Popen:
     with open(job.folder / STDOUT_FILE, "ab") as out, open(job.folder / STDERR_FILE, "ab") as err:
         return subprocess.Popen(command, env=_child_env(slot, threads), stdout=out, stderr=err,
                                 stdin=subprocess.DEVNULL)
-
-
-def _upstream_jobs(jobs: List[_Job]) -> Dict[int, List[int]]:
-    """{job idx: idx of the jobs it waits for}: the upstream cells of fine-tuning cells (ablate.chain)."""
-    from ablate import cell, chain
-
-    deps = chain.dependencies([cell.chain_view(job.config) for job in jobs])
-    return {job.idx: [jobs[up].idx for up in ups] for job, ups in zip(jobs, deps)}
 
 
 def _run_pool(jobs: List[_Job], slots: List[Optional[str]], threads: int,

@@ -24,7 +24,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import OmegaConf
 
-from hydra_plugins.ablate_launcher._common import failed_return
+from hydra_plugins.ablate_launcher._common import failed_return, upstream_jobs
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ class AblateSlurmLauncher(SlurmLauncher):
             cluster="slurm", folder=self.params["submitit_folder"],
             slurm_max_num_timeout=self.params["max_num_timeout"],
         )
-        executor.update_parameters(**_job_parameters(self.params))
+        parameters = _job_parameters(self.params)
+        executor.update_parameters(**parameters)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if "mode" in self.config.hydra.sweep:
@@ -60,7 +61,8 @@ class AblateSlurmLauncher(SlurmLauncher):
             if error is not None:
                 log.error(f"\t#{number} not submitted: config error: {error}")
                 refused[number] = failed_return(job, error)
-        waits_for = _upstream_jobs(numbers, overrides, configs, refused)
+        waits_for = upstream_jobs(numbers, configs)
+        _refuse_orphans(numbers, overrides, configs, waits_for, refused)
         state = Singleton.get_state()
         # The arguments of each job's __call__ (inherited): overrides, job_dir_key, job_num, job_id, singletons.
         fresh = [(n, job) for n, job in zip(numbers, overrides) if n not in refused and not waits_for[n]]
@@ -69,7 +71,7 @@ class AblateSlurmLauncher(SlurmLauncher):
             [f"job_id_for_{n}" for n, _ in fresh], [state] * len(fresh)))) if fresh else {}
         # Fine-tuning cells (ablate.chain), each once its upstream jobs have succeeded; Slurm cancels one
         # whose upstream failed, and the sweep then records it as skipped (ablate.job.record_death).
-        extra = dict(_job_parameters(self.params).get("slurm_additional_parameters") or {})
+        extra = dict(parameters.get("slurm_additional_parameters") or {})
         for n, job in zip(numbers, overrides):
             if n in refused or not waits_for[n]:
                 continue
@@ -83,14 +85,12 @@ class AblateSlurmLauncher(SlurmLauncher):
         return [refused.get(n) or outcomes[n] for n in numbers]
 
 
-def _upstream_jobs(numbers: List[int], overrides: List[List[str]], configs: List[Any],
-                   refused: Dict[int, JobReturn]) -> Dict[int, List[int]]:
-    """{job number: numbers of the jobs it waits for} (ablate.chain). A job whose upstream job was not
-    submitted is not submitted either (added to `refused`): its cell could not start from it."""
-    from ablate import cell, chain
+def _refuse_orphans(numbers: List[int], overrides: List[List[str]], configs: List[Any],
+                    waits_for: Dict[int, List[int]], refused: Dict[int, JobReturn]) -> None:
+    """A job whose upstream job was not submitted is not submitted either (added to `refused`): its cell
+    could not start from that cell's weights."""
+    from ablate import chain
 
-    deps = chain.dependencies([cell.chain_view(config) for config in configs])
-    waits_for = {n: [numbers[up] for up in ups] for n, ups in zip(numbers, deps)}
     for n, job, config in zip(numbers, overrides, configs):
         unsent = [up for up in waits_for[n] if up in refused]
         if unsent and n not in refused:
@@ -98,7 +98,6 @@ def _upstream_jobs(numbers: List[int], overrides: List[List[str]], configs: List
                                         f"{config.task.get(chain.UPSTREAM_KEY)}) was not submitted")
             log.error(f"\t#{n} not submitted: {error}")
             refused[n] = failed_return(job, error)
-    return waits_for
 
 
 def _job_parameters(params: Dict[str, Any]) -> Dict[str, Any]:
