@@ -209,6 +209,9 @@ def help_text(model_name: str, task_target: str) -> str:
         options = {p.stem for p in (CONF_DIR / group).glob("*.yaml")}
         options |= {name[:-5] for name in (store.list(group) if group.startswith("hydra/") else []) if name.endswith(".yaml")}
         lines.append(f"{group}: {', '.join(sorted(o for o in options if not o.endswith('schema')))}")
+        if group == "hydra/launcher":
+            lines.append("  on a cluster use slurm: submitit_slurm and submitit_local, the stock launchers it builds on, "
+                         "stop collecting at the first job that left no result and check no setting before submitting")
     family = family_of(model_name)
     module, _, cls = task_target.rpartition(".")
     task = getattr(importlib.import_module(module), cls)

@@ -210,6 +210,8 @@ def test_help_lists_the_groups_and_every_setting_with_what_it_allows(tmp_path):
     assert "model: base, deit, femto, kobe, nano, pico, small, tiny" in lines  # no *_schema among the choices
     launchers = next(line for line in lines if line.startswith("hydra/launcher: ")).split(": ")[1].split(", ")
     assert {"local", "slurm"} <= set(launchers) and "grid" in next(line for line in lines if line.startswith("hydra/sweeper: "))
+    after = lines[lines.index(next(line for line in lines if line.startswith("hydra/launcher: "))) + 1]
+    assert after.startswith("  on a cluster use slurm: submitit_slurm")  # the stock one is marked, not offered as an equal
     assert not any("schema" in line for line in lines if ":" in line and not line.startswith(" "))
     (name,) = [line for line in lines if line.split()[:1] == ["name"] and "pico" in line]
     assert name.endswith("required; allowed: one of: pico, nano, femto, kobe, tiny, small, base")
