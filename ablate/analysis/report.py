@@ -383,9 +383,11 @@ def _init_block(runs: pd.DataFrame) -> list[str]:
     if started.empty:
         return []
     tasks = runs.set_index("run_id")["task"].to_dict()
+    family = _family(runs)
+    switches = sorted(f"model.{key}" for key, _ in (family.switches if family else ()))
     rows = pd.DataFrame({
         "cell": started["run_id"], "task": started["task"], "seed": started["seed"],
-        "arm": [" ".join(f"{k}={v}" for k, v in sorted(_switches(r).items())) for _, r in started.iterrows()],
+        "arm": [" ".join(f"{k}={r.get(k)}" for k in switches) for _, r in started.iterrows()],
         "status": started["status"],
         "started from": [(f"{up} ({tasks.get(up, 'not in this report')})" if isinstance(up, str) else "task.backbone_ckpt")
                          for up in started["init.upstream_run_id"]],
@@ -393,11 +395,6 @@ def _init_block(runs: pd.DataFrame) -> list[str]:
     })
     return ["", "Initial backbone weights (task.backbone_from / task.backbone_ckpt):", "", md_table(rows)]
 
-
-def _switches(row: pd.Series) -> dict[str, Any]:
-    """The run's model-family switch values (its arm), from its family block."""
-    family = records.FamilyFacts.from_json(json.loads(row["family"])) if isinstance(row["family"], str) else None
-    return {f"model.{key}": row.get(f"model.{key}") for key, _ in (family.switches if family else ())}
 
 
 def _distinct(column: pd.Series) -> str:
