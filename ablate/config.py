@@ -122,9 +122,11 @@ class TrainerConfig:
     # DDP ranks of one job (ablate/train/distributed.py): NCCL on GPUs, gloo on CPU. trainer.batch_size
     # stays the global batch, split across the ranks, so a cell's results do not depend on it.
     devices: int = field(default=1, metadata=at_least(1))
+    # Nodes of one job, each running trainer.devices ranks: only under hydra/launcher=slurm.
+    nodes: int = field(default=1, metadata=at_least(1))
     # Minutes a DDP collective waits for a peer rank before the job fails, naming the ranks that never
-    # came (a hung rank). It must exceed rank 0's evaluation of the validation split, which the other
-    # ranks wait for.
+    # came (a hung rank). It must exceed the longest wait between collectives: a rank's share of an
+    # evaluation, then rank 0's merge of the shares (COCO's evaluation), which the other ranks wait for.
     dist_timeout_min: float = field(default=10.0, metadata=above(0))
     num_workers: int = field(default=4, metadata=at_least(0))
     eval_every: int = field(default=0, metadata=at_least(0))  # epochs between evaluations; 0 = only at the end
@@ -276,10 +278,11 @@ def validate(cfg: DictConfig) -> None:
             if not check.test(value):
                 raise ConfigError(f"{group}.{name}={value!r} is not allowed: {check.allowed()}")
     trainer = cfg.trainer
-    if trainer.batch_size % trainer.devices:  # checked here, before any rank starts
-        raise ConfigError(f"trainer.batch_size={trainer.batch_size} is not allowed with trainer.devices="
-                          f"{trainer.devices}: a multiple of trainer.devices (each rank takes an equal share of "
-                          "the global batch)")
+    if trainer.batch_size % (trainer.devices * trainer.nodes):  # checked here, before any rank starts
+        ranks = (f"trainer.devices={trainer.devices}" if trainer.nodes == 1 else
+                 f"trainer.devices={trainer.devices} x trainer.nodes={trainer.nodes}")
+        raise ConfigError(f"trainer.batch_size={trainer.batch_size} is not allowed with {ranks}: a multiple of "
+                          f"{trainer.devices * trainer.nodes} (each rank takes an equal share of the global batch)")
 
 
 def compose(overrides: list[str] | None = None, return_hydra_config: bool = False) -> DictConfig:

@@ -35,6 +35,7 @@ from ablate import cell, chain, records, secrets, tracking
 from ablate.config import ConfigError, validate
 from ablate.models import Family, family_of
 from ablate.train import preemption
+from ablate.train.distributed import SlurmGroup, slurm_ranks
 from ablate.train.loop import CURVE_FILE, Curve, fit, resolve_device, seed_everything
 from ablate.train.stops import Diverged, Pruned
 
@@ -42,9 +43,25 @@ log = logging.getLogger("ablate.job")
 
 
 def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any]:
-    """Run one cell; return its record (also written to results/runs/<run_id>/result.json)."""
+    """Run one cell; return its record (also written to results/runs/<run_id>/result.json).
+
+    In a Slurm job of several tasks (trainer.devices x trainer.nodes ranks) every task calls this:
+    rank 0 runs the cell as one process would, the others train with it (_follow), and every rank
+    returns rank 0's record."""
+    ranks = slurm_ranks()
+    if ranks is None:
+        return _run(cfg, overrides, None)
+    group = SlurmGroup(ranks, dt.timedelta(minutes=cfg.trainer.dist_timeout_min))
+    if ranks.rank:
+        return _follow(cfg, group)
+    record = _run(cfg, overrides, group)
+    group.publish_record(record)
+    return record
+
+
+def _run(cfg: DictConfig, overrides: Optional[list[str]], group: Optional[SlurmGroup]) -> dict[str, Any]:
     started = time.time()
-    config_error = _config_error(cfg)
+    config_error = _config_error(cfg, group)
     _set_threads()
     preemption.install()
     rerun = cfg.get("rerun")
@@ -101,14 +118,17 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
             model = task.build_model(cfg.model)  # validates the variant and scan order
             model.to(resolve_device(cfg.trainer.device))  # count on the training device: the scan is slow on CPU
             record["cost"].update(task.cost(model), tau=family.tau(cfg.model.name), **family.cost_facts(model))
-            if cfg.trainer.devices > 1:
+            if group is not None:
+                result = _fit_with_slurm_ranks(cfg, model, task, run_dir, group, task_args, tracker)
+                record["data"] = task.data_summary()
+            elif cfg.trainer.devices > 1:
                 result, record["data"] = _fit_on_ranks(cfg, model, run_dir)
             else:
                 result = fit(model, task, cfg.trainer, run_dir, cfg.seed, on_eval=_pruning_hook(cfg, task.info.metric),
                              tracker=tracker)
                 record["data"] = task.data_summary()
             record["metrics"] = result.metrics
-            record["cost"]["world_size"] = cfg.trainer.devices
+            record["cost"]["world_size"] = cfg.trainer.devices * cfg.trainer.nodes
             record["cost"].update(_throughput(result, task), steps=result.steps, resumed_from_step=result.resumed_from_step)
             record["checkpoint_set_aside"] = result.checkpoint_set_aside
             record["status"], failed = records.Status.COMPLETED, False
@@ -161,12 +181,59 @@ def _fit_on_ranks(cfg: DictConfig, model: torch.nn.Module, run_dir: Path) -> tup
     return value
 
 
+def _fit_with_slurm_ranks(cfg: DictConfig, model: torch.nn.Module, task: Any, run_dir: Path, group: SlurmGroup,
+                          task_args: dict[str, Any], tracker: Any) -> Any:
+    """Rank 0 of a Slurm job of several tasks: tell the other ranks to train, then fit() with them
+    (DDP broadcasts this model's weights); an error a peer left behind is the cell's error."""
+    group.publish_plan(True, run_dir=str(run_dir), task_args=task_args)
+    group.join()
+    try:
+        return fit(model, task, cfg.trainer, run_dir, cfg.seed, on_eval=_pruning_hook(cfg, task.info.metric),
+                   tracker=tracker)
+    except (Diverged, Pruned):
+        raise  # every rank saw it (the same loss, rank 0's pruning decision)
+    except Exception as exc:
+        raise group.failed_rank(exc) from exc
+    finally:
+        group.leave()
+
+
+def _follow(cfg: DictConfig, group: SlurmGroup) -> dict[str, Any]:
+    """A rank other than 0 of a Slurm job of several tasks: it trains when rank 0 says the cell
+    trains, logs to the cell's train.rank<N>.log, and returns rank 0's record. Its own error is left
+    for rank 0's record, and raised (the Slurm task fails with it)."""
+    preemption.install()
+    _set_threads()
+    plan = group.plan()
+    if plan["train"]:
+        run_dir = Path(plan["run_dir"])
+        with _log_to(run_dir / f"train.rank{group.ranks.rank}.log"):
+            try:
+                task = instantiate(cfg.task, **plan["task_args"])
+                with preemption.immediate():
+                    task.prepare()
+                seed_everything(cfg.seed)
+                model = task.build_model(cfg.model)
+                group.join()
+                fit(model, task, cfg.trainer, run_dir, cfg.seed)
+            except (Diverged, Pruned):
+                pass  # rank 0 saw it too and records it
+            except Exception as exc:
+                log.error("rank %d failed: %s: %s", group.ranks.rank, type(exc).__name__, exc)
+                group.report_error(exc)
+                raise
+            finally:
+                group.leave()
+    return group.record()
+
+
 def _fit_rank(config: dict, run_dir: Path, state: dict) -> tuple[str, Any]:
     """One rank of _fit_on_ranks: the task and model rebuilt from the job's config, the job's weights."""
     from ablate.train.distributed import rank_and_world
 
     cfg = OmegaConf.create(config)
     rank, world = rank_and_world()
+    preemption.install()  # the agent passes the job's SIGTERM on: stop at a step, save, end
     _set_threads()
     torch.set_num_threads(max(1, torch.get_num_threads() // world))  # the job's cores, shared by its ranks
     with _log_to(run_dir / "train.log") if rank == 0 else contextlib.nullcontext():
@@ -334,7 +401,7 @@ def _archive(run_dir: Path, previous: Mapping[str, Any], fresh_start: bool) -> N
         shutil.move(str(run_dir / records.CHECKPOINT_FILE), history / f"checkpoint-{stamp}.pt")
 
 
-def _config_error(cfg: DictConfig) -> Optional[ConfigError]:
+def _config_error(cfg: DictConfig, group: Optional[SlurmGroup]) -> Optional[ConfigError]:
     """A setting outside what is allowed. A single run raises it (one line, exit 2, nothing written);
     inside a multirun it is returned, so that this cell is recorded as failed and the sweep goes on."""
     from hydra.core.hydra_config import HydraConfig
@@ -342,11 +409,25 @@ def _config_error(cfg: DictConfig) -> Optional[ConfigError]:
 
     try:
         validate(cfg)
+        _check_placement(cfg.trainer, group)
     except ConfigError as exc:
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             return exc
         raise
     return None
+
+
+def _check_placement(trainer: DictConfig, group: Optional[SlurmGroup]) -> None:
+    """Several nodes only as a Slurm job, whose tasks must be the ranks the trainer asks for."""
+    if group is None and trainer.nodes > 1:
+        raise ConfigError(f"trainer.nodes={trainer.nodes} is not allowed here: a job of several nodes runs only "
+                          f"under hydra/launcher=slurm (one rank per Slurm task); on one machine use "
+                          f"trainer.nodes=1 and trainer.devices=N")
+    wanted = trainer.devices * trainer.nodes
+    if group is not None and group.ranks.world != wanted:
+        raise ConfigError(f"trainer.devices={trainer.devices} x trainer.nodes={trainer.nodes} is {wanted} ranks, but "
+                          f"Slurm started {group.ranks.world} tasks: leave hydra.launcher.tasks_per_node and "
+                          f"hydra.launcher.nodes to the launcher, which sets them from trainer.devices and trainer.nodes")
 
 
 def _hydra_overrides() -> list[str]:

@@ -92,7 +92,7 @@ RECORD_KEYS = (
 # Config keys that do not change what a cell computes; excluded from the run_id hash.
 NON_SEMANTIC_KEYS = (
     "paths", "logger", "sweep", "rerun", "tuning",
-    "trainer.device", "trainer.devices", "trainer.dist_timeout_min", "trainer.num_workers", "trainer.progress", "trainer.log_every",
+    "trainer.device", "trainer.devices", "trainer.nodes", "trainer.dist_timeout_min", "trainer.num_workers", "trainer.progress", "trainer.log_every",
     "trainer.checkpoint_every", "task.eval_workers", "task.data_root",
 )
 # Cost fields the analysis computes with: a number, or null where the schema allows it.

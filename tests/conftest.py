@@ -74,9 +74,9 @@ def children(pid: int, marker: bytes) -> list[int]:
     return out
 
 
-def kill_mid_run(cmd: list[str], cwd: Path, ready, victims, deadline_s: int = 300) -> tuple[int, str]:
-    """Run `cmd`; once `ready()` holds, SIGKILL the processes `victims(pid of cmd)` names (all of
-    them, or the last one). Returns the command's exit code and output; kills it if the test fails.
+def kill_mid_run(cmd: list[str], cwd: Path, ready, victims, deadline_s: int = 300, sig: int = 9) -> tuple[int, str]:
+    """Run `cmd`; once `ready()` holds, send `sig` (SIGKILL) to the processes `victims(pid of cmd)` names
+    (all of them, or the last one). Returns the command's exit code and output; kills it if the test fails.
     The output goes to a file, not a pipe: a pipe nobody reads while we poll would fill and block
     a chatty command."""
     import signal
@@ -91,7 +91,7 @@ def kill_mid_run(cmd: list[str], cwd: Path, ready, victims, deadline_s: int = 30
                 assert proc.poll() is None and time.monotonic() < end, "the command ended or hung before it was ready"
                 time.sleep(0.05)
             for pid in victims(proc.pid):
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, sig)
             proc.wait(timeout=deadline_s)
         out.seek(0)
         return proc.returncode, out.read()

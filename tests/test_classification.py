@@ -128,3 +128,30 @@ def test_evaluation_with_loader_workers_gives_the_same_metrics(tmp_path):
         metrics[workers] = task.evaluate(model, torch.device("cpu"))
     assert metrics[2] == metrics[0] and set(metrics[0]) == {"top1", "loss"}
     assert compose(["task=imagenet"]).task.eval_workers == 8  # ImageNet decodes its validation JPEGs in parallel
+
+
+@pytest.mark.parametrize("world", [2, 3, 7])
+def test_evaluation_split_across_ranks_merges_to_the_whole_splits_metrics(tmp_path, world):
+    task = instantiate(compose(["task=shapes", "task.train_size=20", "task.val_size=20",
+                                f"task.data_root={tmp_path}"]).task)
+    task.prepare()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    cpu = torch.device("cpu")
+    shards = [task.evaluate_shard(model, cpu, rank, world) for rank in range(world)]
+    assert sum(shard["total"] for shard in shards) == 20  # 7 ranks: shares of 3, 3, 3, 3, 3, 3 and 2
+    whole = task.evaluate(model, cpu)
+    assert 0 < whole["top1"] < 100  # a model that gets some right and some wrong
+    # counts exactly; the loss up to float32 sums taken over other batches
+    assert task.merge_metrics(shards) == pytest.approx(whole, rel=1e-6)
+    assert {k: v for k, v in task.merge_metrics(shards).items() if k != "loss"} == {
+        k: v for k, v in whole.items() if k != "loss"}
+
+
+def test_the_ranks_shares_of_the_validation_split_take_every_sample_once(tmp_path):
+    task = imagenet_task(write_imagefolder(tmp_path / "inet", per_class=5))
+    task.prepare()
+    for world in (1, 2, 3, 4):
+        shares = [list(getattr(task.val_shard(rank, world), "indices", range(10))) for rank in range(world)]
+        assert sorted(i for share in shares for i in share) == list(range(10))
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1  # balanced

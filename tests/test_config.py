@@ -102,7 +102,9 @@ BAD_INPUTS = [
     (["task=shapes", "task.data_seed=-1"], "task.data_seed=-1 "),
     (["trainer.betas=[0.9]"], "trainer.betas=[0.9] "),
     (["trainer.devices=3", "trainer.batch_size=32"], "trainer.batch_size=32 is not allowed with trainer.devices=3: "
-                                                     "a multiple of trainer.devices "),
+                                                     "a multiple of 3 "),
+    (["trainer.devices=4", "trainer.nodes=3", "trainer.batch_size=32"],
+     "trainer.batch_size=32 is not allowed with trainer.devices=4 x trainer.nodes=3: a multiple of 12 "),
     (["model=mambaout_schema"], "model.name has no value: the chosen model file sets none (a *_schema is a schema, "
                                 "not a model); allowed: model= one of: base, deit, femto, kobe, nano, pico, small, tiny "),
 ]
@@ -176,6 +178,15 @@ def test_a_bad_setting_on_the_command_line_exits_2_with_one_line(tmp_path, tiny_
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "ERROR" in line or "Traceback" in line]
     assert len(errors) == 1 and "trainer.max_steps=0 is not allowed" in errors[0]
     assert not (tmp_path / "results" / "runs").exists()  # nothing written, nothing trained
+
+
+def test_several_nodes_outside_slurm_exit_2_with_one_line(tmp_path, tiny_args):
+    proc = run_cli([*tiny_args, "trainer.nodes=2"], tmp_path, check=False)
+    assert proc.returncode == 2
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "ERROR" in line or "Traceback" in line]
+    assert len(errors) == 1 and ("trainer.nodes=2 is not allowed here: a job of several nodes runs only under "
+                                 "hydra/launcher=slurm") in errors[0]
+    assert not (tmp_path / "results" / "runs").exists()
 
 
 @pytest.mark.parametrize("multirun", [False, True])

@@ -144,3 +144,16 @@ def test_detector_macs_grow_by_the_box_head_per_proposal(task):
     classes = 3 + 1
     per_roi = 32 * 7 * 7 * 1024 + 1024 * 1024 + 1024 * classes + 1024 * 4 * classes
     assert more - fewer == 100 * per_roi
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_evaluation_split_across_ranks_merges_to_what_coco_gives_on_the_whole_split(task, ground_truth, world):
+    dx = 3.0  # shifted boxes: an AP strictly between 0 and 100
+    shards = []
+    for rank in range(world):
+        oracle = Oracle(ground_truth, dx=dx)
+        oracle.answers = oracle.answers[rank::world]  # this rank's images: rank, rank + world, ...
+        shards.append(task.evaluate_shard(oracle, CPU, rank, world))
+    merged = task.merge_metrics(shards)
+    whole = task.evaluate(Oracle(ground_truth, dx=dx), CPU)
+    assert 0.0 < whole["bbox_AP"] < 100.0 and merged == pytest.approx(whole, abs=1e-12)

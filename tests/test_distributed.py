@@ -91,18 +91,36 @@ def test_ddp_resumes_after_the_job_is_killed_and_ends_as_an_uninterrupted_run(tm
     while any(Path(f"/proc/{pid}").exists() for pid in ranks):  # PR_SET_PDEATHSIG: the ranks follow their job
         assert time.monotonic() < end, "a rank outlived its killed job"
         time.sleep(0.05)
+    assert 8 <= resume_to_the_end(tmp_path, cmd, args) < 24
+
+
+def resume_to_the_end(tmp_path: Path, cmd: list[str], args: list[str]) -> int:
+    """Rerun the stopped DDP job `cmd`: it resumes from its checkpoint and ends with the metrics and
+    loss curve of one uninterrupted process. Returns the step it resumed from."""
+    results = tmp_path / "results"
     (run_dir,) = (results / "runs").iterdir()
-    killed_at = checkpoint.load(run_dir / "checkpoint.pt")["step"]
-    assert 8 <= killed_at < 24 and not (run_dir / "result.json").exists()
+    stopped_at = checkpoint.load(run_dir / "checkpoint.pt")["step"]
+    assert not (run_dir / "result.json").exists()
     subprocess.run(cmd, cwd=tmp_path, env=clean_env(), check=True, capture_output=True, timeout=DEADLINE_S)
     (tmp_path / "straight").mkdir()
     run_cli(args + ["trainer.devices=1"], tmp_path / "straight")
     (resumed,), (straight,) = load_records(results), load_records(tmp_path / "straight" / "results")
-    assert resumed["cost"]["resumed_from_step"] == killed_at and resumed["status"] == records.Status.COMPLETED
+    assert resumed["cost"]["resumed_from_step"] == stopped_at and resumed["status"] == records.Status.COMPLETED
     assert resumed["metrics"] == pytest.approx(straight["metrics"], rel=1e-5, abs=1e-6)
     losses = [[p[1] for p in json.loads((r / "curve.json").read_text())["train"]]
               for r in (run_dir, tmp_path / "straight" / "results" / "runs" / straight["run_id"])]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    return stopped_at
+
+
+def test_ddp_stopped_by_sigterm_saves_the_step_it_stopped_at_and_resumes_to_an_uninterrupted_run(tmp_path):
+    results = tmp_path / "results"
+    # No periodic checkpoint before the end: the only one mid-run is the one the signal asks for.
+    args = CELL + ["trainer.max_steps=24", "trainer.checkpoint_every=1000", "trainer.devices=2", "sweep=sigterm"]
+    cmd = [sys.executable, str(ROOT / "run.py"), *args, f"paths.results={results}", f"paths.data={tmp_path / 'data'}"]
+    returncode, out = kill_mid_run(cmd, tmp_path, logged_step(results, 6), lambda pid: [pid], sig=signal.SIGTERM)
+    assert returncode == -signal.SIGTERM, out[-3000:]  # ended by the signal, as a one-process job does
+    assert 6 <= resume_to_the_end(tmp_path, cmd, args) < 24
 
 
 FAULTY = ["task._target_=faulty_task.FaultyShapes", "trainer.max_steps=8", "sweep=faulty"]

@@ -113,3 +113,16 @@ def test_one_cell_trains_and_records_the_band_metrics(tmp_path):
     assert all(math.isfinite(v) for v in record["metrics"].values())
     assert record["cost"]["macs_ssm"] > 0 and record["cost"]["segmenter_macs"] > record["cost"]["macs"]
     assert record["family"] == MAMBAOUT_FACTS  # what the report names the arms by, without importing the models
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_evaluation_split_across_ranks_merges_to_the_whole_splits_metrics(tmp_path, world):
+    task = OcclusionSegmentation(name="occlusion", data_root=str(tmp_path), image_size=(64, 64), train_size=4,
+                                 val_size=5)
+    task.prepare()
+    torch.manual_seed(0)
+    model = nn.Conv2d(3, 3, 3, padding=1)  # some pixels of every class right, some wrong
+    cpu = torch.device("cpu")
+    merged = task.merge_metrics([task.evaluate_shard(model, cpu, rank, world) for rank in range(world)])
+    whole = task.evaluate(model, cpu)
+    assert 0.0 < whole["mIoU"] < 100.0 and merged == pytest.approx(whole, rel=1e-12)

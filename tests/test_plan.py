@@ -50,6 +50,8 @@ def test_plan_of_a_known_sweep_counts_cells_cost_and_status(tmp_path, capsys):
         assert row["GMACs_ssm"] == pytest.approx(cost.macs_ssm / 1e9, rel=1e-12)
         assert (row["seq_len"], row["tau"], row["steps"]) == (4, 144, 3)
         assert row["train_PFLOP"] == pytest.approx(3 * 2 * cost.macs * 3 * batch / 1e15, rel=1e-12)
+        assert row["GPU_h"] == pytest.approx(row["train_PFLOP"] * 1e15 / 100e12 / 3600, rel=1e-12)
+        assert (row["devices"], row["nodes"]) == (1, 1)
     total = 2 * sum(3 * 2 * c.macs * 3 * batch / 1e15 for c in expected.values())
     assert planned["total_PFLOP"] == pytest.approx(total, rel=1e-12)
     assert planned["gpu_hours"] == pytest.approx(total * 1e15 / 100e12 / 3600, rel=1e-12)

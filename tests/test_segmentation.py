@@ -127,3 +127,17 @@ def test_cost_counts_the_backbone_at_image_size_and_the_segmenter_at_cost_size(t
     if not ssm:  # (counting the SSM arm is slow on a CPU: once is enough)
         backbone = count_cost(model.features, input_size=(32, 64))
         assert (cost["macs"], cost["macs_ssm"]) == (backbone.macs, 0)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_evaluation_split_across_ranks_merges_to_the_whole_splits_metrics(task, world):
+    torch.manual_seed(0)
+    model = task.build_model(model_cfg(ssm=False))
+    task.multiscale_eval = True
+    try:
+        merged = task.merge_metrics([task.evaluate_shard(model, CPU, rank, world) for rank in range(world)])
+        whole = task.evaluate(model, CPU)
+    finally:
+        task.multiscale_eval = False
+    assert set(whole) == {"mIoU", "aAcc", "mIoU_ms", "aAcc_ms"} and 0.0 < whole["aAcc"] < 100.0
+    assert merged == pytest.approx(whole, rel=1e-6)

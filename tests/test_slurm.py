@@ -251,22 +251,30 @@ def real_sweep(tmp_path_factory):
                f"paths.data={tmp_path / 'data'}"]
     # cwd: the sweep's report lands in tmp_path, not in the repository.
     driver = start_driver(command, tmp_path, tmp_path / "driver.log")
-    sweep_dir = results / "sweeps" / "slurm2x2"
-    with cleaned_up(driver, sweep_dir):
-        signalled = None
-        deadline = time.monotonic() + 480
-        while driver.poll() is None and time.monotonic() < deadline:
-            tasks = array_tasks(sweep_dir)
-            for task in tasks if signalled is None else []:
-                run_id = cell_of(task) if job_field(task, "JobState") == "RUNNING" else None
-                if run_id and (results / "runs" / run_id / "checkpoint.pt").exists():
-                    preempt(task)  # it may have finished meanwhile: the tests look at what resumed
-                    signalled = task
-                    break
-            for task in filter(held_after_requeue, tasks):
-                release(task)
-            time.sleep(0.5)
+    with cleaned_up(driver, results / "sweeps" / "slurm2x2"):
+        preempt_first_checkpointed(driver, results, "slurm2x2")
         return tmp_path, finish(driver, timeout_s=5)
+
+
+def preempt_first_checkpointed(driver: subprocess.Popen, results: Path, sweep_name: str) -> str | None:
+    """While the sweep's driver runs: send the preemption signal to the first running job whose cell
+    has a checkpoint (it may finish meanwhile: the tests look at what resumed), and release every
+    requeued job from Slurm's hold. Returns the signalled array task."""
+    sweep_dir = results / "sweeps" / sweep_name
+    signalled = None
+    deadline = time.monotonic() + 480
+    while driver.poll() is None and time.monotonic() < deadline:
+        tasks = array_tasks(sweep_dir)
+        for task in tasks if signalled is None else []:
+            run_id = cell_of(task) if job_field(task, "JobState") == "RUNNING" else None
+            if run_id and (results / "runs" / run_id / "checkpoint.pt").exists():
+                preempt(task)
+                signalled = task
+                break
+        for task in filter(held_after_requeue, tasks):
+            release(task)
+        time.sleep(0.5)
+    return signalled
 
 
 def test_real_2x2_sweep_on_slurm_writes_four_completed_records(real_sweep):
@@ -313,3 +321,89 @@ def test_a_chain_on_slurm_waits_on_its_upstream_job_and_skips_the_cells_of_a_fai
     assert re.search(r"#\d+ submitted as \d+ after \d+_\d+", output), output  # afterok on its array task
     check_chain_sweep(results)
 
+
+
+# --- DDP: one Slurm job of several tasks, each task a rank -------------------------------------
+
+DDP_CELL = [*RUN_CELL, "trainer.devices=2", "model.ssm=true"]
+
+
+def one_process_reference(tmp_path: Path, record: dict, name: str) -> tuple[dict, Path]:
+    """The cell of `record` trained by one local process (the thread count of one Slurm task):
+    its record and its run folder."""
+    overrides = [o for o in record["overrides"] if not o.startswith(("paths.", "sweep=", "trainer.devices="))]
+    reference = tmp_path / name
+    subprocess.run([sys.executable, str(REPO / "run.py"), *overrides, f"paths.results={reference}",
+                    f"paths.data={tmp_path / 'data'}"], cwd=tmp_path, check=True, capture_output=True,
+                   env={**os.environ, "ABLATE_NUM_THREADS": "1"}, timeout=300)
+    (one,) = records(reference)
+    return one, reference / "runs" / one["run_id"]
+
+
+def assert_same_training(tmp_path: Path, record: dict, name: str) -> None:
+    """`record` (2 ranks) ends as one process does: metrics, and every weight, within 1e-5."""
+    one, one_dir = one_process_reference(tmp_path, record, name)
+    assert one["run_id"] == record["run_id"] and one["cost"]["world_size"] == 1
+    assert record["metrics"] == pytest.approx(one["metrics"], rel=1e-5, abs=1e-6)
+    ranks = checkpoint.load(tmp_path / "results" / "runs" / record["run_id"] / "checkpoint.pt")["model"]
+    alone = checkpoint.load(one_dir / "checkpoint.pt")["model"]
+    for key in alone:
+        assert (ranks[key].float() - alone[key].float()).abs().max().item() <= 1e-5, key
+
+
+@pytest.fixture(scope="module")
+def ddp_sweep(tmp_path_factory):
+    """Two cells (seed 0, 1), each one Slurm job of 2 tasks on the 2-CPU node (gloo); the first job
+    to have a checkpoint gets the preemption signal mid-run, is requeued and resumes."""
+    tmp_path = tmp_path_factory.mktemp("ddp")
+    results = tmp_path / "results"
+    command = [sys.executable, str(REPO / "run.py"), "-m", *SLURM, *DDP_CELL, "seed=0,1", "sweep=slurmddp",
+               f"paths.results={results}", f"paths.data={tmp_path / 'data'}"]
+    driver = start_driver(command, tmp_path, tmp_path / "driver.log")
+    with cleaned_up(driver, results / "sweeps" / "slurmddp"):
+        signalled = preempt_first_checkpointed(driver, results, "slurmddp")
+        output = finish(driver, timeout_s=5)
+    return tmp_path, signalled, output
+
+
+def test_a_job_of_two_tasks_trains_as_two_ranks_and_matches_one_process(ddp_sweep):
+    tmp_path, _, output = ddp_sweep
+    done = records(tmp_path / "results")
+    assert [(r["status"], r["cost"]["world_size"], r["factors"]["seed"]) for r in done] in (
+        [("completed", 2, 0), ("completed", 2, 1)], [("completed", 2, 1), ("completed", 2, 0)])
+    uninterrupted = [r for r in done if not r["cost"]["resumed_from_step"]]
+    assert uninterrupted, "both cells resumed: no uninterrupted one to compare"
+    assert_same_training(tmp_path, uninterrupted[0], "one_process")
+    run_dir = tmp_path / "results" / "runs" / uninterrupted[0]["run_id"]
+    assert "rank 1" not in (run_dir / "train.log").read_text()  # each rank its own log
+    assert (run_dir / "train.rank1.log").exists()
+
+
+def test_a_job_of_two_tasks_requeued_mid_run_resumes_and_completes(ddp_sweep):
+    tmp_path, signalled, _ = ddp_sweep
+    assert signalled is not None, "no job was signalled"
+    resumed = [r for r in records(tmp_path / "results") if r["cost"]["resumed_from_step"]]
+    assert len(resumed) == 1, "the signalled job did not resume from a checkpoint"
+    cell = resumed[0]
+    assert 0 < cell["cost"]["resumed_from_step"] < RUN_STEPS and cell["cost"]["steps"] == RUN_STEPS
+    assert int(job_field(signalled, "Restarts")) == 1
+    assert_same_training(tmp_path, cell, "one_process_resumed")
+
+
+def test_a_rank_that_raises_fails_the_slurm_job_with_that_ranks_message(tmp_path):
+    results = tmp_path / "results"
+    command = [sys.executable, str(REPO / "run.py"), "-m", *SLURM, *DDP_CELL, "trainer.max_steps=8",
+               "task._target_=faulty_task.FaultyShapes", "sweep=slurmfault", f"paths.results={results}",
+               f"paths.data={tmp_path / 'data'}"]
+    env = {**os.environ, "ABLATE_TEST_FAULT": "raise:1:3", "PYTHONPATH": str(REPO / "tests" / "apps" / "faulty")}
+    with open(tmp_path / "driver.log", "w") as out:
+        driver = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
+    driver.log = tmp_path / "driver.log"
+    with cleaned_up(driver, results / "sweeps" / "slurmfault"):
+        output = finish(driver, timeout_s=300, check=False)
+    assert driver.returncode == 1, output
+    (record,) = records(results)
+    assert record["status"] == "failed" and record["error"]["type"] == "RankFailed"
+    assert record["error"]["message"] == "rank 1 of 2 failed: RuntimeError: injected failure on rank 1 at step 3"
+    rank1_log = (results / "runs" / record["run_id"] / "train.rank1.log").read_text()
+    assert "rank 1 failed: RuntimeError: injected failure on rank 1 at step 3" in rank1_log

@@ -6,9 +6,10 @@ Takes the same overrides as `python run.py -m`, expands them exactly as Hydra's 
 (sweeper params from the config first, command line after), composes every cell, and prints one row
 per cell: factors, params and MACs per image, seq_len vs tau, whether the cell is already completed,
 the cell a fine-tuning cell starts from (task.backbone_from: a planned cell, or a finished one), and
+each job's ranks (trainer.devices per node x trainer.nodes), and
 the training cost estimate: steps x batch x MACs x 3 (forward + backward ~ 3x forward; a dense
 task's MACs are its whole detector's or segmenter's at task.cost_size), in PFLOP
-(2 FLOPs per MAC) and GPU-hours at `--tflops` sustained. Exits 1 on any config error, before any job
+(2 FLOPs per MAC) and GPU-hours at `--tflops` sustained per GPU (per cell and in total). Exits 1 on any config error, before any job
 would be submitted.
 """
 from __future__ import annotations
@@ -31,6 +32,9 @@ from ablate.models import family_of
 from ablate.tasks.base import DataError
 
 
+DEFAULT_TFLOPS = 100.0  # sustained training TFLOP/s per GPU, for the GPU-hours estimate
+
+
 def expand(arguments: list[str]) -> list[list[str]]:
     """The per-job override lists a `run.py -m ARGUMENTS` would launch: the grid sweeper's (its params
     x each of its grids x the command line, in that order; hydra_plugins/ablate_grid_sweeper)."""
@@ -45,7 +49,7 @@ def expand(arguments: list[str]) -> list[list[str]]:
     return grid_jobs(params, grids, arguments, parser)
 
 
-def plan_cell(overrides: list[str], cost_cache: dict) -> dict[str, Any]:
+def plan_cell(overrides: list[str], cost_cache: dict, tflops: float = DEFAULT_TFLOPS) -> dict[str, Any]:
     cfg = compose(overrides)
     validate(cfg)  # each job would raise this at its start
     config, run_id = cell.resolve(cfg)  # as the job does: the same run_id
@@ -76,6 +80,9 @@ def plan_cell(overrides: list[str], cost_cache: dict) -> dict[str, Any]:
         "params_M": cost["params"] / 1e6, "GMACs": cost["macs"] / 1e9, "GMACs_ssm": cost["macs_ssm"] / 1e9,
         "seq_len": family.seq_len(cfg.task.image_size), "tau": family.tau(cfg.model.name),
         "steps": steps, "train_PFLOP": None if train_flops is None else train_flops / 1e15,
+        # the job's ranks (one GPU each), and its GPU-hours, whatever their number (wall-clock: / ranks)
+        "devices": cfg.trainer.devices, "nodes": cfg.trainer.nodes,
+        "GPU_h": None if train_flops is None else train_flops / (tflops * 1e12) / 3600,
     }
 
 
@@ -103,8 +110,8 @@ def upstream_column(rows: list[dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ablate plan", description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="the same overrides as `python run.py -m ...`")
-    parser.add_argument("--tflops", type=float, default=100.0,
-                        help="sustained training TFLOP/s per GPU for the GPU-hours estimate (default 100)")
+    parser.add_argument("--tflops", type=float, default=DEFAULT_TFLOPS,
+                        help=f"sustained training TFLOP/s per GPU for the GPU-hours estimate (default {DEFAULT_TFLOPS:g})")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     parser.add_argument("--pilot", type=Path, metavar="DIR",
                         help="a pilot sweep folder (or a results root): its seed-to-seed sd gives, per hypothesis "
@@ -117,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         jobs = expand(args.overrides)
         cache: dict = {}
-        rows = [plan_cell(job, cache) for job in jobs]
+        rows = [plan_cell(job, cache, args.tflops) for job in jobs]
         upstream_column(rows)
     except (HydraException, ValueError, KeyError) as exc:
         if isinstance(exc, InstantiationException) and exc.__cause__ is not None:

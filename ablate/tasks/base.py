@@ -12,6 +12,8 @@ Call order used by the loop:
         for batch in task.train_batches(batch_size, seed, epoch, start_batch, num_workers):
             loss = task.training_step(model, batch, device)
     metrics = task.evaluate(model, device)   # dict with task.metric in it
+    # under DDP each rank evaluates its share, and rank 0 merges them:
+    metrics = task.merge_metrics([task.evaluate_shard(model, device, rank, world) for rank in ranks])
     cost = task.cost(model)                  # params / macs / macs_ssm per image
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Annotated, Any, Callable, Iterable, Mapping, Optional, Sequen
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from ablate.rules import at_least, size_pair
 
@@ -82,8 +84,18 @@ class Task(abc.ABC):
         """Move the batch to `device`, run the model, return the scalar training loss."""
 
     @abc.abstractmethod
+    def evaluate_shard(self, model: nn.Module, device: torch.device, rank: int = 0, world: int = 1) -> Any:
+        """Evaluate on one rank's share of the validation split (its samples rank, rank + world, ...):
+        a picklable partial result (sums, a confusion matrix, detections) for `merge_metrics`."""
+
+    @abc.abstractmethod
+    def merge_metrics(self, shards: Sequence[Any]) -> dict[str, float]:
+        """All evaluation metrics (floats) from every rank's `evaluate_shard`; contains `info.metric`.
+        Equal to one process's on the whole split: every sample counted once."""
+
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        """All evaluation metrics (floats) on the validation split; contains `info.metric`."""
+        """All evaluation metrics on the whole validation split, in this process."""
+        return self.merge_metrics([self.evaluate_shard(model, device)])
 
     @abc.abstractmethod
     def cost(self, model: nn.Module) -> dict[str, Any]:
@@ -139,6 +151,11 @@ class SplitDatasetTask(Task):
 
     def num_eval_samples(self) -> int:
         return len(self._require_prepared()[1])
+
+    def val_shard(self, rank: int, world: int) -> Dataset:
+        """The validation samples rank, rank + world, ... (all of them for world = 1)."""
+        val = self._require_prepared()[1]
+        return val if world == 1 else Subset(val, range(rank, len(val), world))
 
     def epoch_dataset(self, seed: int, epoch: int) -> Dataset:
         """The training set as seen in one epoch (default: the same object every epoch)."""

@@ -230,27 +230,33 @@ class ImageFolderClassification(SplitDatasetTask):
         return nn.functional.cross_entropy(model(images), targets)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        _, val = self._require_prepared()
+    def evaluate_shard(self, model: nn.Module, device: torch.device, rank: int = 0, world: int = 1) -> dict[str, float]:
+        """Counts over this rank's samples: {correct1, correctk, total, loss_sum}."""
         model.eval()
-        k = 5 if self.num_classes > 5 else 1  # top-5 says nothing about a task with <= 5 classes
-        loader = DataLoader(val, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.eval_workers)
-        correct1 = correctk = total = 0
-        loss_sum = 0.0
+        loader = DataLoader(self.val_shard(rank, world), batch_size=self.eval_batch_size, shuffle=False,
+                            num_workers=self.eval_workers)
+        counts = dict.fromkeys(("correct1", "correctk", "total", "loss_sum"), 0.0)
         for images, targets, _ in loader:
             images, targets = images.to(device), targets.to(device)
             logits = model(images).float()
-            loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
-            topk = logits.topk(k, dim=1).indices  # (B, k)
-            hits = topk.eq(targets[:, None])
-            correct1 += hits[:, 0].sum().item()
-            correctk += hits.any(dim=1).sum().item()
-            total += targets.numel()
+            counts["loss_sum"] += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+            hits = logits.topk(self._top_k, dim=1).indices.eq(targets[:, None])  # (B, k)
+            counts["correct1"] += hits[:, 0].sum().item()
+            counts["correctk"] += hits.any(dim=1).sum().item()
+            counts["total"] += targets.numel()
         model.train()
-        metrics = {"top1": 100.0 * correct1 / total, "loss": loss_sum / total}
-        if k == 5:
-            metrics["top5"] = 100.0 * correctk / total
+        return counts
+
+    def merge_metrics(self, shards: Sequence[dict[str, float]]) -> dict[str, float]:
+        total = {key: sum(shard[key] for shard in shards) for key in shards[0]}
+        metrics = {"top1": 100.0 * total["correct1"] / total["total"], "loss": total["loss_sum"] / total["total"]}
+        if self._top_k == 5:
+            metrics["top5"] = 100.0 * total["correctk"] / total["total"]
         return metrics
+
+    @property
+    def _top_k(self) -> int:
+        return 5 if self.num_classes > 5 else 1  # top-5 says nothing about a task with <= 5 classes
 
     def cost(self, model: nn.Module) -> dict[str, Any]:
         return count_cost(model, input_size=self.image_size).as_dict()

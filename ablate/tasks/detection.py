@@ -346,12 +346,13 @@ class CocoDetection(SplitDatasetTask):
 
     # -- evaluation, cost -----------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        _, val = self._require_prepared()
+    def evaluate_shard(self, model: nn.Module, device: torch.device, rank: int = 0, world: int = 1) -> dict[str, list]:
+        """This rank's detections in COCO's result format: {"bbox": [...], "segm": [...]}."""
         model.eval()
         results: dict[str, list] = {"bbox": [], "segm": []}
         loader = DataLoader(
-            val, batch_size=self.eval_batch_size, num_workers=self.eval_workers, collate_fn=collate_lists
+            self.val_shard(rank, world), batch_size=self.eval_batch_size, num_workers=self.eval_workers,
+            collate_fn=collate_lists,
         )
         for images, targets in loader:
             images = [image.to(device, non_blocking=True).float().div_(255) for image in images]
@@ -361,9 +362,14 @@ class CocoDetection(SplitDatasetTask):
                 for iou_type, entries in coco_results(target["image_id"], output, self.categories).items():
                     results[iou_type].extend(entries)
         model.train()
+        return results
+
+    def merge_metrics(self, shards: Sequence[dict[str, list]]) -> dict[str, float]:
+        """COCO's own evaluation of every rank's detections together (each image is in one shard)."""
+        _, val = self._require_prepared()
         metrics = {}
         for iou_type in IOU_TYPES:
-            metrics.update(coco_metrics(val.coco, results[iou_type], iou_type))
+            metrics.update(coco_metrics(val.coco, [entry for shard in shards for entry in shard[iou_type]], iou_type))
         return metrics
 
     def cost(self, model: nn.Module) -> dict[str, Any]:

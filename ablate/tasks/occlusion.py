@@ -187,12 +187,14 @@ class OcclusionSegmentation(SplitDatasetTask):
 
     # -- evaluation, cost -----------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        _, val = self._require_prepared()
+    def evaluate_shard(self, model: nn.Module, device: torch.device, rank: int = 0,
+                       world: int = 1) -> tuple[torch.Tensor, "BandCounts"]:
+        """This rank's pixel confusion matrix [true, predicted] and occluded-class band counts."""
         model.eval()
         confusion = torch.zeros(len(CLASSES), len(CLASSES), dtype=torch.int64)  # [true, predicted]
         bands = BandCounts()
-        for images, labels in DataLoader(val, batch_size=EVAL_BATCH, num_workers=self.eval_workers):
+        for images, labels in DataLoader(self.val_shard(rank, world), batch_size=EVAL_BATCH,
+                                         num_workers=self.eval_workers):
             with torch.autocast(device.type, enabled=device.type == "cuda"):
                 prediction = model(images.to(device)).float().argmax(1).cpu()
             confusion += torch.bincount(labels.flatten() * len(CLASSES) + prediction.flatten(),
@@ -200,6 +202,14 @@ class OcclusionSegmentation(SplitDatasetTask):
             for predicted, true in zip(prediction.numpy(), labels.numpy()):
                 bands.update(predicted, true)
         model.train()
+        return confusion, bands
+
+    def merge_metrics(self, shards: Sequence[tuple[torch.Tensor, "BandCounts"]]) -> dict[str, float]:
+        confusion = sum(shard[0] for shard in shards)
+        bands = BandCounts()
+        for _, part in shards:
+            bands.intersection += part.intersection
+            bands.union += part.union
         true_positive = confusion.diag().double()
         union = confusion.sum(0).double() + confusion.sum(1).double() - true_positive
         iou = (100.0 * true_positive / union.clamp(min=1)).tolist()

@@ -263,30 +263,39 @@ class ADE20KSegmentation(SplitDatasetTask):
         return total[0]
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+    def evaluate_shard(self, model: nn.Module, device: torch.device, rank: int = 0, world: int = 1) -> dict[str, tuple]:
+        """This rank's torchmetrics meters (on the CPU), per mode ("" and, with multiscale_eval, "_ms")."""
         # here, not at module level: ablate.config imports this module for its schema (1.5 s of torchmetrics)
         from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-        _, val = self._require_prepared()
         model.eval()
         modes = {"": (1.0,), "_ms": MS_RATIOS} if self.multiscale_eval else {"": (1.0,)}
+        # sync_on_compute=False: the shards are merged by merge_metrics, not by torchmetrics' own all-gather
         meters = {
             mode: (
-                MulticlassJaccardIndex(self.num_classes, average="macro", ignore_index=IGNORE).to(device),
-                MulticlassAccuracy(self.num_classes, average="micro", ignore_index=IGNORE).to(device),
+                MulticlassJaccardIndex(self.num_classes, average="macro", ignore_index=IGNORE,
+                                       sync_on_compute=False).to(device),
+                MulticlassAccuracy(self.num_classes, average="micro", ignore_index=IGNORE,
+                                   sync_on_compute=False).to(device),
             )
             for mode in modes
         }
-        for image, labels in DataLoader(val, batch_size=None, num_workers=self.eval_workers):
+        for image, labels in DataLoader(self.val_shard(rank, world), batch_size=None, num_workers=self.eval_workers):
             image, labels = image.to(device), labels.to(device)
             for mode, ratios in modes.items():
                 prediction = self.predict(model, image, ratios, flip=mode == "_ms").argmax(0)
                 for meter in meters[mode]:
                     meter.update(prediction[None], labels[None])
         model.train()
+        return {mode: tuple(meter.cpu() for meter in pair) for mode, pair in meters.items()}
+
+    def merge_metrics(self, shards: Sequence[dict[str, tuple]]) -> dict[str, float]:
         # mIoU: mean over classes present in labels or predictions (mmsegmentation's nanmean).
         metrics = {}
-        for mode, (jaccard, accuracy) in meters.items():
+        for mode, (jaccard, accuracy) in shards[0].items():
+            for other in shards[1:]:
+                jaccard.merge_state(other[mode][0])
+                accuracy.merge_state(other[mode][1])
             metrics[f"mIoU{mode}"] = 100.0 * float(jaccard.compute())
             metrics[f"aAcc{mode}"] = 100.0 * float(accuracy.compute())
         return metrics

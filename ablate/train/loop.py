@@ -29,7 +29,8 @@ from ablate import records
 from ablate.records import write_json_atomic
 from ablate.tasks.base import Task
 from ablate.train import checkpoint, preemption
-from ablate.train.distributed import from_rank0, mean_over_ranks, rank_and_world, shard
+from ablate.train.distributed import (barrier, from_rank0, gather_to_rank0, max_over_ranks, mean_over_ranks, outlive_rank0,
+                                     rank_and_world, shard)
 from ablate.train.lr import effective_lr
 from ablate.train.stops import Diverged, Pruned
 
@@ -154,7 +155,8 @@ def fit(
     """Train `model` on `task` with trainer config `cfg`, resuming from run_dir/checkpoint.pt if present.
 
     Inside a process group (trainer.devices > 1, see ablate/train/distributed.py) every rank calls
-    this: each trains on its shard of every global batch under DDP; rank 0 alone evaluates and writes.
+    this: each trains on its shard of every global batch under DDP and evaluates its share of the
+    validation split; rank 0 merges the evaluations and alone writes.
     """
     rank, world = rank_and_world()
     if cfg.batch_size % world:
@@ -254,10 +256,14 @@ def fit(
                 if tracker is not None:
                     tracker.log({"train/loss": loss_value, "train/lr": lr, "train/epoch": epoch,
                                  "train/images_per_s": speed}, step=step)
-            if step % cfg.checkpoint_every == 0 or preemption.requested():
+            stop_signal = max_over_ranks(preemption.pending())  # a signal to any rank stops them all here
+            if step % cfg.checkpoint_every == 0 or stop_signal:
                 save(step)
-                if preemption.requested():
-                    preemption.proceed()  # requeue (Slurm) or exit; the next attempt resumes from here
+                if stop_signal:
+                    barrier()  # rank 0's checkpoint is on disk before any rank hands over
+                    if rank:
+                        outlive_rank0()  # rank 0 hands over first: under Slurm it requeues the whole job
+                    preemption.proceed(stop_signal)  # requeue (Slurm) or exit; the next attempt resumes here
             if step >= total_steps:
                 break
         epoch_done = step % steps_per_epoch == 0 and step < total_steps
@@ -275,11 +281,10 @@ def fit(
 
 
 def _evaluate(model, task, device, autocast, step, on_eval, tracker, curve: Curve) -> dict[str, float]:
-    rank, _ = rank_and_world()
-    if rank == 0:  # alone, on the whole validation split; the other ranks wait for its metrics
-        with autocast():
-            metrics = task.evaluate(model, device)
-    (metrics,) = from_rank0([metrics if rank == 0 else None])
+    rank, world = rank_and_world()
+    with autocast():  # each rank its share of the validation split; rank 0 merges them
+        shards = gather_to_rank0(task.evaluate_shard(model, device, rank, world))
+    (metrics,) = from_rank0([task.merge_metrics(shards) if rank == 0 else None])
     curve.eval.append([step, dict(metrics)])
     model.train()
     if rank == 0:

@@ -56,18 +56,26 @@ def requested() -> bool:
     return _pending is not None
 
 
-def proceed() -> NoReturn:
+def pending() -> int:
+    """The signal the loop has yet to act on, 0 when none (DDP ranks agree on the largest)."""
+    return _pending or 0
+
+
+def proceed(signum: int | None = None) -> NoReturn:
     """Hand over to the handler ``install()`` displaced for the pending signal; never returns.
 
     Under submitit that requeues the job (or raises submitit's ``UncompletedJobError`` once the job
     timed out more than ``max_num_timeout`` times) and exits; with no handler of its own the process
     ends by the signal's default action. If the displaced handler returns (submitit only logs
-    SIGTERM: the cluster itself kills or requeues the job), the process exits with 128 + signal.
+    SIGTERM: the cluster itself kills or requeues the job; and it only logs on a rank other than 0),
+    the process exits with 128 + signal. `signum`: the signal a peer DDP rank received, when this
+    rank stops with it (its own may not have arrived yet).
     """
-    signum = _pending
+    signum = signum or _pending
     if signum is None:
         raise RuntimeError("preemption.proceed() called while no preemption is pending; check requested() first")
-    log.warning("preemption: %s received, checkpoint saved, handing over", signal.Signals(signum).name)
+    log.warning("preemption: %s received%s, checkpoint saved, handing over", signal.Signals(signum).name,
+                "" if _pending else " by a peer rank")
     _run_displaced(signum)
     raise SystemExit(128 + signum)
 
@@ -102,7 +110,7 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
 
 def _run_displaced(signum: int, frame: FrameType | None = None) -> None:
-    handler = _displaced[signum]
+    handler = _displaced.get(signum, signal.SIG_DFL)
     if callable(handler):
         handler(signum, frame)
         return

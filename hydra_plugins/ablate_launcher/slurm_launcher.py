@@ -11,6 +11,12 @@ Before submitting, it composes each job's config and checks its settings (ablate
 a job whose settings are not allowed (``model.scan=foo``) is not queued; it fails at once with its
 one-line error, instead of after a wait in the queue, and the other jobs are submitted.
 
+Each job asks Slurm for its cell's ranks: ``trainer.nodes`` nodes with ``trainer.devices`` tasks
+each (and as many GPUs per node, unless ``hydra.launcher.gpus_per_node`` is null: a CPU cluster);
+jobs that ask for the same go in one array. srun starts one process per task; each is a rank of
+the job (ablate.job: rank 0 runs the cell, the others train with it). A rank other than 0 logs to
+``<job>/<name>.rank<N>.log`` and leaves Hydra's ``.hydra`` copies to rank 0.
+
 Configured by conf/hydra/launcher/slurm.yaml (``defaults: [submitit_slurm]`` plus our defaults).
 """
 import logging
@@ -19,10 +25,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, filter_overrides
+from hydra.core.utils import JobReturn, filter_overrides, run_job, setup_globals
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from hydra_plugins.ablate_launcher._common import failed_return, upstream_jobs
 
@@ -61,14 +67,26 @@ class AblateSlurmLauncher(SlurmLauncher):
             if error is not None:
                 log.error(f"\t#{number} not submitted: config error: {error}")
                 refused[number] = failed_return(job, error)
+        shape_error = _hand_set_shape(parameters)
+        shapes = {}
+        for number, job, config in zip(numbers, overrides, configs):
+            if number not in refused and shape_error is not None:
+                log.error(f"\t#{number} not submitted: config error: {shape_error}")
+                refused[number] = failed_return(job, shape_error)
+            shapes[number] = _ranks_shape(config, parameters)
         waits_for = upstream_jobs(numbers, configs)
         _refuse_orphans(numbers, overrides, configs, waits_for, refused)
         state = Singleton.get_state()
-        # The arguments of each job's __call__ (inherited): overrides, job_dir_key, job_num, job_id, singletons.
-        fresh = [(n, job) for n, job in zip(numbers, overrides) if n not in refused and not waits_for[n]]
-        submitted = dict(zip([n for n, _ in fresh], executor.map_array(
-            self, [job for _, job in fresh], ["hydra.sweep.dir"] * len(fresh), [n for n, _ in fresh],
-            [f"job_id_for_{n}" for n, _ in fresh], [state] * len(fresh)))) if fresh else {}
+        # The arguments of each job's __call__: overrides, job_dir_key, job_num, job_id, singletons.
+        # One array per shape of job (nodes x tasks x GPUs), in the order of the jobs.
+        submitted = {}
+        fresh = [n for n in numbers if n not in refused and not waits_for[n]]
+        for shape in dict.fromkeys(shapes[n] for n in fresh):
+            group = [n for n in fresh if shapes[n] == shape]
+            executor.update_parameters(**dict(shape))
+            submitted.update(zip(group, executor.map_array(
+                self, [overrides[numbers.index(n)] for n in group], ["hydra.sweep.dir"] * len(group), group,
+                [f"job_id_for_{n}" for n in group], [state] * len(group))))
         # Fine-tuning cells (ablate.chain), each once its upstream jobs have succeeded; Slurm cancels one
         # whose upstream failed, and the sweep then records it as skipped (ablate.job.record_death).
         extra = dict(parameters.get("slurm_additional_parameters") or {})
@@ -76,13 +94,56 @@ class AblateSlurmLauncher(SlurmLauncher):
             if n in refused or not waits_for[n]:
                 continue
             ids = ":".join(submitted[up].job_id for up in waits_for[n])
-            executor.update_parameters(slurm_additional_parameters={
+            executor.update_parameters(**dict(shapes[n]), slurm_additional_parameters={
                 **extra, "dependency": f"afterok:{ids}", "kill-on-invalid-dep": "yes"})
             submitted[n] = executor.submit(self, job, "hydra.sweep.dir", n, f"job_id_for_{n}", state)
             log.info(f"\t#{n} submitted as {submitted[n].job_id} after {ids}")
         executor.update_parameters(slurm_additional_parameters=extra)
         outcomes = {n: _outcome(submitted[n], job) for n, job in zip(numbers, overrides) if n in submitted}
         return [refused.get(n) or outcomes[n] for n in numbers]
+
+
+    def __call__(self, sweep_overrides: List[str], job_dir_key: str, job_num: int, job_id: str,
+                 singleton_state: Dict[type, Singleton]) -> JobReturn:
+        """One task of a job, as the stock launcher runs it; a rank other than 0 writes its own log file
+        and no second copy of Hydra's .hydra files."""
+        import submitit
+
+        assert self.hydra_context is not None and self.config is not None and self.task_function is not None
+        Singleton.set_state(singleton_state)
+        setup_globals()
+        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, sweep_overrides)
+        environment = submitit.JobEnvironment()
+        with open_dict(sweep_config.hydra):
+            sweep_config.hydra.job.id = environment.job_id
+            sweep_config.hydra.job.num = job_num
+            rank = environment.global_rank
+            handlers = sweep_config.hydra.job_logging.get("handlers") or {}
+            if rank and "file" in handlers:
+                sweep_config.hydra.output_subdir = None
+                handlers.file.filename = "${hydra.runtime.output_dir}/${hydra.job.name}.rank%d.log" % rank
+        return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=sweep_config,
+                       job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
+
+
+def _ranks_shape(config: Any, parameters: Dict[str, Any]) -> tuple:
+    """What a job asks Slurm for, as executor parameters: trainer.nodes nodes of trainer.devices tasks
+    (one per rank), and as many GPUs per node unless the launcher asks for none (gpus_per_node null)."""
+    devices = int(OmegaConf.select(config, "trainer.devices") or 1)
+    nodes = int(OmegaConf.select(config, "trainer.nodes") or 1)
+    gpus = None if parameters.get("gpus_per_node") is None else devices
+    return (("nodes", nodes), ("tasks_per_node", devices), ("gpus_per_node", gpus))
+
+
+def _hand_set_shape(parameters: Dict[str, Any]) -> Any:
+    """The error for launcher settings that would contradict the ranks a job's trainer asks for."""
+    from ablate.config import ConfigError
+
+    for key, owner in (("nodes", "trainer.nodes"), ("tasks_per_node", "trainer.devices")):
+        if parameters.get(key) not in (None, 1):
+            return ConfigError(f"hydra.launcher.{key}={parameters[key]} is not allowed: leave it at 1; the launcher "
+                               f"asks Slurm for each job's ranks from {owner}")
+    return None
 
 
 def _refuse_orphans(numbers: List[int], overrides: List[List[str]], configs: List[Any],
