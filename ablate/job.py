@@ -122,7 +122,7 @@ def _run(cfg: DictConfig, overrides: Optional[list[str]], group: Optional[SlurmG
                 result = _fit_with_slurm_ranks(cfg, model, task, run_dir, group, task_args, tracker)
                 record["data"] = task.data_summary()
             elif cfg.trainer.devices > 1:
-                result, record["data"] = _fit_on_ranks(cfg, model, run_dir)
+                result, record["data"] = _fit_on_ranks(cfg, model, run_dir, tracker)
             else:
                 result = fit(model, task, cfg.trainer, run_dir, cfg.seed, on_eval=_pruning_hook(cfg, task.info.metric),
                              tracker=tracker)
@@ -160,10 +160,12 @@ def _run(cfg: DictConfig, overrides: Optional[list[str]], group: Optional[SlurmG
         return record
 
 
-def _fit_on_ranks(cfg: DictConfig, model: torch.nn.Module, run_dir: Path) -> tuple[Any, dict[str, int]]:
+def _fit_on_ranks(cfg: DictConfig, model: torch.nn.Module, run_dir: Path,
+                  tracker: Optional[tracking.WandbTracker]) -> tuple[Any, dict[str, int]]:
     """fit() as cfg.trainer.devices DDP ranks (ablate/train/distributed.py), from this model's initial
     weights; returns rank 0's FitResult and data summary. A rank that diverged or was pruned makes
-    the cell diverged or pruned, as in one process; any other failure of a rank raises RankFailed."""
+    the cell diverged or pruned, as in one process; any other failure of a rank raises RankFailed.
+    Rank 0's per-step metrics reach this job's tracker through a queue (tracking.relayed)."""
     from ablate.train.distributed import run_ranks
 
     gpus = torch.cuda.device_count()
@@ -173,7 +175,8 @@ def _fit_on_ranks(cfg: DictConfig, model: torch.nn.Module, run_dir: Path) -> tup
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     config = OmegaConf.to_container(cfg, resolve=True)  # resolved here: a rank must not resolve ${now} again
     timeout = dt.timedelta(minutes=cfg.trainer.dist_timeout_min)
-    outcome, value = run_ranks(cfg.trainer.devices, timeout, _fit_rank, config, run_dir, state)
+    with tracking.relayed(tracker) as relay:
+        outcome, value = run_ranks(cfg.trainer.devices, timeout, _fit_rank, config, run_dir, state, relay)
     if outcome == "diverged":
         raise Diverged(value)
     if outcome == "pruned":
@@ -227,7 +230,7 @@ def _follow(cfg: DictConfig, group: SlurmGroup) -> dict[str, Any]:
     return group.record()
 
 
-def _fit_rank(config: dict, run_dir: Path, state: dict) -> tuple[str, Any]:
+def _fit_rank(config: dict, run_dir: Path, state: dict, relay: Optional[tracking.Relay]) -> tuple[str, Any]:
     """One rank of _fit_on_ranks: the task and model rebuilt from the job's config, the job's weights."""
     from ablate.train.distributed import rank_and_world
 
@@ -246,7 +249,8 @@ def _fit_rank(config: dict, run_dir: Path, state: dict) -> tuple[str, Any]:
         model.load_state_dict(state)
         try:
             result = fit(model, task, cfg.trainer, run_dir, cfg.seed,
-                         on_eval=_pruning_hook(cfg, task.info.metric) if rank == 0 else None)
+                         on_eval=_pruning_hook(cfg, task.info.metric) if rank == 0 else None,
+                         tracker=relay if rank == 0 else None)
         except Diverged as exc:
             return "diverged", str(exc)
         except Pruned as exc:

@@ -10,13 +10,15 @@ does not answer. One warning line gives the ``wandb sync`` command that uploads 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import socket
 import sys
+import threading
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 from urllib.parse import urlsplit
 
 from ablate import atomic, secrets
@@ -124,6 +126,41 @@ class WandbTracker:
     def finish(self, summary: Mapping[str, Any], failed: bool) -> None:
         self.run.summary.update(flatten(summary))
         self.run.finish(exit_code=1 if failed else 0)
+
+
+class Relay:
+    """The tracker of a DDP rank in a process of its own (local ranks): what it logs goes through a
+    queue to the job process's tracker (`relayed`), which alone holds the wandb run."""
+
+    def __init__(self, queue: Any, run_id: str) -> None:
+        self.queue, self.run_id = queue, run_id  # run_id: the wandb id, which checkpoints keep
+
+    def log(self, values: Mapping[str, Any], step: int) -> None:
+        self.queue.put((dict(values), step))
+
+
+@contextlib.contextmanager
+def relayed(tracker: Optional[WandbTracker]) -> Iterator[Optional[Relay]]:
+    """A Relay to `tracker` for the ranks the block starts (None without a tracker); a thread of
+    this process logs what they send until the block ends."""
+    if tracker is None:
+        yield None
+        return
+    import multiprocessing
+
+    queue = multiprocessing.get_context("spawn").Queue()  # passed to the spawned ranks as an argument
+
+    def drain() -> None:
+        for values, step in iter(queue.get, None):
+            tracker.log(values, step)
+
+    thread = threading.Thread(target=drain, name="wandb-relay", daemon=True)
+    thread.start()
+    try:
+        yield Relay(queue, tracker.run_id)
+    finally:
+        queue.put(None)  # after everything the ranks sent (one queue, one order)
+        thread.join()
 
 
 def start(logger_cfg: Mapping[str, Any], **kwargs: Any) -> Optional[WandbTracker]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -149,6 +150,11 @@ def test_cli_writes_to_reports_sweep_under_the_current_directory(study: dict[str
     assert report.main([str(small)]) == 0
     assert capsys.readouterr().out.strip() == "reports/small/report.md"
     assert (tmp_path / "reports" / "small" / "verdicts.csv").exists()
+    assert capsys.readouterr().err == ""  # timings only when asked
+    assert report.main([str(small), "--timings"]) == 0
+    timings = re.fullmatch(r"ablate report: timings: read ([\d.]+) s, analysis ([\d.]+) s, render ([\d.]+) s",
+                           capsys.readouterr().err.strip())
+    assert timings and all(float(seconds) >= 0 for seconds in timings.groups())
 
 
 def test_cli_bad_input_is_one_line_and_exit_status(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -505,7 +511,8 @@ def test_the_bars_show_every_paired_seed_as_a_point_joined_to_its_partner(monkey
     points = sorted(float(y) for collection in axes.collections if isinstance(collection, PathCollection)
                     for _, y in collection.get_offsets())
     assert points == [70.0, 71.0, 72.0, 73.0, 74.0, 75.0]
-    joins = [tuple(line.get_ydata()) for line in axes.lines if len(line.get_ydata()) == 2]
+    (pairs,) = [collection for collection in axes.collections if collection.get_gid() == "seed_pairs"]
+    joins = [(float(start[1]), float(end[1])) for start, end in pairs.get_segments()]
     assert sorted(joins) == [(70.0, 71.0), (72.0, 74.0), (75.0, 73.0)]  # (control, treatment) per seed
 
 

@@ -52,6 +52,48 @@ def test_two_gloo_ranks_of_16_images_train_as_one_process_of_32(tmp_path):
         assert (weights[0][key].float() - weights[1][key].float()).abs().max().item() <= 1e-5, key
 
 
+def test_rank_0s_per_step_metrics_reach_the_jobs_wandb_run(tmp_path):
+    args = [a for a in CELL if a != "logger=none"] + ["logger=wandb", "trainer.max_steps=6", "sweep=wandb"]
+    run_cli(args + ["trainer.devices=2"], tmp_path, env=clean_env(HOME=str(tmp_path)))  # no key: offline
+    (record,) = load_records(tmp_path / "results")
+    run_dir = tmp_path / "results" / "runs" / record["run_id"]
+    (offline,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")  # one run, the job's
+    rows = wandb_history(offline)
+    steps = [(row["_step"], row["train/loss"]) for row in rows if "train/loss" in row]
+    curve = json.loads((run_dir / "curve.json").read_text())["train"]
+    assert steps == [(step, pytest.approx(loss, rel=1e-6)) for step, loss, _ in curve]  # every step of rank 0
+    assert [row["eval/top1"] for row in rows if "eval/top1" in row] == [record["metrics"]["top1"]]
+
+
+def wandb_history(path: Path) -> list[dict]:
+    """The history rows of an offline wandb run file: its LevelDB-style log of protobuf records
+    (a 7-byte header, then 32 KiB blocks of chunks: crc32c, length, type = full/first/middle/last)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    block, pos, records_, partial = 32768, 7, [], b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        body, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        partial = body if kind in (1, 2) else partial + body
+        if kind in (1, 4):
+            records_.append(partial)
+    rows = []
+    for raw in records_:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "history":
+            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                         for item in record.history.item})
+    return rows
+
+
 def _ranks(pid: int) -> list[int]:
     """The rank processes of job `pid`: its children started by multiprocessing's spawn (not its
     resource tracker)."""

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 from matplotlib import ticker
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
 from ablate import atomic
@@ -152,14 +153,15 @@ def arm_bars(summary: pd.DataFrame, pairs: pd.DataFrame, out_dir: Path, names: M
     for arm, (_, color, _) in ARM_STYLE.items():
         axes.bar(x + offsets[arm], summary[f"mean_{arm}"], 0.4, yerr=_mean_ci(summary[f"sd_{arm}"], summary[f"n_{arm}"]),
                  color=color, alpha=0.45, label=_arm_label(names, arm), capsize=3)
+    joins = []  # one segment per paired seed, drawn as one collection (a line each: seconds per 1,000)
     for position, cell in zip(x, summary["cell"]):
         seeds = pairs[pairs["cell"] == cell]
-        for _, pair in seeds.iterrows():
-            axes.plot([position + offsets["c"], position + offsets["t"]], [pair["v_c"], pair["v_t"]],
-                      color="0.3", lw=0.6, alpha=0.7, zorder=3)
+        joins += [((position + offsets["c"], v_c), (position + offsets["t"], v_t))
+                  for v_c, v_t in zip(seeds["v_c"], seeds["v_t"])]
         for arm, (_, color, marker) in ARM_STYLE.items():
             axes.scatter(np.full(len(seeds), position + offsets[arm]), seeds[f"v_{arm}"], color=color, marker=marker,
                          edgecolor="0.2", s=16, zorder=4)
+    axes.add_collection(LineCollection(joins, colors="0.3", linewidths=0.6, alpha=0.7, zorder=3, gid="seed_pairs"))
     # tick labels: the cell label without the task (the title has it), one factor per line
     short = ["\n".join(part.split("=", 1)[1] for part in label.split(", ") if not part.startswith("task="))
              for label in summary["label"]]

@@ -13,6 +13,7 @@ import logging
 import math
 import re
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -123,12 +124,15 @@ def write_report(
     *,
     results_root: Path | None = None,
     template: Path | None = None,
+    stopwatch: Stopwatch | None = None,
 ) -> Path:
     """Write report.md (rendered from `template`, default the shipped one), figures and the two CSV
-    files; return the path of report.md."""
+    files; return the path of report.md. `stopwatch` gets the seconds of each phase."""
+    clock = stopwatch if stopwatch is not None else Stopwatch()
     sweep_dirs = [Path(d) for d in sweep_dirs]
     hypotheses = load_hypotheses(hypotheses_dir)
     collection = collect(sweep_dirs, results_root, extra_factors=_hypothesis_factors(hypotheses))
+    clock.lap("read")
     if collection.runs.empty:
         raise ValueError(_nothing_read(sweep_dirs, results_root, collection))
     out = Path(out_dir) if out_dir is not None else default_out_dir(sweep_dirs, results_root)
@@ -141,6 +145,7 @@ def write_report(
     compared = comparison(hypotheses, collection.runs, verdicts)
     pairing = pair(collection.runs, collection.factors, compared.factor, compared.treatment, compared.control)
     tasks = _per_task(collection, hypotheses, verdicts)
+    clock.lap("analysis")
     drawn = {}
     for view in tasks:
         drawn.update(_draw(out, view))
@@ -166,7 +171,21 @@ def write_report(
     }
     path = out / REPORT_FILE
     atomic.write(path, render(context, template))
+    clock.lap("render")
     return path
+
+
+class Stopwatch:
+    """Seconds per phase of write_report (read, analysis, render), for `ablate report --timings`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._last
+        self._last = now
 
 
 def render(context: Mapping[str, Any], template: Path | None = None) -> str:
@@ -817,11 +836,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hypotheses", type=Path, metavar="DIR", help="hypothesis YAMLs (default conf/hypothesis)")
     parser.add_argument("--template", type=Path, metavar="FILE",
                         help="a Jinja2 template of your own for report.md (default: ablate/analysis/templates/report.md.j2)")
+    parser.add_argument("--timings", action="store_true",
+                        help="also print the seconds spent reading records, analysing and rendering (stderr)")
     args = parser.parse_args(argv)
     if not args.sweep_dirs and args.results is None:
         parser.error("give at least one SWEEP_DIR or --results ROOT")
+    clock = Stopwatch()
     try:
-        path = write_report(args.sweep_dirs, args.out, args.hypotheses, results_root=args.results, template=args.template)
+        path = write_report(args.sweep_dirs, args.out, args.hypotheses, results_root=args.results,
+                            template=args.template, stopwatch=clock)
     except ValueError as exc:
         print(f"ablate report: {exc}", file=sys.stderr)
         return 1
@@ -829,6 +852,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ablate report: cannot write the report: {exc}", file=sys.stderr)
         return 2
     print(path)
+    if args.timings:
+        print("ablate report: timings: " + ", ".join(f"{phase} {seconds:.2f} s" for phase, seconds in clock.seconds.items()),
+              file=sys.stderr)
     return 0
 
 
