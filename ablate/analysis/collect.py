@@ -345,11 +345,24 @@ def label_keys(runs: pd.DataFrame, keys: Sequence[str]) -> list[str]:
 def with_cells(runs: pd.DataFrame, keys: Sequence[str], key: str = "cell", label: str = "label") -> pd.DataFrame:
     """Add column `key` (a canonical key of the given factors) and `label` (its readable part)."""
     keys, shown = list(keys), label_keys(runs, keys)
-    rows = [dict(zip(keys, values)) for values in zip(*(runs[k].tolist() for k in keys))] if keys else [{}] * len(runs)
-    return runs.assign(**{
-        key: [json.dumps([[k, row[k]] for k in keys], default=str) for row in rows],
-        label: [cell_label(row, shown) for row in rows],
-    })
+    made: dict[tuple, tuple[str, str]] = {}  # (key, label) per distinct combination of values: a study has
+    cells, labels = [], []                   # far fewer cells than records
+    for values in zip(*(runs[k].tolist() for k in keys)) if keys else [()] * len(runs):
+        token = tuple((type(v), _frozen(v)) for v in values)  # the type: True and 1 are different levels
+        if token not in made:
+            row = dict(zip(keys, values))
+            made[token] = json.dumps([[k, row[k]] for k in keys], default=str), cell_label(row, shown)
+        cell, text = made[token]
+        cells.append(cell)
+        labels.append(text)
+    return runs.assign(**{key: cells, label: labels})
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable stand-in for a factor value (a list, e.g. an image size, as a tuple; a dict as its items)."""
+    if isinstance(value, dict):
+        return tuple((k, _frozen(v)) for k, v in sorted(value.items()))
+    return tuple(map(_frozen, value)) if isinstance(value, list) else value
 
 
 def cell_label(row: Mapping[str, Any], keys: Sequence[str]) -> str:

@@ -38,6 +38,7 @@ TEMPLATES = Path(__file__).with_name("templates")
 DEFAULT_TEMPLATE = "report.md.j2"
 RESULTS_CSV = "results.csv"
 VERDICTS_CSV = "verdicts.csv"
+LISTED_ROWS = 20  # rows of a problem table shown in report.md; a longer one goes whole to a CSV beside it
 NON_COMPLETED = tuple(s for s in records.STATUSES if s != COMPLETED)
 SEED_SD_RATIO = 3.0  # an arm whose seed-to-seed sd exceeds the other arm's by this factor is flagged
 
@@ -165,8 +166,8 @@ def write_report(
             "curves": curves,
             "sequence": _sequence_section(tasks, drawn),
             "tuning": _tuning_section(collection),
-            "problems": _problems_section(collection, pairing, verdicts, compared),
-            "files": _files_section(drawn, curve_files),
+            "problems": _problems_section(collection, pairing, verdicts, compared, listings := Listings(out)),
+            "files": _files_section(drawn, curve_files, listings.written),
         },
     }
     path = out / REPORT_FILE
@@ -759,7 +760,28 @@ def _sanity_tables(runs: pd.DataFrame, names: dict[str, str]) -> tuple[pd.DataFr
     return loss, pd.DataFrame(spread, columns=["cell group", "arm", "sd over seeds", "other arm's sd"])
 
 
-def _stale_block(runs: pd.DataFrame) -> list[str]:
+class Listings:
+    """Problem tables in report.md show their first LISTED_ROWS rows; a longer one is written whole to a
+    CSV beside it (named in the Files section), so that the report still reads in a few screens."""
+
+    PATTERNS = ("not_completed.csv", "stale.csv", "missing_pairs*.csv", "unreadable.csv")  # every name table() gets
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.written = out, []
+        for pattern in self.PATTERNS:  # an earlier report's, which this one may not rewrite
+            for old in out.glob(pattern):
+                old.unlink()
+
+    def table(self, frame: pd.DataFrame, csv_name: str) -> str:
+        if len(frame) <= LISTED_ROWS:
+            return md_table(frame)
+        atomic.write(self.out / csv_name, frame.to_csv(index=False))
+        self.written.append(f"{csv_name} (all {len(frame)} rows of a problem table)")
+        return (md_table(frame.head(LISTED_ROWS)) + f"\n\n... and {len(frame) - LISTED_ROWS} more rows: all "
+                f"{len(frame)} in {csv_name}")
+
+
+def _stale_block(runs: pd.DataFrame, listings: Listings) -> list[str]:
     """Records the code as it is now may not reproduce: computed at another commit, or from a dirty tree."""
     commit, _ = records.code_version()
     dirty = [d is True or d is np.True_ for d in runs["env.git_dirty"]]
@@ -774,10 +796,11 @@ def _stale_block(runs: pd.DataFrame) -> list[str]:
     table = pd.DataFrame({"run": stale["run_id"], "cell group": stale["label"], "arm": stale["arm"],
                           "seed": stale["seed"], "why": stale["why"]})
     return head + [f"{len(stale)} record(s) the code at {commit[:12]} may not reproduce; `+rerun=stale` on their "
-                   "sweep's command recomputes exactly these.", md_table(table)]
+                   "sweep's command recomputes exactly these.", listings.table(table, "stale.csv")]
 
 
-def _problems_section(collection: Collection, pairing: Pairing, verdicts: list[Verdict], compared: Comparison) -> str:
+def _problems_section(collection: Collection, pairing: Pairing, verdicts: list[Verdict], compared: Comparison,
+                      listings: Listings) -> str:
     runs = _with_arms(collection, compared)
     bad = runs[runs["status"] != COMPLETED]
     blocks = ["## Problems", "### Failed, diverged and pruned runs"]
@@ -787,24 +810,24 @@ def _problems_section(collection: Collection, pairing: Pairing, verdicts: list[V
         counts = counts[counts[list(NON_COMPLETED)].sum(axis=1) > 0].rename(columns={"label": "cell group"})
         failed = pd.DataFrame({"run": bad["run_id"], "cell group": bad["label"], "arm": bad["arm"], "seed": bad["seed"],
                                "status": bad["status"], "error": bad["error"].fillna("").map(lambda e: e[:160])})
-        blocks += ["Counts per cell group and arm:", md_table(counts), md_table(failed)]
+        blocks += ["Counts per cell group and arm:", md_table(counts), listings.table(failed, "not_completed.csv")]
     else:
         blocks.append("No failed, diverged or pruned run.")
-    blocks += _stale_block(runs)
+    blocks += _stale_block(runs, listings)
     blocks += ["### Missing pairs", "Cell groups where one arm has a completed seed and the other does not; run the "
-               "overrides shown to fill them.", md_table(_unpaired_table(pairing))]
+               "overrides shown to fill them.", listings.table(_unpaired_table(pairing), "missing_pairs.csv")]
     for verdict in verdicts:
         h = verdict.hypothesis
         if (h.factor, h.treatment, h.control) != (compared.factor, compared.treatment, compared.control):
             blocks += [f"For {h.id} ({h.factor}: {format_level(h.treatment)} vs {format_level(h.control)}):",
-                       md_table(_unpaired_table(verdict.pairing))]
+                       listings.table(_unpaired_table(verdict.pairing), f"missing_pairs_{figures.slug(h.id)}.csv")]
     loss, spread = _sanity_tables(runs, compared.names)
     blocks += ["### Sanity",
                "Completed runs whose training loss ended non-finite or no lower than it started (they did not train):",
                md_table(loss) if len(loss) else "None.",
                f"Cell groups where one arm's seeds disagree far more than the other's (sd > {SEED_SD_RATIO:g}x):",
                md_table(spread) if len(spread) else "None."]
-    blocks += ["### Unreadable, missing or incomplete records", md_table(collection.problems)]
+    blocks += ["### Unreadable, missing or incomplete records", listings.table(collection.problems, "unreadable.csv")]
     if collection.notes:
         blocks += ["### Notes", "\n".join(f"- {note}" for note in collection.notes)]
     return "\n\n".join(blocks)
@@ -817,9 +840,9 @@ def _unpaired_table(pairing: Pairing) -> pd.DataFrame:
                          "overrides to fill": frame["overrides"].map(lambda o: f"`{o}`")})
 
 
-def _files_section(drawn: dict, curve_files: list[str]) -> str:
+def _files_section(drawn: dict, curve_files: list[str], listings: list[str]) -> str:
     names = [RESULTS_CSV + " (one row per run)", VERDICTS_CSV + " (one row per hypothesis part and cell group)"]
-    names += [name for task in sorted(drawn) for name in drawn[task].values()] + curve_files
+    names += [name for task in sorted(drawn) for name in drawn[task].values()] + curve_files + listings
     return "## Files\n\n" + "\n".join(f"- {name}" for name in names)
 
 
