@@ -1,4 +1,4 @@
-"""Which normalisation lets a small network learn pathfinder? A probe behind the README's "Evidence".
+"""Which normalisation lets a small network learn pathfinder? A probe behind docs/findings.md.
 
     python scripts/probe_pathfinder.py                 # 1,200 steps per model, ~8 min on 2 cores
     python scripts/probe_pathfinder.py --steps 400     # a quick look

@@ -532,3 +532,21 @@ def test_a_template_of_ones_own_renders_the_same_context(study: dict[str, Path],
     capsys.readouterr()
     assert report.main(args + ["--out", str(tmp_path / "bad"), "--template", str(template)]) == 1
     assert capsys.readouterr().err.strip() == f"ablate report: --template {template}: 'no_such_thing' is undefined"
+
+
+def test_a_long_problem_table_shows_its_first_rows_and_goes_whole_to_a_csv(tmp_path: Path) -> None:
+    # 3 paired seeds, then 25 seeds of the SSM arm alone: 25 missing pairs
+    recs = paired([80.0, 81.0, 82.0], [80.5, 81.5, 82.5]) + [
+        make_record(value=80.0, ssm=True, seed=seed) for seed in range(3, 28)]
+    out = tmp_path / "report"
+    (out / "missing_pairs_H9.csv").parent.mkdir(parents=True)
+    (out / "missing_pairs_H9.csv").write_text("an earlier report's listing\n")
+    text = report.write_report([write_sweep(tmp_path / "results", "s", recs)], out).read_text()
+    missing = text.split("### Missing pairs")[1].split("###")[0].split("\nFor ")[0]  # the compared arms' table
+    rows = [line for line in missing.splitlines() if line.startswith("| ") and "cell group" not in line]
+    assert len(rows) == report.LISTED_ROWS == 20
+    assert "... and 5 more rows: all 25 in missing_pairs.csv" in missing
+    listed = pd.read_csv(out / "missing_pairs.csv")
+    assert len(listed) == 25 and sorted(listed["seed"]) == list(range(3, 28))
+    assert "missing_pairs.csv (all 25 rows of a problem table)" in text.split("## Files")[1]
+    assert not (out / "missing_pairs_H9.csv").exists()  # not this report's: removed, not left to mislead

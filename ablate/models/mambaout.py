@@ -61,7 +61,7 @@ DOWNSAMPLE_CONV = dict(kernel_size=3, stride=2, padding=1)
 #   timm:   trunc-normal, std 0.02 whatever the fan-in (MambaOut's own init);
 #   fan_in: trunc-normal, std 1/sqrt(fan_in) (Kaiming with linear gain). At pico/nano widths (8-96
 #           channels) std 0.02 is far below 1/sqrt(fan_in), and the input dependence of the
-#           activations dies through the depth at a high peak lr (see README, "The demo").
+#           activations dies through the depth at a high peak lr (see docs/findings.md, "Recipes").
 INITS = ('timm', 'fan_in')
 
 EXPANSION_RATIO = 8 / 3  # MambaOut's Gated CNN hidden width h = int(8/3 * C)
