@@ -18,7 +18,7 @@ import socket
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional, Sequence
 from urllib.parse import urlsplit
 
 from ablate import atomic, secrets
@@ -77,8 +77,6 @@ class WandbTracker:
     def __init__(self, logger_cfg: Mapping[str, Any], run_dir: Path, run_id: str, sweep: str,
                  config: Mapping[str, Any], task_name: str, variant: str, arms: Mapping[str, bool], resume: bool):
         # arms: {switch: on?} of the model family, e.g. {"ssm": True} -> name "...-ssm-...", tag "ssm-on"
-        import wandb
-
         id_file = run_dir / "wandb_id"
         if resume and id_file.is_file():
             self.run_id = id_file.read_text().strip()
@@ -88,37 +86,14 @@ class WandbTracker:
                 id_file.rename(run_dir / f"wandb_id.{attempt}")
             self.run_id = f"{run_id}-{attempt}"
             atomic.write(id_file, self.run_id)
-        mode = resolve_mode(logger_cfg.get("mode"))
-        offline_because = unreachable() if mode == "online" else None
-        init = functools.partial(
-            wandb.init,
-            project=logger_cfg["project"], entity=logger_cfg.get("entity"), group=sweep, job_type=task_name,
+        self.run = _open_run(
+            logger_cfg, group=sweep, job_type=task_name,
             name="-".join([task_name, variant, *(key if on else f"no{key}" for key, on in arms.items()),
                            f"seed{config.get('seed')}", "x".join(map(str, config.get("task", {}).get("image_size") or [])),
                            run_id[:8]]),
             tags=[*(f"{key}-{'on' if on else 'off'}" for key, on in arms.items()), task_name, variant],
-            config=flatten(config),
-            dir=str(run_dir), id=self.run_id, resume="allow", reinit="finish_previous",
-            # wandb's metadata holds sys.argv verbatim: leave it out when the command line has a password.
-            settings=wandb.Settings(silent=True, console="off", init_timeout=INIT_TIMEOUT_S,  # system metrics on
-                                    x_disable_meta=secrets.redact_tree(sys.argv) != sys.argv),
+            config=flatten(config), dir=str(run_dir), id=self.run_id, resume="allow",
         )
-        try:
-            self.run = init(mode="offline" if offline_because else mode)
-        except wandb.errors.CommError as error:  # reachable, but no answer within INIT_TIMEOUT_S
-            if mode != "online":
-                raise
-            offline_because = str(error).strip().splitlines()[0]
-            wandb.teardown()  # the failed online run still holds its id in wandb's service process
-            self.run = init(mode="offline")
-        if offline_because:
-            log.warning("wandb: %s; logging offline instead, upload later with: wandb sync %s",
-                        offline_because, self.run.settings.sync_dir)
-        elif self.run.settings.mode == "offline":
-            log.info("wandb: offline run %s (no API key); upload it with: wandb sync %s", self.run.name,
-                     self.run.settings.sync_dir)
-        elif self.run.url:
-            log.info("wandb: run %s at %s", self.run.name, self.run.url)
 
     def log(self, values: Mapping[str, Any], step: int) -> None:
         self.run.log(dict(values), step=step)
@@ -126,6 +101,56 @@ class WandbTracker:
     def finish(self, summary: Mapping[str, Any], failed: bool) -> None:
         self.run.summary.update(flatten(summary))
         self.run.finish(exit_code=1 if failed else 0)
+
+
+def _open_run(logger_cfg: Mapping[str, Any], **init_args: Any) -> Any:
+    """wandb.init in logger.mode (resolve_mode), offline instead when an online server cannot be reached
+    or does not answer in INIT_TIMEOUT_S; one log line says where the run is."""
+    import wandb
+
+    mode = resolve_mode(logger_cfg.get("mode"))
+    offline_because = unreachable() if mode == "online" else None
+    init = functools.partial(
+        wandb.init, project=logger_cfg["project"], entity=logger_cfg.get("entity"), reinit="finish_previous",
+        # wandb's metadata holds sys.argv verbatim: leave it out when the command line has a password.
+        settings=wandb.Settings(silent=True, console="off", init_timeout=INIT_TIMEOUT_S,  # system metrics on
+                                x_disable_meta=secrets.redact_tree(sys.argv) != sys.argv),
+        **init_args,
+    )
+    try:
+        run = init(mode="offline" if offline_because else mode)
+    except wandb.errors.CommError as error:  # reachable, but no answer within INIT_TIMEOUT_S
+        if mode != "online":
+            raise
+        offline_because = str(error).strip().splitlines()[0]
+        wandb.teardown()  # the failed online run still holds its id in wandb's service process
+        run = init(mode="offline")
+    if offline_because:
+        log.warning("wandb: %s; logging offline instead, upload later with: wandb sync %s",
+                    offline_because, run.settings.sync_dir)
+    elif run.settings.mode == "offline":
+        log.info("wandb: offline run %s (no API key); upload it with: wandb sync %s", run.name, run.settings.sync_dir)
+    elif run.url:
+        log.info("wandb: run %s at %s", run.name, run.url)
+    return run
+
+
+def log_sweep(logger_cfg: Mapping[str, Any], sweep: str, folder: Path, tables: Mapping[str, Any],
+              files: Sequence[Path]) -> Optional[str]:
+    """One wandb run for the whole sweep, in the group of its cells' runs (job_type "report"): `tables`
+    (name -> pandas DataFrame) as wandb Tables, and `files` (the report) saved with it. Its run
+    folder goes under `folder`. Returns the run's name (None with logger.kind=none)."""
+    if logger_cfg["kind"] == "none":
+        return None
+    import wandb
+
+    run = _open_run(logger_cfg, group=sweep, job_type="report", name=f"{sweep}-report", tags=["report"],
+                    dir=str(folder))
+    run.log({name: wandb.Table(dataframe=frame) for name, frame in tables.items()})
+    for path in files:
+        run.save(str(path), base_path=str(path.parent), policy="now")
+    run.finish()
+    return run.name
 
 
 class Relay:

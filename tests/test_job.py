@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ablate import records
 from ablate.config import compose
 from conftest import ROOT, clean_env, load_records, run_cli
@@ -355,3 +357,23 @@ def test_staleness_names_the_commits_or_the_dirty_tree():
     assert records.staleness({"git_commit": "a" * 40, "git_dirty": True}, "a" * 40) == (
         "computed from a tree with uncommitted changes (at commit aaaaaaaaaaaa)")
     assert records.staleness({"git_commit": None}, "a" * 40) is None  # not known: not flagged
+
+
+def test_a_sweep_logs_its_verdicts_and_cells_to_one_wandb_run_in_its_group(tmp_path, tiny_args):
+    import pandas as pd
+
+    args = ["-m", *(a for a in tiny_args if a != "logger=none"), "logger=wandb", "model.ssm=true,false", "sweep=wb"]
+    proc = run_cli(args, tmp_path, env=clean_env(HOME=str(tmp_path)))  # no key: offline
+    assert "ablate: the sweep's verdicts and cells are logged to wandb run wb-report (group wb)" in proc.stdout
+    (run_dir,) = (tmp_path / "results" / "sweeps" / "wb" / "wandb").glob("offline-run-*")
+    tables = {path.name.split("_")[0]: json.loads(path.read_text())
+              for path in (run_dir / "files" / "media" / "table").glob("*.table.json")}
+    cells = pd.DataFrame(tables["cells"]["data"], columns=tables["cells"]["columns"])
+    records_ = {r["run_id"]: r for r in load_records(tmp_path / "results")}
+    assert sorted(cells["run_id"]) == sorted(records_) and set(cells["status"]) == {"completed"}
+    for _, row in cells.iterrows():  # the primary metric of each cell, as its record has it
+        assert row["metric"] == "top1" and row["value"] == pytest.approx(records_[row["run_id"]]["metrics"]["top1"])
+        assert row["model.ssm"] == records_[row["run_id"]]["factors"]["model.ssm"]
+    verdicts = pd.DataFrame(tables["verdicts"]["data"], columns=tables["verdicts"]["columns"])
+    assert {"hypothesis", "decision"} <= set(verdicts.columns) and len(verdicts)
+    assert (run_dir / "files" / "report.md").read_text().startswith("# Ablation report: wb")

@@ -194,3 +194,14 @@ def test_pilot_that_is_not_a_folder_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         plan.main(["--pilot", str(tmp_path / "nope"), "model=pico"])
     assert info.value.code == 2 and "--pilot=" in capsys.readouterr().err
+
+
+def test_plan_never_prints_a_cost_it_cannot_see_as_zero(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("ABLATE_IMAGENET", raising=False)
+    nowhere = ["model=pico", "trainer.max_steps=null", "model.ssm=true,false", *_paths(tmp_path)]
+    assert plan.main(["task=imagenet", *nowhere]) == 0  # no ImageNet here: steps unknown
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == "2 cells (2 new); training cost unknown: none of the 2 cells has its data on this machine"
+    assert plan.main(["task=imagenet,shapes", "trainer.epochs=1", *nowhere]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "training cost at least " in last and "; 2 cells without data on this machine are not counted" in last

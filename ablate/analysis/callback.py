@@ -80,8 +80,35 @@ class ReportCallback(Callback):
             print(f"ablate: report written to {path}")
         except Exception as exc:  # noqa: BLE001 - a failed report must never fail the sweep
             print(f"ablate: no report for {sweep_dir}: {type(exc).__name__}: {' '.join(str(exc).split())}")
+            path = None
+        if path is not None:
+            try:
+                _log_to_wandb(config, sweep_dir, path)
+            except Exception as exc:  # noqa: BLE001 - nor a tracker that fails
+                print(f"ablate: the sweep's wandb summary was not logged: {type(exc).__name__}: {exc}")
         try:
             line, _UNFINISHED = sweep_outcome(sweep_dir)
         except Exception as exc:  # noqa: BLE001 - e.g. the sweep folder was never made: every job failed to start
             line, _UNFINISHED = f"sweep {sweep_dir.name}: cells unknown ({type(exc).__name__}: {exc})", 1
         print(f"ablate: {line}")
+
+
+def _log_to_wandb(config: DictConfig, sweep_dir: Path, report: Path) -> None:
+    """The sweep's own wandb run, in its cells' group: the verdicts, one row per cell (status, factors,
+    the primary metric), and report.md (logger=none: nothing)."""
+    if "logger" not in config:  # an app of its own, without ablate's logger group
+        return
+    import pandas as pd
+
+    from ablate import tracking
+    from ablate.analysis.report import RESULTS_CSV, VERDICTS_CSV
+
+    runs = pd.read_csv(report.parent / RESULTS_CSV)
+    factors = [c for c in runs.columns if c in ("task", "seed") or c.startswith(("model.", "task."))]
+    tables = {"verdicts": pd.read_csv(report.parent / VERDICTS_CSV),
+              "cells": runs[["run_id", "status", *factors, "metric", "value"]]}
+    name = tracking.log_sweep(OmegaConf.to_container(config.logger, resolve=True), sweep_dir.name, sweep_dir, tables,
+                              [report])
+    if name is not None:
+        print(f"ablate: the sweep's verdicts and cells are logged to wandb run {name} (group {sweep_dir.name})")
+

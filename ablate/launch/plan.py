@@ -147,9 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         by_status[r["status"]] = by_status.get(r["status"], 0) + 1
     unknown = len(rows) - len(known)
-    print(f"\n{len(rows)} cells ({', '.join(f'{n} {s}' for s, n in sorted(by_status.items()))}); "
-          f"training cost {total_pflop:.4g} PFLOP = {gpu_hours:.3g} GPU-hours at {args.tflops:g} TFLOP/s"
-          + (f"; {unknown} cells without data on this machine are not counted" if unknown else ""))
+    if not known:  # never "0 GPU-hours" for work whose size this machine cannot see
+        cost = f"training cost unknown: none of the {unknown} cells has its data on this machine"
+    else:
+        cost = (f"training cost {'at least ' if unknown else ''}{total_pflop:.4g} PFLOP = {gpu_hours:.3g} GPU-hours "
+                f"at {args.tflops:g} TFLOP/s" + (f"; {unknown} cells without data on this machine are not counted"
+                                                  if unknown else ""))
+    print(f"\n{len(rows)} cells ({', '.join(f'{n} {s}' for s, n in sorted(by_status.items()))}); {cost}")
     if seeds is not None:
         print(f"\nSeeds needed at 80% power, from the pilot at {args.pilot} (sd of its paired differences):")
         print(tabulate(seeds, headers="keys", floatfmt=".3g", missingval="?") if seeds

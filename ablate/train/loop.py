@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -212,65 +212,63 @@ def fit(
         if rank == 0:
             log.info("resumed from %s at step %d/%d", ckpt_path, step, total_steps)
 
-    bar = _progress(cfg, total_steps, step) if rank == 0 else None
-    train_seconds, train_images = 0.0, 0
-    while step < total_steps:
-        epoch, start_batch = divmod(step, steps_per_epoch)
-        for batch in task.train_batches(cfg.batch_size, seed, epoch, start_batch, cfg.num_workers):
-            tic = time.perf_counter()
-            images = task.batch_size_of(batch)  # the global batch: all ranks
-            if world > 1:
-                batch = shard(batch, rank, world)
-            scheduler.step_update(num_updates=step)
-            with autocast():
-                loss = task.training_step(train_model, batch, device)
-            loss_value = mean_over_ranks(loss.item())  # the global batch's loss, the same on every rank
-            window.append(loss_value)
-            if not math.isfinite(loss_value):
-                curve.train.append([step + 1, loss_value, optimizer.param_groups[0]["lr"]])
-                if rank == 0:
-                    curve.write(run_dir)  # the curve up to the blow-up is the diagnosis
-                raise Diverged(f"loss={loss_value} at step {step} (epoch {epoch}); lr={optimizer.param_groups[0]['lr']:.3g}")
-            scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            train_seconds += time.perf_counter() - tic
-            train_images += images
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}", epoch=epoch)
-            if step % cfg.log_every == 0 or step == total_steps:
-                lr = optimizer.param_groups[0]["lr"]
-                curve.train.append([step, sum(window) / len(window), lr])
-                window.clear()
-                speed = train_images / train_seconds  # this attempt's optimizer steps only (no eval, no saves)
-                eta = (total_steps - step) * train_seconds / (step - (resumed_from or 0))
-                if rank == 0:
-                    log.info("step %d/%d epoch %d loss %.4f lr %.3g %.1f img/s ETA %s", step, total_steps, epoch,
-                             loss_value, lr, speed, _clock(eta))
-                if tracker is not None:
-                    tracker.log({"train/loss": loss_value, "train/lr": lr, "train/epoch": epoch,
-                                 "train/images_per_s": speed}, step=step)
-            stop_signal = max_over_ranks(preemption.pending())  # a signal to any rank stops them all here
-            if step % cfg.checkpoint_every == 0 or stop_signal:
-                save(step)
-                if stop_signal:
-                    barrier()  # rank 0's checkpoint is on disk before any rank hands over
-                    if rank:
-                        outlive_rank0()  # rank 0 hands over first: under Slurm it requeues the whole job
-                    preemption.proceed(stop_signal)  # requeue (Slurm) or exit; the next attempt resumes here
-            if step >= total_steps:
-                break
-        epoch_done = step % steps_per_epoch == 0 and step < total_steps
-        if cfg.eval_every and epoch_done and (step // steps_per_epoch) % cfg.eval_every == 0:
-            _evaluate(model, task, device, autocast, step, on_eval, tracker, curve)
-    if bar is not None:
-        bar.close()
+    with _progress(cfg, total_steps, step, show=rank == 0) as bar:
+        train_seconds, train_images = 0.0, 0
+        while step < total_steps:
+            epoch, start_batch = divmod(step, steps_per_epoch)
+            for batch in task.train_batches(cfg.batch_size, seed, epoch, start_batch, cfg.num_workers):
+                tic = time.perf_counter()
+                images = task.batch_size_of(batch)  # the global batch: all ranks
+                if world > 1:
+                    batch = shard(batch, rank, world)
+                scheduler.step_update(num_updates=step)
+                with autocast():
+                    loss = task.training_step(train_model, batch, device)
+                loss_value = mean_over_ranks(loss.item())  # the global batch's loss, the same on every rank
+                window.append(loss_value)
+                if not math.isfinite(loss_value):
+                    curve.train.append([step + 1, loss_value, optimizer.param_groups[0]["lr"]])
+                    if rank == 0:
+                        curve.write(run_dir)  # the curve up to the blow-up is the diagnosis
+                    raise Diverged(f"loss={loss_value} at step {step} (epoch {epoch}); lr={optimizer.param_groups[0]['lr']:.3g}")
+                scaler.scale(loss).backward()
+                if cfg.grad_clip:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                train_seconds += time.perf_counter() - tic
+                train_images += images
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss_value:.4f}", epoch=epoch)
+                if step % cfg.log_every == 0 or step == total_steps:
+                    lr = optimizer.param_groups[0]["lr"]
+                    curve.train.append([step, sum(window) / len(window), lr])
+                    window.clear()
+                    speed = train_images / train_seconds  # this attempt's optimizer steps only (no eval, no saves)
+                    eta = (total_steps - step) * train_seconds / (step - (resumed_from or 0))
+                    if rank == 0:
+                        log.info("step %d/%d epoch %d loss %.4f lr %.3g %.1f img/s ETA %s", step, total_steps, epoch,
+                                 loss_value, lr, speed, _clock(eta))
+                    if tracker is not None:
+                        tracker.log({"train/loss": loss_value, "train/lr": lr, "train/epoch": epoch,
+                                     "train/images_per_s": speed}, step=step)
+                stop_signal = max_over_ranks(preemption.pending())  # a signal to any rank stops them all here
+                if step % cfg.checkpoint_every == 0 or stop_signal:
+                    save(step)
+                    if stop_signal:
+                        barrier()  # rank 0's checkpoint is on disk before any rank hands over
+                        if rank:
+                            outlive_rank0()  # rank 0 hands over first: under Slurm it requeues the whole job
+                        preemption.proceed(stop_signal)  # requeue (Slurm) or exit; the next attempt resumes here
+                if step >= total_steps:
+                    break
+            epoch_done = step % steps_per_epoch == 0 and step < total_steps
+            if cfg.eval_every and epoch_done and (step // steps_per_epoch) % cfg.eval_every == 0:
+                _evaluate(model, task, device, autocast, step, on_eval, tracker, curve)
 
     save(step)  # final weights: a later dense-task job can start its backbone from them
     tic = time.perf_counter()
@@ -309,9 +307,16 @@ def _clock(seconds: float) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
-def _progress(cfg: Any, total: int, initial: int):
-    if not (cfg.progress and sys.stderr.isatty()):
-        return None
+@contextlib.contextmanager
+def _progress(cfg: Any, total: int, initial: int, show: bool) -> Iterator[Any]:
+    """A tqdm bar of the optimizer steps when stderr is a terminal (else None); while it is shown, log
+    lines go through tqdm.write above it, so that a line and the bar never share a row."""
+    if not (show and cfg.progress and sys.stderr.isatty()):
+        yield None
+        return
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
-    return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True, leave=False)
+    with logging_redirect_tqdm(), tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True,
+                                       leave=False) as bar:
+        yield bar
