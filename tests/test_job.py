@@ -371,6 +371,7 @@ def test_a_sweep_logs_its_verdicts_and_cells_to_one_wandb_run_in_its_group(tmp_p
     cells = pd.DataFrame(tables["cells"]["data"], columns=tables["cells"]["columns"])
     records_ = {r["run_id"]: r for r in load_records(tmp_path / "results")}
     assert sorted(cells["run_id"]) == sorted(records_) and set(cells["status"]) == {"completed"}
+    assert set(cells["reused_from"]) == {""}  # trained in this sweep
     for _, row in cells.iterrows():  # the primary metric of each cell, as its record has it
         assert row["metric"] == "top1" and row["value"] == pytest.approx(records_[row["run_id"]]["metrics"]["top1"])
         assert row["model.ssm"] == records_[row["run_id"]]["factors"]["model.ssm"]

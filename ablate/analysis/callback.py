@@ -94,8 +94,8 @@ class ReportCallback(Callback):
 
 
 def _log_to_wandb(config: DictConfig, sweep_dir: Path, report: Path) -> None:
-    """The sweep's own wandb run, in its cells' group: the verdicts, one row per cell (status, factors,
-    the primary metric), and report.md (logger=none: nothing)."""
+    """The sweep's own wandb run, in its cells' group: the verdicts, one row per cell (status, the sweep
+    it was reused from, factors, the primary metric), and report.md (logger=none: nothing)."""
     if "logger" not in config:  # an app of its own, without ablate's logger group
         return
     import pandas as pd
@@ -105,8 +105,10 @@ def _log_to_wandb(config: DictConfig, sweep_dir: Path, report: Path) -> None:
 
     runs = pd.read_csv(report.parent / RESULTS_CSV)
     factors = [c for c in runs.columns if c in ("task", "seed") or c.startswith(("model.", "task."))]
+    # a cell completed by an earlier sweep was reused here, not trained: its run is that sweep's
+    cells = runs.assign(reused_from=[sweep if sweep != sweep_dir.name else "" for sweep in runs["sweep"]])
     tables = {"verdicts": pd.read_csv(report.parent / VERDICTS_CSV),
-              "cells": runs[["run_id", "status", *factors, "metric", "value"]]}
+              "cells": cells[["run_id", "status", "reused_from", *factors, "metric", "value"]]}
     name = tracking.log_sweep(OmegaConf.to_container(config.logger, resolve=True), sweep_dir.name, sweep_dir, tables,
                               [report])
     if name is not None:
