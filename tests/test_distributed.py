@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -195,3 +196,31 @@ def test_a_rank_that_raises_fails_the_job_at_once_with_its_exception(tmp_path):
     assert record["status"] == records.Status.FAILED and record["error"]["type"] == "RankFailed"
     assert record["error"]["message"] == "rank 1 of 2 failed: RuntimeError: injected failure on rank 1 at step 3"
     assert took < 60 + 60, took
+
+
+SRUN_TASK_1_OF_2 = {  # what srun gives task 1 of a job of 2 tasks on one node (tests/test_slurm.py runs real ones)
+    "SLURM_JOB_ID": "1234", "SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2",
+    "SLURM_LOCALID": "1", "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "gpu-17",
+    "SUBMITIT_EXECUTOR": "slurm",  # a job hydra/launcher=slurm submitted
+}
+
+
+def test_a_task_of_an_srun_step_of_two_is_a_rank_and_a_batch_script_is_not(monkeypatch):
+    from ablate.train.distributed import slurm_ranks
+
+    for key in [k for k in os.environ if k.startswith(("SLURM_", "SUBMITIT_")) or k in ("MASTER_ADDR", "MASTER_PORT")]:
+        monkeypatch.delenv(key)
+    for key, value in SRUN_TASK_1_OF_2.items():
+        monkeypatch.setenv(key, value)
+    ranks = slurm_ranks()
+    assert (ranks.rank, ranks.world, ranks.local_rank, ranks.nodes, ranks.master_addr) == (1, 2, 1, 1, "gpu-17")
+    assert os.environ["MASTER_PORT"] == str(ranks.master_port) and os.environ["WORLD_SIZE"] == "2"
+    assert slurm_ranks().master_port == ranks.master_port  # from the job id: every task, every attempt agree
+    monkeypatch.delenv("SLURM_STEP_NUM_TASKS")  # the batch script of that job: SLURM_PROCID=0, no step
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert slurm_ranks() is None
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")  # a job of one task
+    assert slurm_ranks() is None
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")
+    monkeypatch.delenv("SUBMITIT_EXECUTOR")  # `srun -n 2 python run.py` by hand: not a job of ours
+    assert slurm_ranks() is None

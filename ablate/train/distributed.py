@@ -180,14 +180,21 @@ class SlurmRanks:
 
 
 def slurm_ranks() -> Optional[SlurmRanks]:
-    """The ranks of this Slurm job when srun started it as several tasks (a multi-GPU or multi-node
-    job), else None (one task, or not under srun). Also exports MASTER_ADDR, MASTER_PORT, RANK,
-    WORLD_SIZE and LOCAL_RANK, as torch.distributed expects them."""
-    if "SLURM_PROCID" not in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+    """The ranks of this Slurm job when submitit's srun started it as several tasks (a multi-GPU or
+    multi-node job of hydra/launcher=slurm), else None (one task; not a submitit job; or not a task
+    of an srun step: a batch script of a job of several tasks has SLURM_PROCID=0 too, but no step).
+    Also exports MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE and LOCAL_RANK, as torch.distributed
+    expects them."""
+    step_tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1"))
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or "SLURM_PROCID" not in os.environ or step_tasks <= 1:
         return None
     from submitit.helpers import TorchDistributedEnvironment
 
-    env = TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    # overwrite: a MASTER_ADDR that sbatch copied from the submitting shell is not this job's
+    env = TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    if env.world_size != step_tasks:  # submitit's world is the job's task count
+        raise RuntimeError(f"srun started {step_tasks} tasks of a job of {env.world_size} (SLURM_NTASKS): a DDP "
+                           f"job's ranks are all its tasks; run it through hydra/launcher=slurm")
     return SlurmRanks(rank=env.rank, world=env.world_size, local_rank=env.local_rank,
                       nodes=env.world_size // env.local_world_size, master_addr=env.master_addr,
                       master_port=env.master_port)
