@@ -217,6 +217,21 @@ def _non_semantic(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in NON_SEMANTIC_KEYS)
 
 
+# Settings a model family gained after records of this schema were first written, with the behaviour
+# every earlier record of that family had (the only one there was then). A record whose config lacks
+# one is read as having that value (ablate.analysis.collect says how many were), never dropped.
+ADDED_SETTINGS = {"mambaout": {"model.causal": False, "model.match_macs": False}}
+
+
+def predated_settings(record: Mapping[str, Any]) -> dict[str, Any]:
+    """{key: value} of the ADDED_SETTINGS this record's config predates (empty for a current record)."""
+    model = (record.get("config") or {}).get("model") or {}
+    family = (record.get("family") or {}).get("name")
+    if family is None and "ssm" in model:  # written before records named their family: only MambaOut had ssm
+        family = "mambaout"
+    return {key: value for key, value in ADDED_SETTINGS.get(family, {}).items() if key.split(".", 1)[1] not in model}
+
+
 def _lookup(config: Mapping[str, Any], dotted: str) -> Any:
     node: Any = config
     for part in dotted.split("."):

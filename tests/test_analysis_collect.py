@@ -104,3 +104,33 @@ def test_an_empty_sweep_gives_empty_tables(tmp_path: Path) -> None:
     collection = collect([tmp_path / "empty"])
     pairing = pair(collection.runs, collection.factors, *SSM)
     assert collection.runs.empty and pairing.pairs.empty and pairing.unpaired.empty
+
+
+def _written_before_causal_and_match_macs(record: dict) -> dict:
+    """`record` as the runner wrote it before MambaOut had those settings (nor records a family block)."""
+    old = json.loads(json.dumps(record))
+    for key in ("causal", "match_macs"):
+        del old["config"]["model"][key]
+        del old["factors"][f"model.{key}"]
+    del old["family"]
+    return old
+
+
+def test_records_older_than_a_setting_are_read_with_the_behaviour_they_had_never_dropped(tmp_path: Path) -> None:
+    from ablate.analysis.hypotheses import evaluate, load_hypotheses
+
+    old = [_written_before_causal_and_match_macs(r) for r in paired([80.0, 81.0, 82.0], [80.2, 81.1, 82.3])]
+    # the report asks for every factor a hypothesis scopes on (H1's model.match_macs, H3's model.causal)
+    collection = collect([write_sweep(tmp_path / "results", "old", old)], extra_factors=["model.causal", "model.match_macs"])
+    runs = collection.runs
+    assert len(runs) == 6 and (runs["model.match_macs"] == False).all() and (runs["model.causal"] == False).all()  # noqa: E712
+    assert sorted(collection.notes) == [
+        "6 record(s) were written before model.causal existed: read as model.causal=false, the only behaviour there was then",
+        "6 record(s) were written before model.match_macs existed: read as model.match_macs=false, the only behaviour "
+        "there was then"]
+    # H1's scope asks for model.match_macs=false: the old records are in it, all three pairs
+    (h1,) = [h for h in load_hypotheses(None) if h.id == "H1-embedded"]
+    assert evaluate(h1, collection).pairing.pairs["seed"].tolist() == [0, 1, 2]
+    # a current record is read as written, and a DeiT record (no SSM) never gets MambaOut's settings
+    assert records.predated_settings(paired([80.0], [81.0])[0]) == {}
+    assert records.predated_settings({"config": {"model": {"name": "deit_tiny", "causal": False}}}) == {}

@@ -199,6 +199,7 @@ def _table(
 ) -> tuple[pd.DataFrame, list[str]]:
     factor_keys = sorted({key for _, record in loaded for key in record["factors"]} | set(extra_factors))
     factor_values = [_complete_factors(record, factor_keys) for _, record in loaded]
+    notes += _predated_notes([record for _, record in loaded], factor_keys)
     extra = _distinguishing_keys([record for _, record in loaded], factor_values)
     if extra:
         notes.append(
@@ -220,14 +221,27 @@ def _ordered_factors(keys: Iterable[str]) -> list[str]:
 
 
 def _complete_factors(record: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
-    """The record's factors, plus the config value of every factor key it did not override."""
+    """The record's factors, plus the config value of every factor key it did not override (a setting
+    its family gained after it was written: the value it had then, records.ADDED_SETTINGS)."""
     values = dict(record["factors"])
     missing = [key for key in keys if key not in values]
     if missing:
         # records.factors looks a key up in the config and makes it a scalar the way the runner did
         looked_up = records.factors(record["config"], [f"{key}=" for key in missing])
-        values.update({key: looked_up.get(key) for key in missing})
+        predated = records.predated_settings(record)
+        values.update({key: predated[key] if key in predated else looked_up.get(key) for key in missing})
     return values
+
+
+def _predated_notes(loaded: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[str]:
+    """One line per factor that some records predate, saying how they were read."""
+    counts: dict[tuple[str, Any], int] = {}
+    for record in loaded:
+        for key, value in records.predated_settings(record).items():
+            if key in keys and key not in record["factors"]:
+                counts[(key, value)] = counts.get((key, value), 0) + 1
+    return [f"{n} record(s) were written before {key} existed: read as {key}={format_level(value)}, the only "
+            f"behaviour there was then" for (key, value), n in sorted(counts.items(), key=str)]
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, str]:
