@@ -3,6 +3,9 @@
     ablate models [--size H W] [--json]     params / MACs / tokens / tau of every variant x arm
     ablate plan <run.py -m overrides>       the job matrix of a sweep, without running it
     ablate report SWEEP_DIR [...]           hypothesis tests and report.md for finished sweeps
+
+The settings a sweep and `ablate plan` take (every group's options; each model, trainer and task
+setting with its type, default and allowed values): python run.py --help [model=NAME task=NAME]
 """
 from __future__ import annotations
 

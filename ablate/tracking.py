@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
 import socket
 import sys
 import threading
@@ -147,8 +148,10 @@ def log_sweep(logger_cfg: Mapping[str, Any], sweep: str, folder: Path, tables: M
     run = _open_run(logger_cfg, group=sweep, job_type="report", name=f"{sweep}-report", tags=["report"],
                     dir=str(folder))
     run.log({name: wandb.Table(dataframe=frame) for name, frame in tables.items()})
-    for path in files:
-        run.save(str(path), base_path=str(path.parent), policy="now")
+    for path in files:  # copied into the run's folder: a file saved from outside it is symlinked, with a warning
+        copy = Path(run.dir) / path.name
+        shutil.copyfile(path, copy)
+        run.save(str(copy), base_path=run.dir, policy="now")
     run.finish()
     return run.name
 

@@ -109,7 +109,8 @@ def upstream_column(rows: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ablate plan", description=__doc__.split("\n\n")[0])
-    parser.add_argument("overrides", nargs="*", help="the same overrides as `python run.py -m ...`")
+    parser.add_argument("overrides", nargs="*", help="the same overrides as `python run.py -m ...` (`python run.py "
+                                                     "--help` lists every group and setting with what it allows)")
     parser.add_argument("--tflops", type=float, default=DEFAULT_TFLOPS,
                         help=f"sustained training TFLOP/s per GPU for the GPU-hours estimate (default {DEFAULT_TFLOPS:g})")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
