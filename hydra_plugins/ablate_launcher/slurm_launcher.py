@@ -118,10 +118,11 @@ class AblateSlurmLauncher(SlurmLauncher):
             sweep_config.hydra.job.id = environment.job_id
             sweep_config.hydra.job.num = job_num
             rank = environment.global_rank
-            handlers = sweep_config.hydra.job_logging.get("handlers") or {}
-            if rank and "file" in handlers:
+            if rank:
                 sweep_config.hydra.output_subdir = None
-                handlers.file.filename = "${hydra.runtime.output_dir}/${hydra.job.name}.rank%d.log" % rank
+                handlers = sweep_config.hydra.job_logging.get("handlers") or {}
+                if "file" in handlers:
+                    handlers.file.filename = "${hydra.runtime.output_dir}/${hydra.job.name}.rank%d.log" % rank
         return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=sweep_config,
                        job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
 
