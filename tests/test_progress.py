@@ -56,3 +56,20 @@ def test_log_lines_and_the_progress_bar_never_share_a_row(tmp_path):
     assert len(steps) == 12
     broken = [row for row in steps if not row.startswith("[")]  # a log line that begins after bar text
     assert not broken, broken[:3]
+
+
+def test_plan_shows_its_progress_on_a_terminal_and_only_its_table_elsewhere(tmp_path):
+    import json
+
+    from test_analysis_factory import paired, write_sweep
+
+    pilot = write_sweep(tmp_path / "results", "pilot", paired([80.0, 81.0, 82.0], [80.4, 81.2, 82.5]))
+    args = [sys.executable, "-m", "ablate.cli", "plan", "model=pico", "task=shapes", "trainer=cpu",
+            "model.ssm=true,false", f"paths.results={tmp_path / 'results'}", f"paths.data={tmp_path / 'data'}",
+            "--pilot", str(pilot)]
+    shown = ANSI.sub("", run_in_terminal(args, tmp_path))
+    assert f"ablate plan: reading the pilot at {pilot} and testing its hypotheses ..." in shown
+    assert re.search(r"composing cells: +\d+%.*\| [012]/2", shown)  # the bar
+    piped = subprocess.run([*args, "--json"], cwd=tmp_path, env=clean_env(), capture_output=True, text=True,
+                           timeout=300, check=True)
+    assert piped.stderr == "" and len(json.loads(piped.stdout)["cells"]) == 2  # no bar, no line: only the table

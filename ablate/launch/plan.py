@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         jobs = expand(args.overrides)
         cache: dict = {}
-        rows = [plan_cell(job, cache, args.tflops) for job in jobs]
+        rows = [plan_cell(job, cache, args.tflops) for job in _progress(jobs, "composing cells")]
         upstream_column(rows)
     except (HydraException, ValueError, KeyError) as exc:
         if isinstance(exc, InstantiationException) and exc.__cause__ is not None:
@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             exc = ConfigError(f"{cause.full_key}={cause.value!r} is not allowed: {str(cause.msg).splitlines()[0]}")
         print(f"ablate plan: {(str(exc).splitlines() or [type(exc).__name__])[0]}", file=sys.stderr)
         return 1
+    if args.pilot is not None and sys.stderr.isatty():
+        print(f"ablate plan: reading the pilot at {args.pilot} and testing its hypotheses ...", file=sys.stderr)
     seeds = pilot_rows(args.pilot) if args.pilot is not None else None
     known = [r["train_PFLOP"] for r in rows if r["train_PFLOP"] is not None]
     total_pflop = sum(known)
@@ -160,6 +162,15 @@ def main(argv: list[str] | None = None) -> int:
         print(tabulate(seeds, headers="keys", floatfmt=".3g", missingval="?") if seeds
               else "the pilot has no cell group with 2 or more paired seeds in any hypothesis' scope")
     return 0
+
+
+def _progress(items: list, what: str) -> Any:
+    """`items` with a progress bar on a terminal (composing a cell takes about a second); as they are elsewhere."""
+    if not sys.stderr.isatty():
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=what, unit="cell", leave=False)
 
 
 def pilot_rows(pilot: Path) -> list[dict[str, Any]]:
