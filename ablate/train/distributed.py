@@ -203,9 +203,10 @@ def slurm_ranks() -> Optional[SlurmRanks]:
 class SlurmGroup:
     """The ranks of one Slurm job of several tasks, around the cell that rank 0 drives.
 
-    Rank 0 hosts a TCP store at MASTER_ADDR:MASTER_PORT; the others connect to it, wait for its
-    `plan` (train, or not: the cell was reused or failed before training, with its record), then
-    join one process group with it. A rank that fails leaves its error there for rank 0's record.
+    Rank 0 hosts a TCP store at MASTER_ADDR:MASTER_PORT; the others connect to it and wait for its
+    `plan` (train, or not: the cell was reused or failed before training); to train, they join one
+    process group with it. At the end every rank returns the `record` rank 0 leaves there. A rank
+    that fails leaves its error there for rank 0's record.
     The store lives in rank 0's process: when rank 0 dies, every wait on it ends with an error.
     """
 
