@@ -134,7 +134,7 @@ def test_the_shipped_experiments_validate(task, experiment):
 def test_the_h2_study_validates():
     cfg = compose(["+experiment=h2_occlusion"])
     validate(cfg)
-    assert (cfg.task.name, cfg.model.name, cfg.trainer.max_steps) == ("occlusion", "pico", 400)
+    assert (cfg.task.name, cfg.model.name, cfg.trainer.max_steps) == ("occlusion", "pico", 800)
 
 
 @pytest.mark.parametrize("experiment", ["pretrain_demo", "paper_protocol"])
