@@ -33,7 +33,7 @@ study: $(STAMP)
 	  task.train_size=4000 task.val_size=1000 trainer.epochs=1 task.distractors=0 task.curve_length=0.5
 	@echo "study: report at reports/cpu_study/report.md"
 
-# The H2 study (experiments/h2_occlusion.yaml, ~90 min on 2 cores): occluded-line completion at 96/192/384 px.
+# The H2 study (experiments/h2_occlusion.yaml, ~80 min on 2 idle cores): occluded-line completion at 96/192/384 px.
 study-h2: $(STAMP)
 	$(PY) run.py -m +experiment=h2_occlusion
 	@echo "study-h2: report at reports/h2_occlusion/report.md"
