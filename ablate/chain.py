@@ -39,7 +39,7 @@ class UpstreamNotCompleted(RuntimeError):
     def __init__(self, upstream: "Upstream"):
         super().__init__(upstream.why_not())
         # the skipped record's `init`: which cell it waited for
-        self.init = {"upstream_run_id": upstream.run_id, "checkpoint": None, "sha256": None}
+        self.init = records.Init(upstream.run_id)
 
 
 @dataclass(frozen=True)

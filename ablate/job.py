@@ -5,23 +5,23 @@
 
 Cells are content-addressed: results/runs/<run_id>/ (run_id = hash of the semantic config), so a
 re-run of a sweep reuses completed cells, resumes interrupted ones from their checkpoint, and two
-sweeps that share a cell compute it once. An fcntl lock on the run folder keeps concurrent jobs of
-the same cell from running at once.
+sweeps that share a cell compute it once. The cell folder's bookkeeping (its lock, the previous
+record, history/, the atomic write) is `ablate.records.CellStore`'s; a job builds one complete
+`ablate.records.Record` per attempt, from what the attempt found out (`Attempt`), and hands it over once.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
-import errno
-import fcntl
 import logging
 import os
 import platform
 import resource
-import shutil
 import socket
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
@@ -36,7 +36,7 @@ from ablate.config import ConfigError, validate
 from ablate.models import Family, family_of
 from ablate.train import preemption
 from ablate.train.distributed import SlurmGroup, slurm_ranks
-from ablate.train.loop import CURVE_FILE, Curve, fit, resolve_device, seed_everything
+from ablate.train.loop import Curve, fit, resolve_device, seed_everything
 from ablate.train.stops import Diverged, Pruned
 
 log = logging.getLogger("ablate.job")
@@ -59,6 +59,23 @@ def run(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any
     return record
 
 
+@dataclass
+class Attempt:
+    """What one attempt at a cell found out, filled in as it runs; the record is built from it once."""
+
+    status: records.Status = records.Status.FAILED  # until the cell completes, is skipped, diverges or is pruned
+    error: Optional[records.ErrorInfo] = None
+    task: Optional[records.TaskInfo] = None
+    init: Optional[records.Init] = None
+    cost: dict[str, Any] = field(default_factory=dict)  # records.Cost's fields, and the extras beside them
+    metrics: dict[str, float] = field(default_factory=dict)
+    data: dict[str, int] = field(default_factory=dict)
+    set_aside: Optional[records.SetAside] = None
+
+    def fail(self, status: records.Status, exc: BaseException) -> None:
+        self.status, self.error = status, _error(exc)
+
+
 def _run(cfg: DictConfig, overrides: Optional[list[str]], group: Optional[SlurmGroup]) -> dict[str, Any]:
     started = time.time()
     config_error = _config_error(cfg, group)
@@ -72,92 +89,99 @@ def _run(cfg: DictConfig, overrides: Optional[list[str]], group: Optional[SlurmG
     # the real values for the code that needs them (e.g. the tuning storage URL).
     overrides = secrets.redact_tree(_hydra_overrides() if overrides is None else overrides)
     config = secrets.redact_tree(config)
-    run_dir = Path(cfg.paths.results) / "runs" / run_id
+    store = records.CellStore(Path(cfg.paths.results), run_id)
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        store.make()
     except OSError as exc:  # a new cell in a read-only (or full) results folder
         return _unwritable(config, overrides, run_id, exc)
-    _write_cell_pointer(run_id, run_dir, overrides)
+    _point_from_job_folder(store, overrides)
 
-    with _locked(run_dir) as read_only, _log_to(run_dir / "train.log"):
-        previous = _read_previous(run_dir / records.RESULT_FILE)
+    with store.locked() as read_only, _log_to(store.dir / "train.log"):
+        previous = store.previous()
         if config_error is not None and previous is not None and previous["status"] != records.Status.FAILED:
             # Only a non-semantic key (device, logger, rerun...) can be bad and still name a cell that
             # has a result: that record stays as it is, and this job reports the error without writing one.
             log.error("cell %s not run: %s (its earlier record is kept)", run_id, config_error)
-            return {**_new_record(config, overrides, run_id), "error": _error(config_error)}
+            return _record(config, overrides, run_id, Attempt(error=_error(config_error))).to_json()
         stale = records.staleness(previous["env"], records.code_version()[0]) if previous is not None else None
         if previous is not None and previous["status"] == records.Status.COMPLETED and rerun != "all" and not (
                 stale and rerun == "stale"):
-            log.info("cell %s already completed (%s): reused, not retrained", run_id, run_dir)
+            log.info("cell %s already completed (%s): reused, not retrained", run_id, store.dir)
             if stale:
                 log.warning("cell %s is stale: %s; +rerun=stale recomputes it", run_id, stale)
             return previous
         if read_only is not None:
             return _unwritable(config, overrides, run_id, read_only)
         if previous is not None:  # a stale cell's checkpoint is old code's: it starts afresh too
-            _archive(run_dir, previous, fresh_start=rerun == "all" or bool(stale and rerun == "stale"))
-        record = _new_record(config, overrides, run_id)
+            store.archive(previous, fresh_start=rerun == "all" or bool(stale and rerun == "stale"))
+        env = _environment()
         log.info("cell %s: %s", run_id, " ".join(overrides) or "(defaults)")
-        tracker, failed = None, True
+        attempt, tracker = Attempt(), None
         try:
             if config_error is not None:
                 raise config_error
-            record["init"], task_args = _initial_weights(cfg, config)
+            attempt.init, task_args = _initial_weights(cfg, config)
             tracker = tracking.start(
-                cfg.logger, run_dir=run_dir, run_id=run_id, sweep=cfg.sweep, config=config,
+                cfg.logger, run_dir=store.dir, run_id=run_id, sweep=cfg.sweep, config=config,
                 task_name=cfg.task.name, variant=cfg.model.name, arms=_arms(cfg.model), resume=previous is None,
             )
-            task = instantiate(cfg.task, **task_args)  # validates the task's settings (sizes, choices)
-            record["task"] = dict(vars(task.info))
-            family = family_of(cfg.model.name)
-            record["cost"]["seq_len"] = family.seq_len(task.image_size)
-            with preemption.immediate():  # generating a dataset: a stop signal need not wait for it
-                task.prepare()
-            seed_everything(cfg.seed)
-            model = task.build_model(cfg.model)  # validates the variant and scan order
-            model.to(resolve_device(cfg.trainer.device))  # count on the training device: the scan is slow on CPU
-            record["cost"].update(task.cost(model), tau=family.tau(cfg.model.name), **family.cost_facts(model))
-            if group is not None:
-                result = _fit_with_slurm_ranks(cfg, model, task, run_dir, group, task_args, tracker)
-                record["data"] = task.data_summary()
-            elif cfg.trainer.devices > 1:
-                result, record["data"] = _fit_on_ranks(cfg, model, run_dir, tracker)
-            else:
-                result = fit(model, task, cfg.trainer, run_dir, cfg.seed, on_eval=_pruning_hook(cfg, task.info.metric),
-                             tracker=tracker)
-                record["data"] = task.data_summary()
-            record["metrics"] = result.metrics
-            record["cost"]["world_size"] = cfg.trainer.devices * cfg.trainer.nodes
-            record["cost"].update(_throughput(result, task), steps=result.steps, resumed_from_step=result.resumed_from_step)
-            record["checkpoint_set_aside"] = result.checkpoint_set_aside
-            record["status"], failed = records.Status.COMPLETED, False
+            _train(cfg, store.dir, group, task_args, tracker, attempt)
         except chain.UpstreamNotCompleted as exc:  # trained from scratch it would be another cell: not run
-            record["status"], record["error"] = records.Status.SKIPPED, _error(exc)
-            record["init"] = exc.init
+            attempt.fail(records.Status.SKIPPED, exc)
+            attempt.init = exc.init
         except Diverged as exc:
-            record["status"], record["error"] = records.Status.DIVERGED, _error(exc)
+            attempt.fail(records.Status.DIVERGED, exc)
         except Pruned as exc:
-            record["status"], record["error"] = records.Status.PRUNED, _error(exc)
+            attempt.fail(records.Status.PRUNED, exc)
         except Exception as exc:  # noqa: BLE001 - a failing cell must not stop the sweep
-            record["status"], record["error"] = records.Status.FAILED, _error(exc)
-            log.error("cell %s failed: %s: %s", run_id, record["error"]["type"], record["error"]["message"])
-        record["curve"] = Curve.read(run_dir).summary()
-        record["cost"].update(wall_seconds=round(time.time() - started, 3), peak_memory_mb=_peak_memory_mb())
-        record["env"]["finished_at"] = _now()
+            attempt.fail(records.Status.FAILED, exc)
+            log.error("cell %s failed: %s: %s", run_id, attempt.error.type, attempt.error.message)
+        attempt.cost.update(wall_seconds=round(time.time() - started, 3), peak_memory_mb=_peak_memory_mb())
+        record = _record(config, overrides, run_id, attempt, env, Curve.read(store.dir).summary())
         try:
-            records.write_json_atomic(run_dir / records.RESULT_FILE, record)
+            payload = store.write(record)
         except OSError as exc:  # e.g. ENOSPC: the cell is failed (the error names errno and path), the sweep goes on
             log.error("cell %s: its record was not written: %s", run_id, exc)
-            record["status"], record["error"] = records.Status.FAILED, record["error"] or _error(exc)  # the first cause
+            payload = dataclasses.replace(record, status=records.Status.FAILED,
+                                          error=record.error or _error(exc)).to_json()  # the first cause
         if tracker is not None:
-            tracker.finish({"status": record["status"], "metrics": record["metrics"], "cost": record["cost"],
-                            "init": record["init"] or {}}, failed)  # a fine-tuned run names its upstream cell
-        if record["status"] == records.Status.COMPLETED:
-            log.info("cell %s completed: %s", run_id, record["metrics"])
-        elif record["status"] != records.Status.FAILED:  # diverged, pruned or skipped: their only line (a failure was logged above)
-            log.info("cell %s %s: %s", run_id, record["status"], record["error"]["message"])
-        return record
+            tracker.finish({"status": payload["status"], "metrics": payload["metrics"], "cost": payload["cost"],
+                            "init": payload["init"] or {}}, attempt.status != records.Status.COMPLETED)
+        if payload["status"] == records.Status.COMPLETED:
+            log.info("cell %s completed: %s", run_id, payload["metrics"])
+        elif payload["status"] != records.Status.FAILED:  # diverged, pruned or skipped: their only line (a failure was logged above)
+            log.info("cell %s %s: %s", run_id, payload["status"], payload["error"]["message"])
+        return payload
+
+
+def _train(cfg: DictConfig, run_dir: Path, group: Optional[SlurmGroup], task_args: dict[str, Any],
+           tracker: Optional[tracking.WandbTracker], attempt: Attempt) -> None:
+    """Build the task and model and fit them, filling `attempt` as facts become known (a failure keeps
+    what was learned before it). Raises what stops the cell."""
+    task = instantiate(cfg.task, **task_args)  # validates the task's settings (sizes, choices)
+    attempt.task = task.info
+    family = family_of(cfg.model.name)
+    attempt.cost["seq_len"] = family.seq_len(task.image_size)
+    with preemption.immediate():  # generating a dataset: a stop signal need not wait for it
+        task.prepare()
+    seed_everything(cfg.seed)
+    model = task.build_model(cfg.model)  # validates the variant and scan order
+    model.to(resolve_device(cfg.trainer.device))  # count on the training device: the scan is slow on CPU
+    attempt.cost.update(task.cost(model), tau=family.tau(cfg.model.name), **family.cost_facts(model))
+    if group is not None:
+        result = _fit_with_slurm_ranks(cfg, model, task, run_dir, group, task_args, tracker)
+        attempt.data = task.data_summary()
+    elif cfg.trainer.devices > 1:
+        result, attempt.data = _fit_on_ranks(cfg, model, run_dir, tracker)
+    else:
+        result = fit(model, task, cfg.trainer, run_dir, cfg.seed, on_eval=_pruning_hook(cfg, task.info.metric),
+                     tracker=tracker)
+        attempt.data = task.data_summary()
+    attempt.metrics = result.metrics
+    attempt.cost.update(_throughput(result, task), steps=result.steps, resumed_from_step=result.resumed_from_step,
+                        world_size=cfg.trainer.devices * cfg.trainer.nodes)
+    attempt.set_aside = records.SetAside(**result.checkpoint_set_aside) if result.checkpoint_set_aside else None
+    attempt.status = records.Status.COMPLETED
 
 
 def _fit_on_ranks(cfg: DictConfig, model: torch.nn.Module, run_dir: Path,
@@ -258,7 +282,7 @@ def _fit_rank(config: dict, run_dir: Path, state: dict, relay: Optional[tracking
         return "completed", (result, task.data_summary())
 
 
-def _initial_weights(cfg: DictConfig, config: Mapping[str, Any]) -> tuple[Optional[dict], dict[str, Any]]:
+def _initial_weights(cfg: DictConfig, config: Mapping[str, Any]) -> tuple[Optional[records.Init], dict[str, Any]]:
     """The record's `init` block and the task arguments that load those weights.
 
     task.backbone_from=T: the final checkpoint of the upstream cell (ablate.chain), which must be a
@@ -271,7 +295,7 @@ def _initial_weights(cfg: DictConfig, config: Mapping[str, Any]) -> tuple[Option
         if not path:
             return None, {}
         digest = chain.sha256(path) if Path(path).is_file() else None  # a missing file: the task names it
-        return {"upstream_run_id": None, "checkpoint": str(path), "sha256": digest}, {}
+        return records.Init(None, str(path), digest), {}
     from hydra.core.hydra_config import HydraConfig
 
     sweep_dir = Path(HydraConfig.get().sweep.dir) if HydraConfig.initialized() else None
@@ -286,8 +310,8 @@ def _initial_weights(cfg: DictConfig, config: Mapping[str, Any]) -> tuple[Option
     if not path.is_file():
         raise chain.UpstreamError(f"task.backbone_from={wanted}: cell {upstream.run_id} completed but its final "
                                   f"checkpoint {path} is gone; rerun that cell with +rerun=all")
-    init = {"upstream_run_id": upstream.run_id, "checkpoint": str(path), "sha256": chain.sha256(path)}
-    log.info("the backbone starts from %s cell %s (%s, sha256 %s)", wanted, upstream.run_id, path, init["sha256"][:12])
+    init = records.Init(upstream.run_id, str(path), chain.sha256(path))
+    log.info("the backbone starts from %s cell %s (%s, sha256 %s)", wanted, upstream.run_id, path, init.sha256[:12])
     return init, {"backbone_ckpt": str(path), chain.UPSTREAM_KEY: None}
 
 
@@ -305,14 +329,13 @@ def record_death(cfg: DictConfig, overrides: list[str], error: BaseException,
         valid = False
     config, run_id = cell.resolve(cfg, scale_lr=valid)
     overrides, config = secrets.redact_tree(list(overrides)), secrets.redact_tree(config)
-    run_dir = Path(cfg.paths.results) / "runs" / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(run_dir):  # a dead process holds no lock; a live one of the same cell is waited for
-        previous = _read_previous(run_dir / records.RESULT_FILE)
+    store = records.CellStore(Path(cfg.paths.results), run_id)
+    store.make()
+    with store.locked():  # a dead process holds no lock; a live one of the same cell is waited for
+        previous = store.previous()
         if previous is not None:  # the job wrote its record (it died on the way out) or the cell is done
             return previous
-        record = _new_record(config, overrides, run_id)
-        record["error"] = _error(error)
+        attempt = Attempt(error=_error(error))
         if chain.upstream_task(config) is not None:
             try:
                 upstream = chain.find_upstream(config, Path(cfg.paths.results), sweep_dir)
@@ -320,18 +343,41 @@ def record_death(cfg: DictConfig, overrides: list[str], error: BaseException,
                 upstream = None
             if upstream is not None and not upstream.completed:
                 skipped = chain.UpstreamNotCompleted(upstream)
-                record["status"], record["error"], record["init"] = records.Status.SKIPPED, _error(skipped), skipped.init
-        record["curve"] = Curve.read(run_dir).summary()
-        record["env"]["finished_at"] = _now()
-        records.write_json_atomic(run_dir / records.RESULT_FILE, record)
+                attempt.fail(records.Status.SKIPPED, skipped)
+                attempt.init = skipped.init
+        record = store.write(_record(config, overrides, run_id, attempt, curve=Curve.read(store.dir).summary()))
     log.error("cell %s %s: %s: %s", run_id, record["status"], record["error"]["type"], record["error"]["message"])
     return record
 
 
-def _new_record(config: dict, overrides: list[str], run_id: str) -> dict[str, Any]:
+def _record(config: dict, overrides: list[str], run_id: str, attempt: Attempt, env: Optional[dict] = None,
+            curve: Optional[records.CurveSummary] = None) -> records.Record:
+    """The cell's one record: what this attempt found out, with the family's facts and the environment
+    (`env`: taken when the attempt started; now by default), finished now."""
     family = _family(config["model"])
-    return records.new_record(config, overrides, run_id, family=family.facts() if family is not None else None,
-                              env=_environment(), curve=Curve().summary())
+    facts = family.facts() if family is not None else None
+    cost = {"input_size": list(config["task"]["image_size"]), **attempt.cost}
+    known = {f.name for f in dataclasses.fields(records.Cost)}
+    task = attempt.task or records.TaskInfo(config["task"]["name"], None, None)
+    return records.Record(
+        run_id=run_id, sweep=config["sweep"], status=attempt.status, error=attempt.error, config=config,
+        overrides=list(overrides),
+        factors=records.factors(config, overrides, always=[f"model.{key}" for key in facts.record_keys] if facts else []),
+        task=task, metrics=attempt.metrics, data=attempt.data, curve=curve or Curve().summary(),
+        cost=records.Cost(**{k: v for k, v in cost.items() if k in known},
+                          extras={k: v for k, v in cost.items() if k not in known}),
+        tuning=_tuning(config.get("tuning")),
+        env=records.Env(**{**(env or _environment()), "finished_at": records.store.now()}),
+        family=facts, checkpoint_set_aside=attempt.set_aside, init=attempt.init,
+    )
+
+
+def _tuning(block: Optional[Mapping[str, Any]]) -> Optional[records.Tuning]:
+    """The record's `tuning` block: the settings it knows (any other key stays in the record's config)."""
+    if not block:
+        return None
+    known = {f.name for f in dataclasses.fields(records.Tuning)}
+    return records.Tuning(**{key: value for key, value in block.items() if key in known})
 
 
 def _family(model: Mapping[str, Any]) -> Optional[Family]:
@@ -351,13 +397,7 @@ def _unwritable(config: dict, overrides: list[str], run_id: str, error: OSError)
     """A cell that cannot be written and has no completed record to reuse: one line, a failed record in memory."""
     log.error("cell %s cannot run: %s; no completed record to reuse there (give a writable paths.results)",
               run_id, error)
-    record = _new_record(config, overrides, run_id)
-    record["error"] = _error(error)
-    return record
-
-
-def _read_only(error: OSError) -> bool:
-    return error.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+    return _record(config, overrides, run_id, Attempt(error=_error(error))).to_json()
 
 
 def _throughput(result: Any, task: Any) -> dict[str, Optional[float]]:
@@ -377,32 +417,12 @@ def _pruning_hook(cfg: DictConfig, metric: str):
     return reporter_from_config(cfg, metric=metric)
 
 
-def _error(exc: BaseException) -> dict[str, str]:
+def _error(exc: BaseException) -> records.ErrorInfo:
     if isinstance(exc, InstantiationException) and exc.__cause__ is not None:
         exc = exc.__cause__  # report the task's own error, not Hydra's wrapper around it
     tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).splitlines()[-30:]
     message = str(exc).splitlines()[0] if str(exc) else ""
-    return {"type": type(exc).__name__, "message": secrets.redact(message), "traceback": secrets.redact("\n".join(tail))}
-
-
-def _read_previous(path: Path) -> Optional[dict]:
-    try:
-        return records.read(path) if path.exists() else None
-    except ValueError as exc:
-        log.warning("ignoring unreadable previous record: %s", exc)
-        return None
-
-
-def _archive(run_dir: Path, previous: Mapping[str, Any], fresh_start: bool) -> None:
-    """Keep the earlier attempt's record and curve (and, for +rerun=all, its checkpoint) under history/."""
-    history = run_dir / "history"
-    history.mkdir(exist_ok=True)
-    stamp = (previous.get("env", {}).get("finished_at") or _now()).replace(":", "-")
-    shutil.move(str(run_dir / records.RESULT_FILE), history / f"result-{stamp}.json")
-    if (run_dir / CURVE_FILE).exists():  # the attempt's curve goes with its record (a resume rewrites it)
-        shutil.move(str(run_dir / CURVE_FILE), history / f"curve-{stamp}.json")
-    if fresh_start and (run_dir / records.CHECKPOINT_FILE).exists():
-        shutil.move(str(run_dir / records.CHECKPOINT_FILE), history / f"checkpoint-{stamp}.pt")
+    return records.ErrorInfo(type(exc).__name__, secrets.redact(message), secrets.redact("\n".join(tail)))
 
 
 def _config_error(cfg: DictConfig, group: Optional[SlurmGroup]) -> Optional[ConfigError]:
@@ -440,40 +460,11 @@ def _hydra_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def _write_cell_pointer(run_id: str, run_dir: Path, overrides: list[str]) -> None:
+def _point_from_job_folder(store: records.CellStore, overrides: list[str]) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
-        job_dir = Path(HydraConfig.get().runtime.output_dir)
-        pointer = {"run_id": run_id, "run_dir": str(run_dir), "overrides": overrides}
-        try:
-            records.write_json_atomic(job_dir / "cell.json", pointer)
-        except OSError as exc:
-            if not _read_only(exc):
-                raise
-            log.warning("no cell pointer for %s (the report will not list this job): %s", run_id, exc)
-
-
-@contextlib.contextmanager
-def _locked(run_dir: Path) -> Iterator[Optional[OSError]]:
-    """Hold the cell's lock; yield None, or the error that makes the folder read-only (then unlocked).
-
-    Nobody can write a read-only cell folder, so reading its completed record needs no lock.
-    """
-    try:
-        handle = open(run_dir / ".lock", "w")
-    except OSError as exc:
-        if not _read_only(exc):
-            raise
-        yield exc
-        return
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("cell %s is running in another job; waiting for it", run_dir.name)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield None
+        store.point_from(Path(HydraConfig.get().runtime.output_dir), overrides)
 
 
 @contextlib.contextmanager
@@ -481,7 +472,7 @@ def _log_to(path: Path) -> Iterator[None]:
     try:
         handler = logging.FileHandler(path)
     except OSError as exc:
-        if not _read_only(exc):
+        if not records.store.read_only(exc):
             raise
         yield  # a read-only cell folder: its completed record can still be reused, without a log line there
         return
@@ -522,9 +513,5 @@ def _environment() -> dict[str, Any]:
         "device": torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
         "hostname": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "scan_backend": ablate.models.ssm.scan_backend(),
-        "started_at": _now(), "finished_at": None,
+        "started_at": records.store.now(), "finished_at": None,
     }
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -200,7 +200,7 @@ def test_tuning_section_reads_the_tuners_summary_not_its_storage(tmp_path: Path,
     from ablate.tune import study as st
 
     storage = tmp_path / "never" / "t.db"  # opening the storage would create it (or fail)
-    tuning = {"study": "lr-search", "trial": 3, "params": {"trainer.lr": 0.001}, "storage": f"sqlite:///{storage}"}
+    tuning = {"study": "lr-search", "trial": 3, "params": ["trainer.lr"], "storage": f"sqlite:///{storage}"}
     sweep = write_sweep(tmp_path / "results", "t", [make_record(tuning=tuning)])
     collection = collect([sweep])
     assert "section skipped: no tuning.json in the reported sweep folders" in report._tuning_section(collection)

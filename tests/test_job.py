@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from ablate import records
@@ -19,6 +20,7 @@ def test_tiny_job_writes_a_valid_record(tmp_path, tiny_args):
     run_cli(tiny_args + ["model.ssm=true", "sweep=one"], tmp_path)
     (record,) = load_records(tmp_path / "results")
     assert records.validate(record) == []
+    jsonschema.validate(record, json.loads((ROOT / "docs" / "record.schema.json").read_text()))
     assert record["status"] == "completed" and record["error"] is None
     assert record["task"] == {"name": "shapes", "kind": "classification", "metric": "top1", "higher_is_better": True,
                               "chance": 10.0}

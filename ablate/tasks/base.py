@@ -19,31 +19,18 @@ Call order used by the loop:
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
 from typing import Annotated, Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from ablate.records import TaskInfo  # noqa: F401 - part of the Task API: a task declares `info`
 from ablate.rules import at_least, size_pair
 
 
 class DataError(ValueError):
     """A dataset is missing or malformed. The message is one line: what was expected where."""
-
-
-@dataclass(frozen=True)
-class TaskInfo:
-    """What the record and the analysis need to know about a task."""
-
-    name: str
-    kind: str  # one of ablate.records.TASK_KINDS
-    metric: str  # primary metric, a key of evaluate()'s result
-    higher_is_better: bool = True
-    # The primary metric of a model that guesses (100 / classes for top-1); None where no simple
-    # guessing baseline exists (AP, mIoU). The analysis never lets an arm at chance decide a claim.
-    chance: Optional[float] = None
 
 
 class Task(abc.ABC):

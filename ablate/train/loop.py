@@ -26,7 +26,7 @@ from torch import nn
 
 from ablate.config import PRECISIONS, SCHEDULES
 from ablate import records
-from ablate.records import write_json_atomic
+from ablate.records import CURVE_FILE, CurveSummary, write_json_atomic
 from ablate.tasks.base import Task
 from ablate.train import checkpoint, preemption
 from ablate.train.distributed import (barrier, from_rank0, gather_to_rank0, max_over_ranks, mean_over_ranks, outlive_rank0,
@@ -38,9 +38,6 @@ log = logging.getLogger("ablate.train")
 EvalHook = Callable[[int, dict], None]  # on_eval(step, metrics); raises Pruned to stop early
 
 
-CURVE_FILE = "curve.json"
-
-
 @dataclass
 class Curve:
     """The training curve of a cell, kept in the checkpoint (so a resumed job continues it exactly)
@@ -50,11 +47,10 @@ class Curve:
     train: list = field(default_factory=list)
     eval: list = field(default_factory=list)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> CurveSummary:
         """The record's `curve` block: where the curve is and how the training loss moved."""
         losses = [point[1] for point in self.train]
-        return {"file": CURVE_FILE, "points": len(losses), "first_loss": losses[0] if losses else None,
-                "last_loss": losses[-1] if losses else None}
+        return CurveSummary(CURVE_FILE, len(losses), losses[0] if losses else None, losses[-1] if losses else None)
 
     def write(self, run_dir: Path) -> None:
         write_json_atomic(Path(run_dir) / CURVE_FILE, {"train": self.train, "eval": self.eval})

@@ -1,7 +1,7 @@
 """The pruning hook: a training job reports its validation metric to its Optuna trial.
 
 The sweeper hands each trial job its handle as config overrides (`tuning` is excluded from the
-run_id hash, see ablate/records.py):
+run_id hash, see ablate/records/identity.py):
 
     +tuning.study=<study name> +tuning.trial=<trial number> +tuning.storage=<url, env:NAME or file:PATH> +tuning.role=tune
 
