@@ -42,11 +42,14 @@ def _a_record() -> dict:
     (lambda r: r["env"].update(git_dirty="yes"), "env.git_dirty='yes' is a str, expected true or false or null"),
     (lambda r: r["cost"].update(input_size="96x96"), "cost.input_size='96x96' is a str, expected a list"),
     (lambda r: r["cost"].update(steps=12.5), "cost.steps=12.5 is a float, expected a number (integer) or null"),
+    (lambda r: r["cost"].update(input_size=[96, "96"]), "cost.input_size[1]='96' is a str, expected a number (integer)"),
     (lambda r: r["factors"].update(seed=[0]), "factors.seed=[0] is a list, expected a scalar (bool, number, string or null)"),
-    (lambda r: r.update(error={"type": 1, "message": "m", "traceback": "t"}), "error=",),
+    (lambda r: r.update(error={"type": 1, "message": "m", "traceback": "t"}), "error.type=1 is a int, expected a string"),
     (lambda r: r.update(status="done"), "status='done', expected one of completed, failed"),
     (lambda r: r.pop("env"), "missing keys: env"),
-    (lambda r: r.update(init={"upstream_run_id": 7}), "init=",),
+    (lambda r: r.update(init={"upstream_run_id": 7}), "init.upstream_run_id=7 is a int, expected a string or null"),
+    (lambda r: r["metrics"].update(top1=True), "metrics.top1=True is a bool, expected a number"),
+    (lambda r: r.update(cost=[1]), "cost=[1] is a list, expected a JSON object"),
 ])
 def test_validation_names_the_key_that_is_wrong(change, problem, tmp_path):
     record = copy.deepcopy(_a_record())

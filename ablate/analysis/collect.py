@@ -362,7 +362,7 @@ def with_cells(runs: pd.DataFrame, keys: Sequence[str], key: str = "cell", label
     made: dict[tuple, tuple[str, str]] = {}  # (key, label) per distinct combination of values: a study has
     cells, labels = [], []                   # far fewer cells than records
     for values in zip(*(runs[k].tolist() for k in keys)) if keys else [()] * len(runs):
-        token = tuple((type(v), _frozen(v)) for v in values)  # the type: True and 1 are different levels
+        token = level_token(values)
         if token not in made:
             row = dict(zip(keys, values))
             made[token] = json.dumps([[k, row[k]] for k in keys], default=str), cell_label(row, shown)
@@ -370,6 +370,11 @@ def with_cells(runs: pd.DataFrame, keys: Sequence[str], key: str = "cell", label
         cells.append(cell)
         labels.append(text)
     return runs.assign(**{key: cells, label: labels})
+
+
+def level_token(values: Iterable[Any]) -> tuple:
+    """A hashable key of a combination of factor values; the type keeps True and 1 different levels."""
+    return tuple((type(v), _frozen(v)) for v in values)
 
 
 def _frozen(value: Any) -> Any:
