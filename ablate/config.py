@@ -18,15 +18,14 @@ import os
 import re
 from dataclasses import MISSING as MISSING_FIELD
 from dataclasses import dataclass, field, fields, is_dataclass
-from pathlib import Path
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from ablate.groups import CONF_DIR, group_lines
 from ablate.rules import ConfigError, above, at_least, constructor_settings, is_number, one_of, rule, schema
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 # A file name may have at most this many bytes (Linux NAME_MAX); longer job folders fail to open.
 MAX_DIRNAME_BYTES = 255
@@ -197,6 +196,18 @@ register_configs()
 VALIDATED_GROUPS = ("model", "trainer", "task", "logger")
 
 
+def settings_main(argv: list[str]) -> int:
+    """`ablate settings [model=NAME] [task=NAME] [...]`: what `run.py --help` prints for those choices."""
+    if any(arg in ("-h", "--help") for arg in argv):
+        print("usage: ablate settings [model=NAME] [task=NAME] [other overrides]: the groups, and each setting of the "
+              "chosen model family, trainer and task with its type, default and allowed values")
+        return 0
+    cfg = compose(argv)
+    text = help_text(cfg.model.name, cfg.task._target_).replace("$$", "$")
+    print(text.replace("$FLAGS_HELP", "Hydra's own flags (--multirun, --cfg, ...): python run.py --help"))
+    return 0
+
+
 def help_text(model_name: str, task_target: str) -> str:
     """`run.py --help` (hydra.help.template): the choices of every group, and each setting of the chosen
     model family, trainer and task with its type, default and what it allows. `$` is doubled: Hydra
@@ -205,15 +216,7 @@ def help_text(model_name: str, task_target: str) -> str:
 
     lines = ["run.py: one job per sweep cell, e.g.", "  python run.py -m model=pico model.ssm=true,false task=shapes seed=0,1,2",
              "", "== Groups (group=option) =="]
-    store = ConfigStore.instance()  # plugins' options (hydra/launcher=local, hydra/sweeper=grid, ...) live there
-    folders = {p.parent.relative_to(CONF_DIR).as_posix() for p in CONF_DIR.glob("*/**/*.yaml")} - {"hypothesis"}
-    for group in sorted(folders | {"hydra/launcher", "hydra/sweeper"}):
-        options = {p.stem for p in (CONF_DIR / group).glob("*.yaml")}
-        options |= {name[:-5] for name in (store.list(group) if group.startswith("hydra/") else []) if name.endswith(".yaml")}
-        lines.append(f"{group}: {', '.join(sorted(o for o in options if not o.endswith('schema')))}")
-        if group == "hydra/launcher":
-            lines.append("  on a cluster use slurm: submitit_slurm and submitit_local, the stock launchers it builds on, "
-                         "stop collecting at the first job that left no result and check no setting before submitting")
+    lines += group_lines()
     family = family_of(model_name)
     module, _, cls = task_target.rpartition(".")
     task = getattr(importlib.import_module(module), cls)

@@ -251,3 +251,27 @@ def test_a_launcher_can_tell_a_bad_setting_before_it_queues_the_job():
     assert str(error) == "model.scan='spiral' is not allowed: one of: cross, bidirectional, raster"
     assert setting_error(compose(["model=pico", "task=shapes"])) is None
     assert setting_error(OmegaConf.create({"steps": 3})) is None  # another app's config: not ablate's to judge
+
+
+def test_ablate_help_lists_the_groups_without_torch_and_ablate_settings_prints_what_run_py_help_does(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT, clean_env
+
+    code = "import sys\nfrom ablate import cli\ncli.main(['--help'])\nprint('torch loaded:', 'torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=clean_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert "  model: base, deit, femto, kobe, nano, pico, small, tiny" in lines
+    assert any(line.startswith("  hydra/launcher: ") and "slurm" in line for line in lines)
+    assert lines[-1] == "torch loaded: False" and any(line.startswith("  settings ") for line in lines)
+    settings = subprocess.run([sys.executable, "-m", "ablate.cli", "settings", "model=pico", "task=occlusion"],
+                              cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert settings.returncode == 0, settings.stderr[-2000:]
+    listed = settings.stdout.splitlines()
+    assert any(line.split()[:1] == ["occluder_size"] for line in listed)
+    (name,) = [line for line in listed if line.split()[:1] == ["name"] and "pico" in line]
+    assert name.endswith("required; allowed: one of: pico, nano, femto, kobe, tiny, small, base")
+    assert "$" not in settings.stdout
