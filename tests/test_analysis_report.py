@@ -328,6 +328,21 @@ def test_a_record_with_a_bad_typed_field_is_a_named_problem_and_the_report_goes_
     assert "- Records read: 6" in text
 
 
+def test_records_of_another_schema_version_are_refused_in_one_first_screen_line(tmp_path: Path) -> None:
+    recs = paired([80.0, 81.0, 82.0], [80.1, 81.0, 81.9])
+    old = [make_record(seed=s) for s in (5, 6)]
+    for record in old:
+        record["schema"] = "ablate.result/0"
+    typed = make_record(seed=7)
+    typed["metrics"]["top1"] = "high"
+    text = report.write_report([write_sweep(tmp_path / "results", "old", recs + old + [typed])], tmp_path / "out").read_text()
+    first_screen = text[:text.index("## What was run")]
+    assert ("- **3 record(s) refused, not read: 2 of 'ablate.result/0' (this version reads 'ablate.result/1'), 1 with "
+            "a value of the wrong type; each is listed under Problems**") in first_screen.splitlines()
+    clean = report.write_report([write_sweep(tmp_path / "clean" / "results", "clean", recs)], tmp_path / "out2").read_text()
+    assert "refused" not in clean
+
+
 def test_zero_records_read_is_a_one_line_error_saying_where_to_look(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     def error_of(*argv: str) -> str:
         assert report.main([*argv, "--out", str(tmp_path / "out")]) == 1

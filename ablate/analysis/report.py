@@ -24,8 +24,8 @@ import pandas as pd
 from ablate import atomic, records
 from ablate.analysis import figures, summaries
 from ablate.analysis.collect import (
-    CELL_FILE, COMPLETED, INCOMPLETE, RESULT_FILE, Collection, Pairing, at_level, cell_factors, collect, components,
-    format_level, level_token, pair, series_factors, shown_path, with_cells, with_factor,
+    CELL_FILE, COMPLETED, INCOMPLETE, RESULT_FILE, UNREADABLE, Collection, Pairing, at_level, cell_factors, collect,
+    components, format_level, level_token, pair, series_factors, shown_path, with_cells, with_factor,
 )
 from ablate.analysis.hypotheses import (
     CHANCE_MARGIN, CONF_DIR, INSUFFICIENT, VERDICT_COLUMNS, Hypothesis, Verdict, evaluate, load_hypotheses, mismatches,
@@ -366,9 +366,32 @@ def _ran(collection: Collection) -> dict[str, Any]:
         "by_status": {s: int((runs["status"] == s).sum()) for s in records.STATUSES if (runs["status"] == s).any()},
         "seeds": sorted({int(s) for s in runs["seed"].dropna()}) if "seed" in runs else [],
         "problems": len(collection.problems),
+        "refused": _refused(collection.problems),
         "job_hours": round(float(wall) / 3600, 2),
         "device": _distinct(runs["env.device"]) if len(runs) else "unknown",
     }
+
+
+def _refused(problems: pd.DataFrame) -> str:
+    """How many records were not read, and why, in one line ("" when every record was read)."""
+    details = problems.loc[problems["kind"] == UNREADABLE, "problem"].tolist()
+    if not details:
+        return ""
+    why: dict[str, int] = {}
+    for detail in details:
+        if detail.startswith("schema="):  # another version of the record: never read as this one
+            reason = f"of {detail.split(',')[0].removeprefix('schema=')} (this version reads {records.SCHEMA!r})"
+        elif detail.startswith("missing keys"):
+            reason = "lacking keys every record has"
+        elif " is a " in detail or "expected one of" in detail:
+            reason = "with a value of the wrong type"
+        elif detail.startswith(("unreadable record", "record is not")):
+            reason = "that are not a JSON record"
+        else:
+            reason = "failing another check"
+        why[reason] = why.get(reason, 0) + 1
+    parts = [f"{n} {reason}" for reason, n in sorted(why.items(), key=lambda item: -item[1])]
+    return f"{len(details)} record(s) refused, not read: {', '.join(parts)}; each is listed under Problems"
 
 
 def _what_was_run(collection: Collection, results_root: Path | None, hypotheses: list[Hypothesis],
