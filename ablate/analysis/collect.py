@@ -359,17 +359,26 @@ def label_keys(runs: pd.DataFrame, keys: Sequence[str]) -> list[str]:
 def with_cells(runs: pd.DataFrame, keys: Sequence[str], key: str = "cell", label: str = "label") -> pd.DataFrame:
     """Add column `key` (a canonical key of the given factors) and `label` (its readable part)."""
     keys, shown = list(keys), label_keys(runs, keys)
-    made: dict[tuple, tuple[str, str]] = {}  # (key, label) per distinct combination of values: a study has
-    cells, labels = [], []                   # far fewer cells than records
-    for values in zip(*(runs[k].tolist() for k in keys)) if keys else [()] * len(runs):
-        token = level_token(values)
-        if token not in made:
-            row = dict(zip(keys, values))
-            made[token] = json.dumps([[k, row[k]] for k in keys], default=str), cell_label(row, shown)
-        cell, text = made[token]
-        cells.append(cell)
-        labels.append(text)
-    return runs.assign(**{key: cells, label: labels})
+    group = _combination_codes(runs, keys)  # one code per distinct combination: a study has far fewer cells
+    first = pd.Series(np.arange(len(runs))).groupby(group).first()  # than records; each is named once
+    named = {}
+    for code, at in first.items():
+        row = {k: runs[k].iat[at] for k in keys}
+        named[code] = json.dumps([[k, row[k]] for k in keys], default=str), cell_label(row, shown)
+    cells, labels = zip(*(named[code] for code in group)) if len(runs) else ((), ())
+    return runs.assign(**{key: list(cells), label: list(labels)})
+
+
+def _combination_codes(runs: pd.DataFrame, keys: Sequence[str]) -> np.ndarray:
+    """An int per row, equal where the rows' values of `keys` are equal (True and 1 apart, lists by content)."""
+    if not keys:
+        return np.zeros(len(runs), dtype=np.int64)
+    try:  # each column's values and their types, factorized in C
+        parts = [pd.factorize(runs[k].map(type))[0] for k in keys] + [pd.factorize(runs[k])[0] for k in keys]
+    except TypeError:  # an unhashable value (a list): tokens made in Python
+        return pd.factorize(pd.Series([level_token(values) for values in zip(*(runs[k].tolist() for k in keys))],
+                                      dtype=object))[0]
+    return pd.DataFrame(np.column_stack(parts)).groupby(list(range(len(parts))), sort=False).ngroup().to_numpy()
 
 
 def level_token(values: Iterable[Any]) -> tuple:
