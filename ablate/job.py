@@ -356,28 +356,17 @@ def _record(config: dict, overrides: list[str], run_id: str, attempt: Attempt, e
     (`env`: taken when the attempt started; now by default), finished now."""
     family = _family(config["model"])
     facts = family.facts() if family is not None else None
-    cost = {"input_size": list(config["task"]["image_size"]), **attempt.cost}
-    known = {f.name for f in dataclasses.fields(records.Cost)}
     task = attempt.task or records.TaskInfo(config["task"]["name"], None, None)
     return records.Record(
         run_id=run_id, sweep=config["sweep"], status=attempt.status, error=attempt.error, config=config,
         overrides=list(overrides),
         factors=records.factors(config, overrides, always=[f"model.{key}" for key in facts.record_keys] if facts else []),
         task=task, metrics=attempt.metrics, data=attempt.data, curve=curve or Curve().summary(),
-        cost=records.Cost(**{k: v for k, v in cost.items() if k in known},
-                          extras={k: v for k, v in cost.items() if k not in known}),
-        tuning=_tuning(config.get("tuning")),
+        cost=records.Cost.from_flat({"input_size": list(config["task"]["image_size"]), **attempt.cost}),
+        tuning=records.Tuning.from_settings(config["tuning"]) if config.get("tuning") else None,
         env=records.Env(**{**(env or _environment()), "finished_at": records.store.now()}),
         family=facts, checkpoint_set_aside=attempt.set_aside, init=attempt.init,
     )
-
-
-def _tuning(block: Optional[Mapping[str, Any]]) -> Optional[records.Tuning]:
-    """The record's `tuning` block: the settings it knows (any other key stays in the record's config)."""
-    if not block:
-        return None
-    known = {f.name for f in dataclasses.fields(records.Tuning)}
-    return records.Tuning(**{key: value for key, value in block.items() if key in known})
 
 
 def _family(model: Mapping[str, Any]) -> Optional[Family]:

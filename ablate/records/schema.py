@@ -122,6 +122,13 @@ class Cost(Block):
         out = super().to_json()
         return {**out.pop("extras"), **out}
 
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, Any]) -> "Cost":
+        """The block from one flat dict, as the job collects it: the named fields, and the rest as extras."""
+        named = {f.name for f in dataclasses.fields(cls)} - {"extras"}
+        return cls(**{k: v for k, v in flat.items() if k in named},
+                   extras={k: v for k, v in flat.items() if k not in named})
+
 
 NUMERIC_COST = tuple(f.name for f in dataclasses.fields(Cost) if f.name not in ("input_size", "extras"))
 
@@ -135,6 +142,12 @@ class Tuning(Block):
     storage: Optional[str] = doc("the study's storage URL, secrets redacted", default=None)
     role: Optional[str] = doc("`tune` (a trial) | `final` (the best trial's settings, once per seed)", default=None)
     params: Optional[list[str]] = doc("the tuned keys (left out of `factors`)", default=None)
+
+    @classmethod
+    def from_settings(cls, block: Mapping[str, Any]) -> "Tuning":
+        """The block from the job's `tuning` settings: the keys it knows (any other stays in the record's config)."""
+        named = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in block.items() if k in named})
 
 
 @dataclass(frozen=True)
