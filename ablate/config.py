@@ -26,7 +26,6 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from ablate.groups import CONF_DIR, group_lines
 from ablate.rules import ConfigError, above, at_least, constructor_settings, is_number, one_of, rule, schema
 
-
 # A file name may have at most this many bytes (Linux NAME_MAX); longer job folders fail to open.
 MAX_DIRNAME_BYTES = 255
 DIRNAME_HASH_CHARS = 12

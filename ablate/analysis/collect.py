@@ -359,7 +359,7 @@ def label_keys(runs: pd.DataFrame, keys: Sequence[str]) -> list[str]:
 def with_cells(runs: pd.DataFrame, keys: Sequence[str], key: str = "cell", label: str = "label") -> pd.DataFrame:
     """Add column `key` (a canonical key of the given factors) and `label` (its readable part)."""
     keys, shown = list(keys), label_keys(runs, keys)
-    group = _combination_codes(runs, keys)  # one code per distinct combination: a study has far fewer cells
+    group = combination_codes(runs, keys)  # one code per distinct combination: a study has far fewer cells
     first = pd.Series(np.arange(len(runs))).groupby(group).first()  # than records; each is named once
     named = {}
     for code, at in first.items():
@@ -369,19 +369,19 @@ def with_cells(runs: pd.DataFrame, keys: Sequence[str], key: str = "cell", label
     return runs.assign(**{key: list(cells), label: list(labels)})
 
 
-def _combination_codes(runs: pd.DataFrame, keys: Sequence[str]) -> np.ndarray:
+def combination_codes(runs: pd.DataFrame, keys: Sequence[str]) -> np.ndarray:
     """An int per row, equal where the rows' values of `keys` are equal (True and 1 apart, lists by content)."""
     if not keys:
         return np.zeros(len(runs), dtype=np.int64)
     try:  # each column's values and their types, factorized in C
         parts = [pd.factorize(runs[k].map(type))[0] for k in keys] + [pd.factorize(runs[k])[0] for k in keys]
     except TypeError:  # an unhashable value (a list): tokens made in Python
-        return pd.factorize(pd.Series([level_token(values) for values in zip(*(runs[k].tolist() for k in keys))],
+        return pd.factorize(pd.Series([_level_token(values) for values in zip(*(runs[k].tolist() for k in keys))],
                                       dtype=object))[0]
     return pd.DataFrame(np.column_stack(parts)).groupby(list(range(len(parts))), sort=False).ngroup().to_numpy()
 
 
-def level_token(values: Iterable[Any]) -> tuple:
+def _level_token(values: Iterable[Any]) -> tuple:
     """A hashable key of a combination of factor values; the type keeps True and 1 different levels."""
     return tuple((type(v), _frozen(v)) for v in values)
 

@@ -25,7 +25,7 @@ from ablate import atomic, records
 from ablate.analysis import figures, summaries
 from ablate.analysis.collect import (
     CELL_FILE, COMPLETED, INCOMPLETE, RESULT_FILE, UNREADABLE, Collection, Pairing, at_level, cell_factors, collect,
-    components, format_level, level_token, pair, series_factors, shown_path, with_cells, with_factor,
+    combination_codes, components, format_level, pair, series_factors, shown_path, with_cells, with_factor,
 )
 from ablate.analysis.hypotheses import (
     CHANCE_MARGIN, CONF_DIR, INSUFFICIENT, VERDICT_COLUMNS, Hypothesis, Verdict, evaluate, load_hypotheses, mismatches,
@@ -611,14 +611,10 @@ def _arm_names(frame: pd.DataFrame, varying: list[str], hypotheses: Sequence[Hyp
                 parts.append(f"{key}={format_level(row[key])}")
         return ", ".join(parts) or "as configured"
 
-    named: dict[tuple, str] = {}  # one name per distinct combination of the varying values, not per record
-    names = []
-    for values in zip(*(frame[key].tolist() for key in varying)) if varying else [()] * len(frame):
-        token = level_token(values)
-        if token not in named:
-            named[token] = own_name(dict(zip(varying, values)))
-        names.append(named[token])
-    names = pd.Series(names, index=frame.index, dtype=object)
+    codes = combination_codes(frame, varying)  # one name per distinct combination of the varying values
+    named = {code: own_name({key: frame[key].iat[at] for key in varying})
+             for code, at in pd.Series(np.arange(len(frame))).groupby(codes).first().items()}
+    names = pd.Series([named[code] for code in codes], index=frame.index, dtype=object)
     exact = [h for h in hypotheses if h.labels and sorted(components(h.factor)) == sorted(varying)]
     if exact:
         levels = with_factor(frame, exact[0].factor)[exact[0].factor]
