@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from optuna.distributions import FloatDistribution
+from optuna.distributions import FloatDistribution, distribution_to_json
 from omegaconf import OmegaConf
 from test_analysis_factory import make_record, paired, write_sweep
 
@@ -20,6 +20,7 @@ from ablate.analysis.callback import ReportCallback, sweep_exit_code
 from ablate.analysis.collect import collect, pair
 from ablate.analysis.hypotheses import CONF_DIR, DECISIONS
 from ablate.analysis.summaries import crossover_table, sequence_points
+from ablate.records.tuning import SUMMARY_FILE
 
 TAU = 1152  # femto: 6 x 192
 DET_SIZES = [(256, 256), (512, 512), (768, 768), (1024, 1024)]  # L = 256, 1024, 2304, 4096
@@ -196,26 +197,30 @@ def test_default_out_dir_joins_several_sweep_names() -> None:
     assert report.default_out_dir([], Path("results")) == Path("reports/all-runs")
 
 
-def test_tuning_section_reads_the_tuners_summary_not_its_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ablate.tune import study as st
-
+def test_tuning_section_reads_the_tuners_summary_not_its_storage(tmp_path: Path) -> None:
     storage = tmp_path / "never" / "t.db"  # opening the storage would create it (or fail)
     tuning = {"study": "lr-search", "trial": 3, "params": ["trainer.lr"], "storage": f"sqlite:///{storage}"}
     sweep = write_sweep(tmp_path / "results", "t", [make_record(tuning=tuning)])
     collection = collect([sweep])
     assert "section skipped: no tuning.json in the reported sweep folders" in report._tuning_section(collection)
-    space = st.encode_space({"trainer.lr": FloatDistribution(1e-4, 1e-1, log=True)})
+    space = {"trainer.lr": distribution_to_json(FloatDistribution(1e-4, 1e-1, log=True))}  # as the tuner writes it
     summary = {"storage": f"sqlite:///{storage}", "direction": "maximize", "n_trials": 4, "studies": [
         {"study": "lr-search", "arm": "model.ssm=true", "space": space, "n_trials": 4, "sampler": None,
          "pruner": None, "trials": {"complete": 3, "pruned": 1, "fail": 0, "not_run": 0},
          "best": {"trial": 3, "value": 61.5, "params": {"trainer.lr": 0.001}}, "final": {}}]}
-    (sweep / st.SUMMARY_FILE).write_text(json.dumps(summary))
+    (sweep / SUMMARY_FILE).write_text(json.dumps(summary))
     text = report._tuning_section(collection)
     assert "| `trainer.lr` | float in [0.0001, 0.1], log scale |" in text
     assert "| `lr-search` | model.ssm=true | 4 | 3 | 1 | 0 | 61.5 | 3 | `trainer.lr`=0.001 |" in text
     assert not storage.parent.exists()
-    monkeypatch.setitem(sys.modules, "ablate.tune.report", None)  # import fails
-    assert "section skipped: ablate.tune is not importable" in report._tuning_section(collection)
+    # the section stands on the file alone: writing it in a fresh process imports neither Optuna nor the tuner
+    code = ("import sys\nfrom ablate.analysis import collect, report\n"
+            f"print(report._tuning_section(collect.collect([collect.Path({str(sweep)!r})])))\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('optuna', 'ablate.tune', 'torch'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert "| `lr-search` | model.ssm=true | 4 | 3 | 1 | 0 | 61.5 | 3 | `trainer.lr`=0.001 |" in done.stdout
 
 
 def test_callback_writes_the_report_and_never_raises(study: dict[str, Path], tmp_path: Path,

@@ -1,15 +1,16 @@
-"""The report's tuning section (ablate.tune.report)."""
+"""The report's tuning section (ablate.analysis.tuning), from the tuner's tuning.json."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution, distribution_to_json
 from optuna.trial import TrialState
 
+from ablate.analysis.tuning import edge_side, tuning_section
+from ablate.records.tuning import describe, dimension
 from ablate.tune import study as st
-from ablate.tune.report import describe, edge_side, tuning_section
 from ablate.tune.storage import load_study, open_storage
 
 SPACE = {
@@ -86,11 +87,24 @@ def test_foreign_studies_and_empty_summaries_are_errors(tmp_path: Path) -> None:
         tuning_section({"storage": url, "studies": []})
 
 
+def space(distribution: object) -> object:
+    """The report's view of an Optuna distribution: read back from the JSON the tuner writes."""
+    return dimension(distribution_to_json(distribution))
+
+
 def test_edge_is_measured_in_log_space_for_log_params() -> None:
-    log_lr = FloatDistribution(1e-4, 1e-1, log=True)
+    log_lr = space(FloatDistribution(1e-4, 1e-1, log=True))
     assert edge_side(1.3e-4, log_lr) == "lower"
     assert edge_side(3e-3, log_lr) is None
-    assert edge_side(3e-3, FloatDistribution(1e-4, 1e-1)) == "lower"
+    assert edge_side(3e-3, space(FloatDistribution(1e-4, 1e-1))) == "lower"
     assert edge_side(0.09, log_lr) == "upper"
-    assert edge_side(8, IntDistribution(1, 8)) == "upper"
-    assert describe(IntDistribution(32, 128, step=32)) == "int in [32, 128], step 32"
+    assert edge_side(8, space(IntDistribution(1, 8))) == "upper"
+    assert describe(space(IntDistribution(32, 128, step=32))) == "int in [32, 128], step 32"
+    assert describe(space(FloatDistribution(0.0, 1.0, step=0.25))) == "float in [0, 1], step 0.25"
+    assert describe(space(CategoricalDistribution(("adam", None, 3)))) == "one of adam, None, 3"
+
+
+def test_a_space_entry_that_is_no_optuna_distribution_is_named() -> None:
+    with pytest.raises(ValueError, match=r"name is not one of FloatDistribution, IntDistribution, "
+                                         r"CategoricalDistribution"):
+        dimension('{"name": "UniformDistribution", "attributes": {"low": 0, "high": 1}}')

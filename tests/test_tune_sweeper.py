@@ -17,8 +17,9 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from optuna.trial import TrialState
 
+from ablate.analysis.tuning import tuning_section
+from ablate.records.tuning import SUMMARY_FILE
 from ablate.tune import study as st
-from ablate.tune.report import tuning_section
 
 APP = Path(__file__).parent / "apps" / "tune_app" / "app.py"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -144,7 +145,7 @@ def test_per_arm_studies_get_equal_budgets_and_a_final_comparison(tmp_path: Path
     run_app(sweep, *args)  # everything done: the same command launches nothing new
     assert not (sweep / "8").exists()
 
-    text = tuning_section(json.loads((sweep / st.SUMMARY_FILE).read_text()))  # what the report reads
+    text = tuning_section(json.loads((sweep / SUMMARY_FILE).read_text()))  # what the report reads
     assert "| `fair[model.ssm=true]` | model.ssm=true | 2 | 2 | 0 | 0 |" in text
     assert "| `x` | float in [-5, 5] |" in text
 

@@ -31,6 +31,9 @@ from ablate.analysis.hypotheses import (
     CHANCE_MARGIN, CONF_DIR, INSUFFICIENT, VERDICT_COLUMNS, Hypothesis, Verdict, evaluate, load_hypotheses, mismatches,
 )
 
+from ablate.analysis.tuning import tuning_section
+from ablate.records.tuning import SUMMARY_FILE
+
 log = logging.getLogger("ablate.analysis")
 
 REPORT_FILE = "report.md"
@@ -697,11 +700,6 @@ def _tuning_section(collection: Collection) -> str:
         return f"{head}\n\nNo record came from a tuning study."
     studies = sorted(str(s) for s in tuned["tuning.study"].unique())
     skipped = f"{head}\n\nRecords come from tuning studies {', '.join(studies)}; section skipped:"
-    try:
-        from ablate.tune.report import tuning_section
-        from ablate.tune.study import SUMMARY_FILE
-    except ImportError as exc:
-        return f"{skipped} ablate.tune is not importable ({exc})."
     summaries = [s.path / SUMMARY_FILE for s in collection.sweeps if (s.path / SUMMARY_FILE).is_file()]
     if not summaries:
         return (f"{skipped} no {SUMMARY_FILE} in the reported sweep folders (the tuner writes it into its "

@@ -6,12 +6,11 @@
     outcome.py  a job's JobReturn / result record -> COMPLETE, PRUNED or FAIL
     tuner.py    the per-arm loop and the final comparison (launcher-agnostic)
     pruning.py  reporter_from_config(cfg): the training loop's on_eval hook for pruning
-    report.py   tuning_section(storage_url, study_names): the report's markdown section
 
-The Hydra plugin lives in hydra_plugins/ablate_optuna_sweeper (`hydra/sweeper=optuna_fair`).
+The tuner writes its summary, tuning.json (ablate.records.tuning), for the report's tuning section
+(ablate.analysis.tuning). The Hydra plugin lives in hydra_plugins/ablate_optuna_sweeper (`hydra/sweeper=optuna_fair`).
 """
 from ablate.tune.errors import TuneConfigError
 from ablate.tune.pruning import reporter_from_config
-from ablate.tune.report import tuning_section
 
-__all__ = ["TuneConfigError", "reporter_from_config", "tuning_section"]
+__all__ = ["TuneConfigError", "reporter_from_config"]

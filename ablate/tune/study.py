@@ -44,8 +44,6 @@ STATUS = "ablate.status"
 RUN_ID = "ablate.run_id"
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-# The tuner's summary, in the tuning sweep's folder: what the report's tuning section reads.
-SUMMARY_FILE = "tuning.json"
 
 
 def build_sampler(cfg: Mapping[str, Any] | None) -> BaseSampler:
@@ -190,7 +188,7 @@ def completed_twin(study: optuna.Study, params: Mapping[str, Any]) -> FrozenTria
 
 
 def study_summary(study: optuna.Study) -> dict[str, Any]:
-    """One arm's entry of tuning.json: its space, budget, sampler and pruner as the sweeper set them,
+    """One arm's entry of tuning.json (ablate.records.tuning): its space, budget, sampler and pruner as the sweeper set them,
     its trial counts (those written off as not run apart), its best trial and its final runs."""
     attrs = study.user_attrs
     if SPACE not in attrs:

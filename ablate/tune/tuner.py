@@ -30,13 +30,14 @@ from typing import Any, Callable, Sequence
 import optuna
 from hydra.core.override_parser.types import QuotedString, Quote
 from hydra.core.utils import JobReturn
+from optuna.distributions import distribution_to_json
 from optuna.trial import FrozenTrial, TrialState
 
 from ablate.records import Status, override_parts, write_json_atomic
+from ablate.records.tuning import SUMMARY_FILE, describe, dimension
 from ablate.tune import study as st
 from ablate.tune.errors import TuneConfigError
 from ablate.tune.outcome import Outcome, outcome_of
-from ablate.tune.report import describe
 from ablate.tune.space import Arm, SweepPlan
 from ablate.secrets import redact
 from ablate.tune.storage import open_storage
@@ -134,7 +135,8 @@ class FairTuner:
 
     def open_studies(self) -> list[ArmStudy]:
         """One study per arm: same space, sampler (and seed), pruner and budget."""
-        space = "; ".join(f"{k}: {describe(d)}" for k, d in self.plan.distributions().items())
+        space = "; ".join(f"{k}: {describe(dimension(distribution_to_json(d)))}"
+                          for k, d in self.plan.distributions().items())
         log.info("tuning %s in %s: %d trials per arm; %s", self.study_name,
                  redact(self.storage_url), self.settings.n_trials, space)
         return [
@@ -288,7 +290,7 @@ class FairTuner:
         if empty:
             raise RuntimeError(
                 f"no final comparison: study {', '.join(empty)} has no completed trial "
-                f"(see {self.sweep_dir / st.SUMMARY_FILE})"
+                f"(see {self.sweep_dir / SUMMARY_FILE})"
             )
         jobs = []
         for arm in arms:
@@ -321,7 +323,7 @@ class FairTuner:
     # --- summary ------------------------------------------------------------------------------
 
     def _write_summary(self, arms: list[ArmStudy]) -> None:
-        write_json_atomic(self.sweep_dir / st.SUMMARY_FILE, {
+        write_json_atomic(self.sweep_dir / SUMMARY_FILE, {
             "storage": redact(self.storage_url),
             "direction": self.settings.direction,
             "n_trials": self.settings.n_trials,

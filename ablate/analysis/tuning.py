@@ -3,24 +3,18 @@
     tuning_section(json.loads((sweep_dir / "tuning.json").read_text())) -> str
 
 Everything comes from the tuner's summary file (`tuning.json` in the tuning sweep's folder, one
-`study_summary` per arm): the space and budget the sweeper gave each study, the trial counts and
-the best trial. The report never opens the Optuna storage. An arm's best value lying within 5% of
-an interval bound (measured in log space for log parameters) gets a warning: the optimum may lie
-outside the space, and the comparison then depends on where the bounds were put.
+entry per arm; its shape: ablate.records.tuning): the space and budget the sweeper gave each study,
+the trial counts and the best trial. The report never opens the Optuna storage, nor imports Optuna.
+An arm's best value lying within 5% of an interval bound (measured in log space for log parameters)
+gets a warning: the optimum may lie outside the space, and the comparison then depends on where the
+bounds were put.
 """
 from __future__ import annotations
 
 import math
 from typing import Any, Mapping, Sequence
 
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
-
-from ablate.tune import study as st
+from ablate.records.tuning import Dimension, describe, dimension
 
 EDGE_FRACTION = 0.05
 
@@ -30,7 +24,7 @@ def tuning_section(summary: Mapping[str, Any]) -> str:
     studies = list(summary.get("studies") or [])
     if not studies:
         raise ValueError("tuning.json lists no study")
-    spaces = {s["study"]: st.decode_space(s["space"]) for s in studies}
+    spaces = {s["study"]: {key: dimension(text) for key, text in s["space"].items()} for s in studies}
     # No heading: the report that embeds this section writes its own.
     lines = [f"Studies in `{summary.get('storage')}`; direction: {summary.get('direction', 'n/a')}.", ""]
     lines += _space_table(spaces[studies[0]["study"]])
@@ -43,23 +37,9 @@ def tuning_section(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _space_table(space: dict[str, BaseDistribution]) -> list[str]:
+def _space_table(space: dict[str, Dimension]) -> list[str]:
     rows = [f"| `{name}` | {describe(d)} |" for name, d in space.items()]
     return ["| parameter | search space |", "|---|---|", *rows]
-
-
-def describe(distribution: BaseDistribution) -> str:
-    """One line for a distribution, e.g. 'float in [1e-05, 0.1], log scale'."""
-    if isinstance(distribution, CategoricalDistribution):
-        return "one of " + ", ".join(str(c) for c in distribution.choices)
-    assert isinstance(distribution, (FloatDistribution, IntDistribution))
-    kind = "int" if isinstance(distribution, IntDistribution) else "float"
-    text = f"{kind} in [{distribution.low:g}, {distribution.high:g}]"
-    if distribution.log:
-        text += ", log scale"
-    if distribution.step is not None and not (kind == "int" and distribution.step == 1):
-        text += f", step {distribution.step:g}"
-    return text
 
 
 def _arm_row(study: Mapping[str, Any]) -> str:
@@ -84,18 +64,18 @@ def _fairness_warnings(studies: Sequence[Mapping[str, Any]]) -> list[str]:
     return warnings
 
 
-def _edge_warnings(study: Mapping[str, Any], space: dict[str, BaseDistribution]) -> list[str]:
+def _edge_warnings(study: Mapping[str, Any], space: dict[str, Dimension]) -> list[str]:
     best = study.get("best")
     if best is None:
         return []
     warnings = []
     for name, value in best["params"].items():
-        distribution = space.get(name)
-        if not isinstance(distribution, (FloatDistribution, IntDistribution)):
+        dim = space.get(name)
+        if dim is None or not dim.numeric:
             continue
-        side = edge_side(value, distribution)
+        side = edge_side(value, dim)
         if side is not None:
-            bound = distribution.low if side == "lower" else distribution.high
+            bound = dim.low if side == "lower" else dim.high
             warnings.append(
                 f"`{study['study']}`: best `{name}`={_value(value)} lies within "
                 f"{EDGE_FRACTION:.0%} of the {side} bound {bound:g} of the search space; "
@@ -104,10 +84,10 @@ def _edge_warnings(study: Mapping[str, Any], space: dict[str, BaseDistribution])
     return warnings
 
 
-def edge_side(value: float, distribution: FloatDistribution | IntDistribution) -> str | None:
-    """'lower'/'upper' when `value` is within 5% of that bound (log space for log params)."""
-    scale = math.log if distribution.log else float
-    low, high, x = scale(distribution.low), scale(distribution.high), scale(value)
+def edge_side(value: float, space: Dimension) -> str | None:
+    """'lower'/'upper' when `value` is within 5% of that bound of a numeric space (log space for log params)."""
+    scale = math.log if space.log else float
+    low, high, x = scale(space.low), scale(space.high), scale(value)
     position = (x - low) / (high - low)
     if position <= EDGE_FRACTION:
         return "lower"
