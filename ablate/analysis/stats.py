@@ -9,6 +9,7 @@ the two-sided 1 - 2*alpha one (90% at alpha = 0.05).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -47,8 +48,15 @@ def bootstrap_ci(diffs: Sequence[float], confidence: float) -> tuple[float, floa
         return math.nan, math.nan
     if np.all(values == values[0]):
         return float(values[0]), float(values[0])
+    return _percentile_bootstrap(tuple(values.tolist()), confidence)
+
+
+@functools.lru_cache(maxsize=4096)
+def _percentile_bootstrap(values: tuple[float, ...], confidence: float) -> tuple[float, float]:
+    """Cached: a report asks for the same cell group's interval several times (summary table, each
+    hypothesis, figures), and the seeded draw makes the answer a function of the values alone."""
     result = stats.bootstrap(
-        (values,), np.mean, confidence_level=confidence, method="percentile",
+        (np.asarray(values),), np.mean, confidence_level=confidence, method="percentile",
         n_resamples=BOOTSTRAP_RESAMPLES, rng=np.random.default_rng(BOOTSTRAP_SEED),
     )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
