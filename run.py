@@ -8,7 +8,6 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from ablate.analysis.callback import sweep_exit_code
 from ablate.config import ConfigError  # also registers the config schemas
 
 
@@ -30,5 +29,4 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
-    main()
-    sys.exit(sweep_exit_code())  # a multirun with a failed cell exits 1 (a single run's failure raises)
+    main()  # a multirun with an unfinished cell exits 1 from its report callback (conf/config.yaml)

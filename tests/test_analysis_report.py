@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from test_analysis_factory import make_record, paired, write_sweep
 
 from ablate.analysis import report
-from ablate.analysis.callback import ReportCallback, sweep_exit_code
+from ablate.analysis.callback import ReportCallback
 from ablate.analysis.collect import collect, pair
 from ablate.analysis.hypotheses import CONF_DIR, DECISIONS
 from ablate.analysis.summaries import crossover_table, sequence_points
@@ -227,15 +227,21 @@ def test_callback_writes_the_report_and_never_raises(study: dict[str, Path], tmp
                                                      capsys: pytest.CaptureFixture) -> None:
     small = write_sweep(tmp_path / "results", "cb", paired([80.0, 81.0, 82.0], [80.1, 81.0, 81.9], sweep="cb"))
     callback = ReportCallback(out_dir=str(tmp_path / "out"))
-    callback.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(small)}}}))
+    assert callback.close_sweep(OmegaConf.create({"hydra": {"sweep": {"dir": str(small)}}})) == 0
     assert (tmp_path / "out" / "report.md").exists()
     out = capsys.readouterr().out
     assert out.startswith("ablate: report written to ") and out.endswith("ablate: sweep cb: 6 of 6 cells completed\n")
-    assert sweep_exit_code() == 0
-    callback.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "gone")}}}))
+    gone = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "gone")}}})
+    assert callback.close_sweep(gone) == 1
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("ablate: no report for ") and lines[1].startswith("ablate: sweep gone: cells unknown")
-    assert len(lines) == 2 and sweep_exit_code() == 1
+    assert len(lines) == 2
+    callback.on_multirun_end(gone)  # a library's callback reports; it does not end the process
+    with pytest.raises(SystemExit) as ended:
+        ReportCallback(out_dir=str(tmp_path / "out"), exit_with_outcome=True).on_multirun_end(gone)
+    assert ended.value.code == 1
+    ReportCallback(out_dir=str(tmp_path / "out"), exit_with_outcome=True).on_multirun_end(
+        OmegaConf.create({"hydra": {"sweep": {"dir": str(small)}}}))  # every cell completed: no exit
 
 
 APP = """
@@ -265,7 +271,7 @@ seed: 0
 hydra:
   sweep: {dir: results/sweeps/tiny, subdir: "${hydra.job.num}"}
   callbacks:
-    report: {_target_: ablate.analysis.callback.ReportCallback, out_dir: out}
+    report: {_target_: ablate.analysis.callback.ReportCallback, out_dir: out, exit_with_outcome: true}
 """
 
 
@@ -274,8 +280,9 @@ def test_hydra_multirun_ends_with_a_report(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text(CONFIG)
     done = subprocess.run([sys.executable, "app.py", "-m", "ssm=true,false", "seed=0,1,2"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # seed 2 of the SSM arm failed
     assert "ablate: report written to out/report.md" in done.stdout
+    assert "ablate: sweep tiny: 5 of 6 cells completed" in done.stdout and done.stdout.endswith(", 1 failed\n")
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| tiny    | results/sweeps/tiny | 6      | `python app.py -m ssm=true,false seed=0,1,2` |" in text
     assert "| failed   | RuntimeError: CUDA out of memory |" in text

@@ -7,8 +7,12 @@ Wired in conf/config.yaml:
       callbacks:
         report:
           _target_: ablate.analysis.callback.ReportCallback
+          exit_with_outcome: true
 
-run.py exits with `sweep_exit_code()`: 1 when a cell of the sweep failed or has no record, else 0.
+With `exit_with_outcome`, a multirun whose sweep has a failed cell, or a cell without a record, ends
+with exit status 1 from here: Hydra's `main` discards a multirun's return value, and the end of the
+multirun is the last thing it does (callbacks declared after this one have run already: Hydra calls
+`on_multirun_end` in reverse order).
 """
 from __future__ import annotations
 
@@ -17,15 +21,6 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
-
-# Cells of the last multirun's sweep that failed or left no record (None before any multirun ended).
-_UNFINISHED: int | None = None
-
-
-def sweep_exit_code() -> int:
-    """1 when the last multirun's sweep has a failed cell or a cell without a record, else 0."""
-    return 1 if _UNFINISHED else 0
-
 
 def sweep_outcome(sweep_dir: Path) -> tuple[str, int]:
     """("sweep NAME: 3 of 4 cells completed (1 reused from other sweeps), 1 failed", cells failed or
@@ -49,11 +44,15 @@ def sweep_outcome(sweep_dir: Path) -> tuple[str, int]:
 
 
 class ReportCallback(Callback):
-    """on_multirun_end -> ablate.analysis.report.write_report(hydra.sweep.dir). Never raises."""
+    """on_multirun_end -> ablate.analysis.report.write_report(hydra.sweep.dir), then the sweep's line.
 
-    def __init__(self, out_dir: str | None = None, hypotheses_dir: str | None = None) -> None:
+    Never raises; with `exit_with_outcome`, ends the process with status 1 when a cell is unfinished."""
+
+    def __init__(self, out_dir: str | None = None, hypotheses_dir: str | None = None,
+                 exit_with_outcome: bool = False) -> None:
         self.out_dir = Path(out_dir) if out_dir else None
         self.hypotheses_dir = Path(hypotheses_dir) if hypotheses_dir else None
+        self.exit_with_outcome = exit_with_outcome
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Add this leg's command to the sweep folder's legs file (the report lists every leg)."""
@@ -70,7 +69,13 @@ class ReportCallback(Callback):
             print(f"ablate: this leg's command was not recorded: {type(exc).__name__}: {exc}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        global _UNFINISHED
+        status = self.close_sweep(config)
+        if status and self.exit_with_outcome:
+            raise SystemExit(status)
+
+    def close_sweep(self, config: DictConfig) -> int:
+        """Write the sweep's report (and its wandb summary), print its line; return its exit status:
+        1 when a cell failed or has no record, else 0."""
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
             from ablate.analysis.report import write_report
@@ -87,10 +92,11 @@ class ReportCallback(Callback):
             except Exception as exc:  # noqa: BLE001 - nor a tracker that fails
                 print(f"ablate: the sweep's wandb summary was not logged: {type(exc).__name__}: {exc}")
         try:
-            line, _UNFINISHED = sweep_outcome(sweep_dir)
+            line, unfinished = sweep_outcome(sweep_dir)
         except Exception as exc:  # noqa: BLE001 - e.g. the sweep folder was never made: every job failed to start
-            line, _UNFINISHED = f"sweep {sweep_dir.name}: cells unknown ({type(exc).__name__}: {exc})", 1
+            line, unfinished = f"sweep {sweep_dir.name}: cells unknown ({type(exc).__name__}: {exc})", 1
         print(f"ablate: {line}")
+        return 1 if unfinished else 0
 
 
 def _log_to_wandb(config: DictConfig, sweep_dir: Path, report: Path) -> None:
