@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -99,6 +100,28 @@ def test_a_second_run_is_byte_identical(study: dict[str, Path]) -> None:
     first_dir = study["report"].parent
     for name in sorted(p.name for p in first_dir.iterdir()):
         assert (first_dir / name).read_bytes() == (again.parent / name).read_bytes(), name
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="figures are drawn by workers only with two cores or more")
+def test_figures_drawn_by_worker_processes_equal_those_drawn_here(study: dict[str, Path], tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from ablate.analysis import figures
+
+    monkeypatch.setattr(figures, "_workers", lambda: None)  # one core, threads, or no process could be started
+    here = report.write_report([study["sweep"]], tmp_path / "here", study["hypotheses"], results_root=study["results"])
+    # `ablate report` in a process of its own (one thread): forked workers draw the figures, and this
+    # process never imports matplotlib
+    code = ("import sys\nfrom ablate import cli\n"
+            f"cli.main(['report', {str(study['sweep'])!r}, '--results', {str(study['results'])!r}, '--hypotheses', "
+            f"{str(study['hypotheses'])!r}, '--out', {str(tmp_path / 'workers')!r}])\n"
+            "print('matplotlib' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1] == "False"
+    pngs = sorted(p.name for p in here.parent.glob("*.png"))
+    assert len(pngs) >= 4
+    for name in pngs:
+        assert (here.parent / name).read_bytes() == (tmp_path / "workers" / name).read_bytes(), name
 
 
 def test_verdicts_csv_has_one_row_per_hypothesis_part_and_cell(study: dict[str, Path]) -> None:

@@ -67,13 +67,15 @@ class Collection:
     notes: list[str] = field(default_factory=list)  # things the reader should know (one line each)
 
 
-def shown_path(path: Path) -> str:
-    """A path relative to the current directory when it lies below it (stable, short in tables)."""
-    path = Path(path).absolute()
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
+def shown_path(path: Path | str) -> str:
+    """A path relative to the current directory when it lies below it (stable, short in tables).
+
+    String operations, not pathlib: a report shows one per record (100,000 of them)."""
+    text, cwd = os.path.abspath(path), os.getcwd()
+    if text == cwd:
+        return "."
+    below = os.path.join(cwd, "")
+    return text[len(below):] if text.startswith(below) else text
 
 
 def collect(
@@ -95,7 +97,7 @@ def collect(
         root = Path(results_root)
         if not root.is_dir():
             raise ValueError(f"--results {root}: not a folder (expected a results root with runs/*/{RESULT_FILE})")
-        sources.extend(sorted(root.glob(f"runs/*/{RESULT_FILE}")))
+        sources.extend(_records_below(root / "runs"))
     loaded = _load(sources, problems)
     notes: list[str] = []
     runs, factors = _table(loaded, extra_factors, problems, notes)
@@ -175,11 +177,21 @@ def _commands(sweep_dir: Path) -> tuple[str, ...]:
     return (command_line(hydra),)
 
 
-def _load(sources: Iterable[Path], problems: list[tuple[str, str, str]]) -> list[tuple[Path, dict]]:
-    """Read each record once; a run_id met twice in different files keeps the first (reported)."""
-    seen: dict[str, Path] = {}
+def _records_below(runs: Path) -> list[str]:
+    """runs/*/result.json, as paths in text (a results folder of 100,000 records: no Path per record)."""
+    try:
+        entries = list(os.scandir(runs))
+    except FileNotFoundError:
+        return []
+    found = (os.path.join(entry.path, RESULT_FILE) for entry in entries if entry.is_dir())
+    return [path for path in found if os.path.isfile(path)]
+
+
+def _load(sources: Iterable[Path | str], problems: list[tuple[str, str, str]]) -> list[tuple[str, dict]]:
+    """Read each record once, in path order; a run_id met twice in different files keeps the first (reported)."""
+    seen: dict[str, str] = {}
     loaded = []
-    for path in sorted({Path(os.path.abspath(p)) for p in sources}):
+    for path in sorted({os.path.abspath(p) for p in sources}, key=lambda text: text.split(os.sep)):
         try:
             record = records.read(path)
         except ValueError as exc:
@@ -195,7 +207,7 @@ def _load(sources: Iterable[Path], problems: list[tuple[str, str, str]]) -> list
 
 
 def _table(
-    loaded: list[tuple[Path, dict]], extra_factors: Sequence[str], problems: list[tuple[str, str, str]], notes: list[str]
+    loaded: list[tuple[str, dict]], extra_factors: Sequence[str], problems: list[tuple[str, str, str]], notes: list[str]
 ) -> tuple[pd.DataFrame, list[str]]:
     factor_keys = sorted({key for _, record in loaded for key in record["factors"]} | set(extra_factors))
     factor_values = [_complete_factors(record, factor_keys) for _, record in loaded]
@@ -244,13 +256,17 @@ def _predated_notes(loaded: Sequence[Mapping[str, Any]], keys: Sequence[str]) ->
             f"behaviour there was then" for (key, value), n in sorted(counts.items(), key=str)]
 
 
+# json.dumps(value, sort_keys=True, default=str), without building an encoder per call (one per record)
+_sorted_json = json.JSONEncoder(sort_keys=True, default=str).encode
+
+
 def _flatten(node: Any, prefix: str = "") -> dict[str, str]:
     if isinstance(node, Mapping):
         out: dict[str, str] = {}
         for key, value in node.items():
             out.update(_flatten(value, f"{prefix}{key}."))
         return out
-    return {prefix[:-1]: json.dumps(node, sort_keys=True)}
+    return {prefix[:-1]: _sorted_json(node)}
 
 
 def _distinguishing_keys(loaded: list[dict], factor_values: list[dict]) -> list[str]:
@@ -261,7 +277,7 @@ def _distinguishing_keys(loaded: list[dict], factor_values: list[dict]) -> list[
     """
     groups: dict[str, list[dict]] = {}
     for record, values in zip(loaded, factor_values):
-        groups.setdefault(json.dumps(values, sort_keys=True, default=str), []).append(record)
+        groups.setdefault(_sorted_json(values), []).append(record)
     keys: set[str] = set()
     for group in groups.values():
         if len(group) < 2:
@@ -273,7 +289,7 @@ def _distinguishing_keys(loaded: list[dict], factor_values: list[dict]) -> list[
     return sorted(keys)
 
 
-def _row(path: Path, record: Mapping[str, Any], factors: Mapping[str, Any], problems: list) -> dict[str, Any]:
+def _row(path: str, record: Mapping[str, Any], factors: Mapping[str, Any], problems: list) -> dict[str, Any]:
     """One runs-table row: identity, factors, primary metric value, metrics.*, cost.*, env.*."""
     task = record["task"]
     metric = task.get("metric")
@@ -287,7 +303,7 @@ def _row(path: Path, record: Mapping[str, Any], factors: Mapping[str, Any], prob
         "overrides": list(record["overrides"]),
         # the model family's facts as JSON text (a scalar, so the table groups and compares it); None in records
         # written before the block existed
-        "family": json.dumps(record["family"], sort_keys=True) if record.get("family") else None,
+        "family": _sorted_json(record["family"]) if record.get("family") else None,
     }
     row.update(factors)
     row.update({f"metrics.{k}": v for k, v in record["metrics"].items()})
@@ -445,11 +461,16 @@ def pair(
 
 def at_level(column: pd.Series, level: Any) -> pd.Series:
     """Equality that keeps booleans apart from numbers (True is not the integer 1 here)."""
-    if isinstance(level, bool):
-        same = column.map(lambda v: isinstance(v, (bool, np.bool_)) and bool(v) == level)
+    if column.dtype == object:
+        is_bool = column.map(type).isin((bool, np.bool_)).to_numpy(dtype=bool)
     else:
-        same = column.map(lambda v: not isinstance(v, (bool, np.bool_)) and v == level)
-    return same.astype(bool)  # an empty map is object-typed, and would index columns, not rows
+        is_bool = np.full(len(column), column.dtype == bool)
+    if level is None or isinstance(level, (list, dict)):  # no elementwise == in pandas for these
+        equal = np.array([type(v) is type(level) and v == level for v in column], dtype=bool)
+    else:
+        equal = (column == level).to_numpy(dtype=bool)
+    same = equal & (is_bool if isinstance(level, (bool, np.bool_)) else ~is_bool)
+    return pd.Series(same, index=column.index, dtype=bool)
 
 
 def _unpaired(

@@ -1,20 +1,80 @@
 """The report's figures, as PNG files (matplotlib's Agg canvas via Figure; no pyplot state).
 
 Each function draws one task and returns the file name it wrote (relative to the report folder).
+`Drawer` draws them in a worker process while the report goes on; matplotlib is imported by the
+drawing functions, so a report whose figures are drawn there never imports it itself.
 """
 from __future__ import annotations
 
+import functools
+import logging
+import multiprocessing
+import os
 import re
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
-from matplotlib import ticker
-from matplotlib.collections import LineCollection
-from matplotlib.figure import Figure
 
 from ablate import atomic
+
+log = logging.getLogger("ablate.analysis")
+
+
+class Drawer:
+    """Draws figures in worker processes while this one writes the rest of the report.
+
+    On two cores a report spends about as long drawing as reading or testing; in workers,
+    matplotlib's import overlaps the reading and the drawing overlaps the tables and the text. The
+    workers are forks of this process, made when its first report starts and kept for its life: a
+    fork needs no second import of what this process has loaded, and re-runs no script. A process
+    that runs other threads then is never forked (a lock one of them holds would stay locked in the
+    child), nor one with a single core: there the figures are drawn here, in turn. The files are
+    the same bytes either way (a test compares them).
+    """
+
+    def __init__(self) -> None:
+        self._pool = _workers()
+
+    def submit(self, draw: Callable[..., str], *args: Any) -> "Future[str]":
+        """A Future of `draw(*args)` (a file name); paths in `args` must be absolute (a worker keeps
+        the directory it started in)."""
+        if self._pool is None:
+            done: Future[str] = Future()
+            done.set_result(draw(*args))
+            return done
+        try:
+            return self._pool.submit(draw, *args)
+        except BrokenProcessPool:  # a worker died (killed): the next report starts others
+            _workers.cache_clear()
+            raise
+
+
+@functools.lru_cache(maxsize=None)
+def _workers() -> ProcessPoolExecutor | None:
+    """The workers, forked at the process's first report (None: draw here)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if cores < 2 or threading.active_count() > 1:
+        return None
+    try:
+        pool = ProcessPoolExecutor(WORKERS, mp_context=multiprocessing.get_context("fork"), initializer=_warm_up)
+        pool.submit(int)  # fork them now: their imports overlap the reading
+    except (OSError, NotImplementedError) as exc:  # e.g. no /dev/shm for the pool's semaphores
+        log.info("figures are drawn in this process, in turn: no worker process (%s)", exc)
+        return None
+    return pool
+
+
+WORKERS = 2  # beside this process, which writes the tables and the text meanwhile
+
+
+def _warm_up() -> None:
+    import matplotlib.figure  # noqa: F401
+
 
 # arm key -> (role, colour, marker); the arms' names come from the comparison (`names`: {"t": ..., "c": ...})
 ARM_STYLE = {"c": ("control", "tab:blue", "o"), "t": ("treatment", "tab:orange", "s")}
@@ -30,8 +90,10 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-") or "task"
 
 
-def _figure(width: float = 6.0, bottom: float = 0.12, top: float = 0.92) -> Figure:
-    # fixed margins: a layout engine would redraw the figure and double its cost
+def _figure(width: float = 6.0, bottom: float = 0.12, top: float = 0.92) -> Any:
+    """A matplotlib Figure; fixed margins: a layout engine would redraw the figure and double its cost."""
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(width, 4.2))
     figure.subplots_adjust(left=0.11, right=0.97, top=top, bottom=bottom)
     return figure
@@ -39,13 +101,15 @@ def _figure(width: float = 6.0, bottom: float = 0.12, top: float = 0.92) -> Figu
 
 def _plain_log_axis(axes: Any) -> None:
     """Log x axis labelled with plain numbers, no crowded minor labels."""
+    from matplotlib import ticker
+
     axes.set_xscale("log")
     axes.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     axes.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
     axes.xaxis.set_minor_formatter(ticker.NullFormatter())
 
 
-def _save(figure: Figure, out_dir: Path, name: str) -> str:
+def _save(figure: Any, out_dir: Path, name: str) -> str:
     atomic.write(out_dir / name, lambda handle: figure.savefig(handle, format="png", dpi=100, metadata=PNG_METADATA))
     return name
 
@@ -73,6 +137,8 @@ def metric_vs_gmacs(summary: pd.DataFrame, pairs: pd.DataFrame, out_dir: Path, n
 def difference_vs_length(points: pd.DataFrame, pairs: pd.DataFrame, out_dir: Path, names: Mapping[str, str]) -> str:
     """Mean paired difference (treatment - control) against tokens L, with its CI, each seed's
     difference as a point, and tau marked. `pairs`: the task's pairs (`cost.seq_len`, `diff`, `series`)."""
+    from matplotlib import ticker
+
     task, metric = points["task"].iloc[0], points["metric"].iloc[0]
     figure = _figure(top=0.82)
     axes = figure.add_subplot()
@@ -145,6 +211,8 @@ def _mean_ci(sd: pd.Series, n: pd.Series) -> np.ndarray:
 def arm_bars(summary: pd.DataFrame, pairs: pd.DataFrame, out_dir: Path, names: Mapping[str, str]) -> str:
     """Both arms of every cell group of a task: the mean over seeds with its 95% CI, each paired seed
     as a point, and the two arms of a seed joined by a thin line."""
+    from matplotlib.collections import LineCollection
+
     task, metric = summary["task"].iloc[0], summary["metric"].iloc[0]
     figure = _figure(max(5.0, 1.2 * len(summary) + 2), bottom=0.22)
     axes = figure.add_subplot()

@@ -293,7 +293,8 @@ def mismatches(hypothesis: Hypothesis, collection: Collection) -> list[str]:
         known = [f for f in collection.factors if carried(f)]
         found.append(f"{where}: factor {h.factor!r} is in no record; records carry: {', '.join(known)}")
     elif "+" not in h.factor:  # a level of another type than the records' values matches nothing, silently
-        values = runs[h.factor].dropna()
+        # each distinct value once (a factor's values are scalars; the type keeps True and 1 apart)
+        values = [v for _, v in {(type(v), v) for v in runs[h.factor].dropna()}]
         kinds = {_kind(v) for v in values}
         for key, level in (("treatment", h.treatment), ("control", h.control)):
             if _kind(level) not in kinds:

@@ -14,6 +14,7 @@ import math
 import re
 import sys
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -133,6 +134,7 @@ def write_report(
     """Write report.md (rendered from `template`, default the shipped one), figures and the two CSV
     files; return the path of report.md. `stopwatch` gets the seconds of each phase."""
     clock = stopwatch if stopwatch is not None else Stopwatch()
+    drawer = figures.Drawer()  # its workers start now
     sweep_dirs = [Path(d) for d in sweep_dirs]
     hypotheses = load_hypotheses(hypotheses_dir)
     collection = collect(sweep_dirs, results_root, extra_factors=_hypothesis_factors(hypotheses))
@@ -150,11 +152,11 @@ def write_report(
     pairing = pair(collection.runs, collection.factors, compared.factor, compared.treatment, compared.control)
     tasks = _per_task(collection, hypotheses, verdicts)
     clock.lap("analysis")
-    drawn = {}
-    for view in tasks:
-        drawn.update(_draw(out, view))
-    curves, curve_files = _curves_section(collection, out, tasks)
+    drawing = {task: kinds for view in tasks for task, kinds in _draw(drawer, out.absolute(), view).items()}
+    curves, curve_files = _curves_section(collection, drawer, out.absolute(), tasks)
     _write_csvs(out, collection.runs, verdicts)
+    drawn = {task: {kind: future.result() for kind, future in kinds.items()} for task, kinds in drawing.items()}
+    curve_files = [future.result() for future in curve_files]
     context = {
         "title": f"Ablation report: {', '.join(s.name for s in collection.sweeps) or 'all runs'}",
         "warning": _did_not_learn(verdicts),
@@ -307,15 +309,16 @@ def _without_task(label: str) -> str:
 
 # --- outputs -------------------------------------------------------------------------------------
 
-def _draw(out: Path, view: TaskView) -> dict[str, dict[str, str]]:
-    """A task's figures; {task: {kind: file name}}."""
-    drawn: dict[str, dict[str, str]] = {}
+def _draw(drawer: figures.Drawer, out: Path, view: TaskView) -> dict[str, dict[str, Future]]:
+    """A task's figures, being drawn; {task: {kind: Future of the file name}}."""
+    drawn: dict[str, dict[str, Future]] = {}
     names = view.compared.names
     if len(view.summary):
-        drawn[view.task] = {"gmacs": figures.metric_vs_gmacs(view.summary, view.pairs, out, names),
-                            "bars": figures.arm_bars(view.summary, view.pairs, out, names)}
+        drawn[view.task] = {"gmacs": drawer.submit(figures.metric_vs_gmacs, view.summary, view.pairs, out, names),
+                            "bars": drawer.submit(figures.arm_bars, view.summary, view.pairs, out, names)}
     if len(view.points):
-        drawn.setdefault(view.task, {})["length"] = figures.difference_vs_length(view.points, view.pairs, out, names)
+        drawn.setdefault(view.task, {})["length"] = drawer.submit(figures.difference_vs_length, view.points,
+                                                                  view.pairs, out, names)
     return drawn
 
 
@@ -720,9 +723,10 @@ def _with_arms(collection: Collection, compared: Comparison) -> pd.DataFrame:
                        arm=[compared.names[k] if k else format_level(v) for k, v in zip(keys, runs[factor])])
 
 
-def _curves_section(collection: Collection, out: Path, tasks: Sequence[TaskView]) -> tuple[str, list[str]]:
+def _curves_section(collection: Collection, drawer: figures.Drawer, out: Path,
+                    tasks: Sequence[TaskView]) -> tuple[str, list[Future]]:
     """One training-curve figure per cell group with curves (both arms of its task's comparison, every
-    seed); the section, the files."""
+    seed); the section, and the files being drawn."""
     views = [_with_arms(replace(collection, runs=collection.runs[collection.runs["task"] == view.task]), view.compared)
              for view in tasks]
     runs = pd.concat(views) if views else collection.runs.iloc[:0].assign(arm_key=None, arm=None, cell=None)
@@ -738,9 +742,8 @@ def _curves_section(collection: Collection, out: Path, tasks: Sequence[TaskView]
         if not curves:
             continue
         label = group["label"].iloc[0]
-        name = figures.training_curves(group, curves, label, out, f"curves_{index:03d}_{figures.slug(label)[:60]}.png",
-                                       names[group["task"].iloc[0]])
-        files.append(name)
+        name = f"curves_{index:03d}_{figures.slug(label)[:60]}.png"
+        files.append(drawer.submit(figures.training_curves, group, curves, label, out, name, names[group["task"].iloc[0]]))
         blocks.append(f"![training curves: {label}]({name})")
     if not files:
         blocks.append("No record carries a training curve.")

@@ -38,10 +38,11 @@ def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
     atomic.write(Path(path), json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def read(path: Path) -> dict[str, Any]:
+def read(path: Path | str) -> dict[str, Any]:
     """Load and validate one record; raise ValueError naming the file, the key and what is wrong."""
     try:
-        record = json.loads(Path(path).read_text())
+        with open(path, encoding="utf-8") as handle:
+            record = json.loads(handle.read())
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: unreadable record ({exc})") from exc
     if not isinstance(record, dict):
