@@ -38,9 +38,15 @@ STATUSES = tuple(s.value for s in Status)
 Scalar = Union[bool, int, float, str, None]  # a factor's value
 
 
-def doc(text: str, since: str | None = None, **kwargs: Any) -> Any:
-    """A dataclass field documented for docs/record.md; `since`: the block was added later (older records lack it)."""
-    return field(metadata={"doc": text, **({"since": since} if since else {})}, **kwargs)
+def doc(text: str, since: str | None = None, written: Any = None, beside: bool = False, **kwargs: Any) -> Any:
+    """A dataclass field documented for docs/record.md; `since`: the block was added later (older records lack it).
+
+    How a field is written when not as its type says, the one description validation, the JSON Schema
+    and the docs read: `written`, the JSON type it is written as; `beside`, its items are written
+    beside the block's other fields (a mapping of any further keys)."""
+    metadata = {"doc": text, **({"since": since} if since else {}), **({"written": written} if written else {}),
+                **({"beside": True} if beside else {})}
+    return field(metadata=metadata, **kwargs)
 
 
 class Block:
@@ -116,7 +122,7 @@ class Cost(Block):
     extras: dict[str, Any] = doc("written into this block beside the fields above: the model family's cost facts "
                                  "(MambaOut: `expansion_ratio`, `hidden_widths`) and the task's (dense tasks: "
                                  "`detector_*` / `segmenter_*` for the whole network at `task.cost_size`)",
-                                 default_factory=dict)
+                                 beside=True, default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         out = super().to_json()
@@ -190,7 +196,8 @@ class FamilyFacts(Block):
                                        "(MambaOut: `ssm`, `scan`, `causal`, `match_macs`)", default=())
     # (key, (name when false, name when true)); written as {key: [off, on]}
     switches: tuple[tuple[str, tuple[str, str]], ...] = doc(
-        "{key: [arm name when false, when true]} (MambaOut: `ssm` is `no SSM` / `SSM`)", default=())
+        "{key: [arm name when false, when true]} (MambaOut: `ssm` is `no SSM` / `SSM`)", written=dict[str, list[str]],
+        default=())
 
     def labels(self, key: str) -> tuple[str, str] | None:
         """The arm names of switch `key` (for false, true), or None when it is not a switch."""
@@ -288,12 +295,14 @@ def _expected(tp: Any) -> str:
     return {float: "a number", int: "a number (integer)", bool: "true or false", str: "a string"}[tp]
 
 
+def _written(cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    """(field, the JSON type it is written as) of each block field, in order (a `beside` field included)."""
+    return [(f, f.metadata.get("written", hint)) for f, hint in zip(dataclasses.fields(cls), _hints(cls).values())]
+
+
 def _fields(cls: type) -> list[tuple[str, Any]]:
-    """(name, type hint) of a block's fields as written into JSON."""
-    hints = [(f.name, hint) for f, hint in zip(dataclasses.fields(cls), _hints(cls).values())]
-    if cls is FamilyFacts:  # its switches are written as a mapping
-        return [(name, dict[str, list[str]] if name == "switches" else hint) for name, hint in hints]
-    return [(name, hint) for name, hint in hints if not (cls is Cost and name == "extras")]
+    """(name, type) of a block's keys as written into JSON (a `beside` field's items are any further keys)."""
+    return [(f.name, hint) for f, hint in _written(cls) if "beside" not in f.metadata]
 
 
 def _is(tp: Any) -> Check:
@@ -401,12 +410,11 @@ def _json_schema_of(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _object_schema(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
-    properties, required = {}, []
-    for f, hint in zip(dataclasses.fields(cls), _hints(cls).values()):
-        if cls is Cost and f.name == "extras":
+    properties, required, beside = {}, [], None
+    for f, hint in _written(cls):
+        if "beside" in f.metadata:
+            beside = f
             continue
-        if cls is FamilyFacts and f.name == "switches":
-            hint = dict[str, list[str]]
         properties[f.name] = {**_json_schema_of(hint, defs), "description": f.metadata["doc"]}
         if cls is Record and "since" not in f.metadata:
             required.append(f.name)
@@ -417,8 +425,8 @@ def _object_schema(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
         out["required"] = required
     if cls is Record:
         out["properties"]["schema"]["const"] = SCHEMA
-    if cls is Cost:
-        out["additionalProperties"] = {"description": " ".join(dataclasses.fields(Cost)[-1].metadata["doc"].split())}
+    if beside is not None:
+        out["additionalProperties"] = {"description": " ".join(beside.metadata["doc"].split())}
     return out
 
 
@@ -439,12 +447,8 @@ def schema_table() -> str:
     rows = ["| key | type | content |", "|---|---|---|"]
 
     def add(cls: type, prefix: str) -> None:
-        for f, hint in zip(dataclasses.fields(cls), _hints(cls).values()):
-            key = f"{prefix}{f.name}"
-            if cls is Cost and f.name == "extras":
-                key = f"{prefix}…"
-            elif cls is FamilyFacts and f.name == "switches":
-                hint = dict[str, list[str]]
+        for f, hint in _written(cls):
+            key = f"{prefix}…" if "beside" in f.metadata else f"{prefix}{f.name}"
             since = "; absent in records written before it existed" if "since" in f.metadata else ""
             rows.append(f"| `{key}` | {_cell(_what(hint))} | {_cell(f.metadata['doc'] + since)} |")
             block = next((a for a in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(a)), None)
