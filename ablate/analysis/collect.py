@@ -459,6 +459,11 @@ def pair(
     return Pairing(factor, treatment, control, keys, _sorted(pairs), unpaired.reset_index(drop=True))
 
 
+def values_of(column: pd.Series) -> list:
+    """A column's values as a list (iterating a pandas string column itself costs a Python call per value)."""
+    return column.to_numpy(dtype=object).tolist()
+
+
 def at_level(column: pd.Series, level: Any) -> pd.Series:
     """Equality that keeps booleans apart from numbers (True is not the integer 1 here)."""
     if column.dtype == object:
@@ -478,16 +483,16 @@ def _unpaired(
     present_arm: str, missing_arm: str,
 ) -> pd.DataFrame:
     """Cells of `present` whose partner in the other arm is absent or did not complete."""
-    have = set(zip(other["cell"], other["seed"]))
+    have = set(zip(values_of(other["cell"]), values_of(other["seed"])))
     partners = runs[at_level(runs[factor], missing_level)]
     status: dict[tuple, str] = {}  # (cell, seed) -> the first partner record's status
-    for cell, seed, record_status in zip(partners["cell"], partners["seed"], partners["status"]):
+    for cell, seed, record_status in zip(*(values_of(partners[c]) for c in ("cell", "seed", "status"))):
         status.setdefault((cell, seed), _status_text(record_status))
     rows = [{
         "cell": cell, "label": label, "seed": seed, "present": present_arm, "missing": missing_arm,
         "missing_status": status.get((cell, seed), "no record"),
         "overrides": fill_overrides(overrides, factor, missing_level),
-    } for cell, label, seed, overrides in zip(present["cell"], present["label"], present["seed"], present["overrides"])
+    } for cell, label, seed, overrides in zip(*(values_of(present[c]) for c in ("cell", "label", "seed", "overrides")))
         if (cell, seed) not in have]
     return pd.DataFrame(rows, columns=["cell", "label", "seed", "present", "missing", "missing_status", "overrides"])
 

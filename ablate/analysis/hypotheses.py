@@ -49,8 +49,8 @@ import pandas as pd
 import yaml
 
 from ablate.analysis import stats
-from ablate.analysis.collect import (Collection, Pairing, at_level, components, pair, series_factors, with_cells,
-                                     with_factor)
+from ablate.analysis.collect import (Collection, Pairing, at_level, components, pair, series_factors, values_of,
+                                     with_cells, with_factor)
 from ablate.analysis.summaries import GIGA
 from ablate.records import TASK_KINDS
 
@@ -294,7 +294,7 @@ def mismatches(hypothesis: Hypothesis, collection: Collection) -> list[str]:
         found.append(f"{where}: factor {h.factor!r} is in no record; records carry: {', '.join(known)}")
     elif "+" not in h.factor:  # a level of another type than the records' values matches nothing, silently
         # each distinct value once (a factor's values are scalars; the type keeps True and 1 apart)
-        values = [v for _, v in {(type(v), v) for v in runs[h.factor].dropna()}]
+        values = [v for _, v in {(type(v), v) for v in values_of(runs[h.factor].dropna())}]
         kinds = {_kind(v) for v in values}
         for key, level in (("treatment", h.treatment), ("control", h.control)):
             if _kind(level) not in kinds:
@@ -306,7 +306,7 @@ def mismatches(hypothesis: Hypothesis, collection: Collection) -> list[str]:
         found.append(f"{where}: metric {h.metric!r} is in no record; records carry: {', '.join(metrics)}")
     for key, column in SCOPE_COLUMNS.items():
         wanted = getattr(h.scope, key)
-        present = set(runs[column].dropna().astype(str)) if column in runs else set()
+        present = set(runs[column].dropna().astype(str).unique()) if column in runs else set()
         unknown = [v for v in wanted if v not in present]
         if unknown:
             found.append(f"{where}: scope.{key}={','.join(unknown)} matches no record; records have: "

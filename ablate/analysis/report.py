@@ -26,7 +26,8 @@ from ablate import atomic, records
 from ablate.analysis import figures, summaries
 from ablate.analysis.collect import (
     CELL_FILE, COMPLETED, INCOMPLETE, RESULT_FILE, UNREADABLE, Collection, Pairing, at_level, cell_factors, collect,
-    combination_codes, components, format_level, pair, series_factors, shown_path, with_cells, with_factor,
+    combination_codes, components, format_level, pair, series_factors, shown_path, values_of, with_cells,
+    with_factor,
 )
 from ablate.analysis.hypotheses import (
     CHANCE_MARGIN, CONF_DIR, INSUFFICIENT, VERDICT_COLUMNS, Hypothesis, Verdict, evaluate, load_hypotheses, mismatches,
@@ -452,7 +453,7 @@ def _distinct(column: pd.Series) -> str:
 
 
 def _extreme(column: pd.Series, pick: Any) -> str:
-    values = [str(v) for v in column.dropna()]
+    values = [str(v) for v in column.dropna().unique()]
     return pick(values) if values else "unknown"  # ISO-8601 UTC strings sort in time order
 
 
@@ -811,9 +812,9 @@ class Listings:
 def _stale_block(runs: pd.DataFrame, listings: Listings) -> list[str]:
     """Records the code as it is now may not reproduce: computed at another commit, or from a dirty tree."""
     commit, _ = records.code_version()
-    dirty = [d is True or d is np.True_ for d in runs["env.git_dirty"]]
+    dirty = [d is True or d is np.True_ for d in values_of(runs["env.git_dirty"])]
     why = [records.staleness({"git_commit": c if isinstance(c, str) else None, "git_dirty": d}, commit)
-           for c, d in zip(runs["env.git_commit"], dirty)]
+           for c, d in zip(values_of(runs["env.git_commit"]), dirty)]
     stale = runs.assign(why=why)[[w is not None for w in why]]
     head = ["### Stale results"]
     if commit is None:
