@@ -10,6 +10,7 @@ cell.json and a cell.json whose record is missing all become rows of `Collection
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 from dataclasses import dataclass, field
@@ -98,7 +99,13 @@ def collect(
         if not root.is_dir():
             raise ValueError(f"--results {root}: not a folder (expected a results root with runs/*/{RESULT_FILE})")
         sources.extend(_records_below(root / "runs"))
-    loaded = _load(sources, problems)
+    collecting = gc.isenabled()
+    gc.disable()  # JSON builds trees, never cycles: a collection while reading would walk every record for nothing
+    try:
+        loaded = _load(sources, problems)
+    finally:
+        if collecting:
+            gc.enable()
     notes: list[str] = []
     runs, factors = _table(loaded, extra_factors, problems, notes)
     problem_frame = pd.DataFrame(sorted(set(problems)), columns=["file", "kind", "problem"])

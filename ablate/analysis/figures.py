@@ -12,7 +12,7 @@ import multiprocessing
 import os
 import re
 import threading
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -39,6 +39,7 @@ class Drawer:
 
     def __init__(self) -> None:
         self._pool = _workers()
+        self._submitted: list[Future[str]] = []
 
     def submit(self, draw: Callable[..., str], *args: Any) -> "Future[str]":
         """A Future of `draw(*args)` (a file name); paths in `args` must be absolute (a worker keeps
@@ -48,10 +49,19 @@ class Drawer:
             done.set_result(draw(*args))
             return done
         try:
-            return self._pool.submit(draw, *args)
+            future = self._pool.submit(draw, *args)
         except BrokenProcessPool:  # a worker died (killed): the next report starts others
             _workers.cache_clear()
             raise
+        self._submitted.append(future)
+        return future
+
+    def settle(self) -> None:
+        """Cancel the figures not begun and wait for those being drawn: a report that failed writes
+        nothing after it has said so."""
+        for future in self._submitted:
+            future.cancel()
+        wait(self._submitted)
 
 
 @functools.lru_cache(maxsize=None)

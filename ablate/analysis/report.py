@@ -8,6 +8,7 @@ timestamp of the report itself is written (the dates shown are the runs' own).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import math
@@ -39,6 +40,9 @@ from ablate.records.tuning import SUMMARY_FILE
 log = logging.getLogger("ablate.analysis")
 
 REPORT_FILE = "report.md"
+# the report's sections after the first screen, in order (the template's `sections`)
+SECTIONS = ("what_was_run", "verdict_details", "numbers", "per_task", "arms", "curves", "sequence", "tuning",
+            "problems", "files")
 TEMPLATES = Path(__file__).with_name("templates")
 DEFAULT_TEMPLATE = "report.md.j2"
 RESULTS_CSV = "results.csv"
@@ -144,42 +148,51 @@ def write_report(
         raise ValueError(_nothing_read(sweep_dirs, results_root, collection))
     out = Path(out_dir) if out_dir is not None else default_out_dir(sweep_dirs, results_root)
     out.mkdir(parents=True, exist_ok=True)
-    verdicts = [evaluate(h, collection) for h in hypotheses]
-    for hypothesis in hypotheses:
-        for line in mismatches(hypothesis, collection):
-            log.warning("%s", line)
-            collection.notes.append(line)
-    compared = comparison(hypotheses, collection.runs, verdicts)
-    pairing = pair(collection.runs, collection.factors, compared.factor, compared.treatment, compared.control)
-    tasks = _per_task(collection, hypotheses, verdicts)
-    clock.lap("analysis")
-    drawing = {task: kinds for view in tasks for task, kinds in _draw(drawer, out.absolute(), view).items()}
-    curves, curve_files = _curves_section(collection, drawer, out.absolute(), tasks)
-    _write_csvs(out, collection.runs, verdicts)
-    drawn = {task: {kind: future.result() for kind, future in kinds.items()} for task, kinds in drawing.items()}
-    curve_files = [future.result() for future in curve_files]
-    context = {
-        "title": f"Ablation report: {', '.join(s.name for s in collection.sweeps) or 'all runs'}",
-        "warning": _did_not_learn(verdicts),
-        "verdicts": _glance(verdicts),
-        "ran": _ran(collection),
-        "sections": {
+    # The records stay to the end: the cycle collector skips them from here on (each full collection would
+    # walk millions of their objects, and statsmodels' Holm runs one per call).
+    gc.freeze()
+    try:
+        verdicts = [evaluate(h, collection) for h in hypotheses]
+        for hypothesis in hypotheses:
+            for line in mismatches(hypothesis, collection):
+                log.warning("%s", line)
+                collection.notes.append(line)
+        compared = comparison(hypotheses, collection.runs, verdicts)
+        pairing = pair(collection.runs, collection.factors, compared.factor, compared.treatment, compared.control)
+        tasks = _per_task(collection, hypotheses, verdicts)
+        clock.lap("analysis")
+        drawing = {task: kinds for view in tasks for task, kinds in _draw(drawer, out.absolute(), view).items()}
+        curves, curve_files = _curves_section(collection, drawer, out.absolute(), tasks)
+        # everything that does not name a figure, while the workers draw
+        _write_csvs(out, collection.runs, verdicts)
+        early = {
             "what_was_run": _what_was_run(collection, results_root, hypotheses, hypotheses_dir),
             "verdict_details": _verdict_section(verdicts),
             "numbers": _paragraphs(verdicts),
-            "per_task": _task_sections(tasks, drawn),
             "arms": _arms_section(collection.runs, hypotheses),
             "curves": curves,
-            "sequence": _sequence_section(tasks, drawn),
             "tuning": _tuning_section(collection),
             "problems": _problems_section(collection, pairing, verdicts, compared, listings := Listings(out)),
-            "files": _files_section(drawn, curve_files, listings.written),
-        },
-    }
-    path = out / REPORT_FILE
-    atomic.write(path, render(context, template))
-    clock.lap("render")
-    return path
+        }
+        drawn = {task: {kind: future.result() for kind, future in kinds.items()} for task, kinds in drawing.items()}
+        curve_files = [future.result() for future in curve_files]
+        late = {"per_task": _task_sections(tasks, drawn), "sequence": _sequence_section(tasks, drawn),
+                "files": _files_section(drawn, curve_files, listings.written)}
+        sections = {name: {**early, **late}[name] for name in SECTIONS}
+        context = {
+            "title": f"Ablation report: {', '.join(s.name for s in collection.sweeps) or 'all runs'}",
+            "warning": _did_not_learn(verdicts),
+            "verdicts": _glance(verdicts),
+            "ran": _ran(collection),
+            "sections": sections,
+        }
+        path = out / REPORT_FILE
+        atomic.write(path, render(context, template))
+        clock.lap("render")
+        return path
+    finally:
+        drawer.settle()
+        gc.unfreeze()
 
 
 class Stopwatch:
