@@ -396,8 +396,9 @@ def combination_codes(runs: pd.DataFrame, keys: Sequence[str]) -> np.ndarray:
     """An int per row, equal where the rows' values of `keys` are equal (True and 1 apart, lists by content)."""
     if not keys:
         return np.zeros(len(runs), dtype=np.int64)
-    try:  # each column's values and their types, factorized in C
-        parts = [pd.factorize(runs[k].map(type))[0] for k in keys] + [pd.factorize(runs[k])[0] for k in keys]
+    try:  # each column's values and, in a column of mixed objects, their types; factorized in C
+        parts = [pd.factorize(runs[k].map(type))[0] for k in keys if runs[k].dtype == object]
+        parts += [pd.factorize(runs[k])[0] for k in keys]
     except TypeError:  # an unhashable value (a list): tokens made in Python
         return pd.factorize(pd.Series([_level_token(values) for values in zip(*(runs[k].tolist() for k in keys))],
                                       dtype=object))[0]
