@@ -10,6 +10,7 @@ cell.json and a cell.json whose record is missing all become rows of `Collection
 """
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
@@ -499,7 +500,7 @@ def _unpaired(
     rows = [{
         "cell": cell, "label": label, "seed": seed, "present": present_arm, "missing": missing_arm,
         "missing_status": status.get((cell, seed), "no record"),
-        "overrides": fill_overrides(overrides, factor, missing_level),
+        "overrides": fill_overrides(tuple(overrides), factor, missing_level),
     } for cell, label, seed, overrides in zip(*(values_of(present[c]) for c in ("cell", "label", "seed", "overrides")))
         if (cell, seed) not in have]
     return pd.DataFrame(rows, columns=["cell", "label", "seed", "present", "missing", "missing_status", "overrides"])
@@ -509,9 +510,10 @@ def _status_text(status: str) -> str:
     return "completed without the compared metric" if status == COMPLETED else str(status)
 
 
-def fill_overrides(overrides: Sequence[str], factor: str, level: Any) -> str:
+@functools.lru_cache(maxsize=65536)
+def fill_overrides(overrides: tuple[str, ...], factor: str, level: Any) -> str:
     """The present arm's overrides with the ablated factor (each component of a compound one) switched:
-    the command that fills a gap."""
+    the command that fills a gap. Cached: a report pairs the same records for several hypotheses."""
     items = list(overrides)
     keys, levels = components(factor), format_level(level).split(COMPOUND)
     for key, value in reversed(list(zip(keys, levels if len(keys) > 1 else [format_level(level)]))):
