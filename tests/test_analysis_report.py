@@ -124,6 +124,17 @@ def test_figures_drawn_by_worker_processes_equal_those_drawn_here(study: dict[st
         assert (here.parent / name).read_bytes() == (tmp_path / "workers" / name).read_bytes(), name
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="figures are drawn by workers only with two cores or more")
+def test_a_worker_that_dies_fails_that_report_and_the_next_one_forks_others() -> None:
+    code = ("import os\nfrom concurrent.futures.process import BrokenProcessPool\nfrom ablate.analysis import figures\n"
+            "drawer = figures.Drawer()\nkilled = drawer.submit(os._exit, 9)\n"
+            "try:\n    killed.result()\nexcept BrokenProcessPool:\n    print('broken')\n"
+            "drawer.settle()\nprint(figures.Drawer().submit(str, 5).result())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["broken", "5"]
+
+
 def test_verdicts_csv_has_one_row_per_hypothesis_part_and_cell(study: dict[str, Path]) -> None:
     verdicts = pd.read_csv(study["report"].parent / "verdicts.csv")
     assert list(verdicts.columns[:3]) == ["hypothesis", "part", "scope"]

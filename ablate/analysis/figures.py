@@ -1,7 +1,7 @@
 """The report's figures, as PNG files (matplotlib's Agg canvas via Figure; no pyplot state).
 
 Each function draws one task and returns the file name it wrote (relative to the report folder).
-`Drawer` draws them in a worker process while the report goes on; matplotlib is imported by the
+`Drawer` draws them in worker processes while the report goes on; matplotlib is imported by the
 drawing functions, so a report whose figures are drawn there never imports it itself.
 """
 from __future__ import annotations
@@ -62,6 +62,8 @@ class Drawer:
         for future in self._submitted:
             future.cancel()
         wait(self._submitted)
+        if any(not f.cancelled() and isinstance(f.exception(), BrokenProcessPool) for f in self._submitted):
+            _workers.cache_clear()  # a worker died (killed): the next report forks others
 
 
 @functools.lru_cache(maxsize=None)
