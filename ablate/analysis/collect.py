@@ -16,7 +16,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -228,7 +228,8 @@ def _table(
         )
         factor_values = [_complete_factors(record, factor_keys + extra) for _, record in loaded]
     factors = _ordered_factors(factor_keys + extra)
-    rows = [_row(path, record, values, problems) for (path, record), values in zip(loaded, factor_values)]
+    family_json = _family_json()
+    rows = [_row(path, record, values, problems, family_json) for (path, record), values in zip(loaded, factor_values)]
     runs = pd.DataFrame(rows, columns=_columns(rows, factors))
     if len(runs):
         runs = runs.sort_values(["task", "model.name", "cost.seq_len", "seed", "run_id"], kind="stable")
@@ -297,7 +298,22 @@ def _distinguishing_keys(loaded: list[dict], factor_values: list[dict]) -> list[
     return sorted(keys)
 
 
-def _row(path: str, record: Mapping[str, Any], factors: Mapping[str, Any], problems: list) -> dict[str, Any]:
+def _prefixed(prefix: str, keys: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    return tuple((key, f"{prefix}.{key}") for key in keys)
+
+
+_TUNING_COLUMNS = _prefixed("tuning", ("study", "trial", "storage", "role"))
+_ENV_COLUMNS, _CURVE_COLUMNS, _INIT_COLUMNS = (_prefixed(p, k) for p, k in
+                                               (("env", ENV_KEYS), ("curve", CURVE_KEYS), ("init", INIT_KEYS)))
+
+
+@functools.lru_cache(maxsize=None)
+def _column(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}"  # one string per metric or cost key, not one per record
+
+
+def _row(path: str, record: Mapping[str, Any], factors: Mapping[str, Any], problems: list,
+         family_json: Callable[[Any], str]) -> dict[str, Any]:
     """One runs-table row: identity, factors, primary metric value, metrics.*, cost.*, env.*."""
     task = record["task"]
     metric = task.get("metric")
@@ -311,24 +327,33 @@ def _row(path: str, record: Mapping[str, Any], factors: Mapping[str, Any], probl
         "overrides": list(record["overrides"]),
         # the model family's facts as JSON text (a scalar, so the table groups and compares it); None in records
         # written before the block existed
-        "family": _sorted_json(record["family"]) if record.get("family") else None,
+        "family": family_json(record["family"]) if record.get("family") else None,
     }
     row.update(factors)
-    row.update({f"metrics.{k}": v for k, v in record["metrics"].items()})
+    row.update({_column("metrics", k): v for k, v in record["metrics"].items()})
     cost = record["cost"] or {}
-    row.update({f"cost.{k}": v if not isinstance(v, (list, dict)) else json.dumps(v) for k, v in cost.items()})
-    tuning = record.get("tuning") or {}
-    row.update({f"tuning.{k}": tuning.get(k) for k in ("study", "trial", "storage", "role")})
-    row.update({f"env.{k}": (record.get("env") or {}).get(k) for k in ENV_KEYS})
-    curve = record.get("curve") or {}
-    row.update({f"curve.{k}": curve.get(k) for k in CURVE_KEYS})
-    init = record.get("init") or {}  # null, or absent in records written before the block existed
-    row.update({f"init.{k}": init.get(k) for k in INIT_KEYS})
+    row.update({_column("cost", k): v if not isinstance(v, (list, dict)) else json.dumps(v) for k, v in cost.items()})
+    for block, columns in (("tuning", _TUNING_COLUMNS), ("env", _ENV_COLUMNS), ("curve", _CURVE_COLUMNS),
+                           ("init", _INIT_COLUMNS)):
+        values = record.get(block) or {}  # null, or absent in records written before the block existed
+        row.update({column: values.get(key) for key, column in columns})
     if record["status"] == COMPLETED:
         lacking = [k for k in ("params", "macs", "macs_ssm", "seq_len", "tau") if cost.get(k) is None]
         if lacking:
             problems.append((shown_path(path), INCOMPLETE, f"completed record lacks cost {', '.join(lacking)}"))
     return row
+
+
+def _family_json() -> Callable[[Any], str]:
+    """_sorted_json for the family blocks of records in turn: a block equal to the one before (a family
+    is shared by every record of a study) reuses its text."""
+    last: list = [None, None]
+
+    def encode(block: Any) -> str:
+        if block != last[0]:
+            last[:] = [block, _sorted_json(block)]
+        return last[1]
+    return encode
 
 
 def _columns(rows: list[dict], factors: list[str]) -> list[str]:
