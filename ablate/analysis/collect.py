@@ -39,11 +39,12 @@ HEAD_COLUMNS = (
     "overrides", "family",
 )
 ENV_KEYS = ("git_commit", "git_dirty", "device", "hostname", "started_at", "finished_at")
+TUNING_KEYS = ("study", "trial", "storage", "role")  # of the record's tuning block, as columns
 CURVE_KEYS = ("file", "points", "first_loss", "last_loss")  # the record's curve summary
 INIT_KEYS = ("upstream_run_id", "checkpoint", "sha256")  # where a dense cell's backbone weights came from
 # Columns present even when no record has them (the analysis reads them).
 ALWAYS_COLUMNS = (
-    *(f"cost.{k}" for k in records.NUMERIC_COST), "tuning.study", "tuning.trial", "tuning.storage", "tuning.role",
+    *(f"cost.{k}" for k in records.NUMERIC_COST), *(f"tuning.{k}" for k in TUNING_KEYS),
     *(f"env.{k}" for k in ENV_KEYS), *(f"curve.{k}" for k in CURVE_KEYS), *(f"init.{k}" for k in INIT_KEYS),
 )
 
@@ -298,18 +299,17 @@ def _distinguishing_keys(loaded: list[dict], factor_values: list[dict]) -> list[
     return sorted(keys)
 
 
-def _prefixed(prefix: str, keys: Sequence[str]) -> tuple[tuple[str, str], ...]:
-    return tuple((key, f"{prefix}.{key}") for key in keys)
-
-
-_TUNING_COLUMNS = _prefixed("tuning", ("study", "trial", "storage", "role"))
-_ENV_COLUMNS, _CURVE_COLUMNS, _INIT_COLUMNS = (_prefixed(p, k) for p, k in
-                                               (("env", ENV_KEYS), ("curve", CURVE_KEYS), ("init", INIT_KEYS)))
-
-
 @functools.lru_cache(maxsize=None)
 def _column(prefix: str, key: str) -> str:
     return f"{prefix}.{key}"  # one string per metric or cost key, not one per record
+
+
+def _prefixed(prefix: str, keys: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    return tuple((key, _column(prefix, key)) for key in keys)
+
+
+_BLOCK_COLUMNS = {block: _prefixed(block, keys) for block, keys in
+                  (("tuning", TUNING_KEYS), ("env", ENV_KEYS), ("curve", CURVE_KEYS), ("init", INIT_KEYS))}
 
 
 def _row(path: str, record: Mapping[str, Any], factors: Mapping[str, Any], problems: list,
@@ -333,8 +333,7 @@ def _row(path: str, record: Mapping[str, Any], factors: Mapping[str, Any], probl
     row.update({_column("metrics", k): v for k, v in record["metrics"].items()})
     cost = record["cost"] or {}
     row.update({_column("cost", k): v if not isinstance(v, (list, dict)) else json.dumps(v) for k, v in cost.items()})
-    for block, columns in (("tuning", _TUNING_COLUMNS), ("env", _ENV_COLUMNS), ("curve", _CURVE_COLUMNS),
-                           ("init", _INIT_COLUMNS)):
+    for block, columns in _BLOCK_COLUMNS.items():
         values = record.get(block) or {}  # null, or absent in records written before the block existed
         row.update({column: values.get(key) for key, column in columns})
     if record["status"] == COMPLETED:
@@ -346,7 +345,8 @@ def _row(path: str, record: Mapping[str, Any], factors: Mapping[str, Any], probl
 
 def _family_json() -> Callable[[Any], str]:
     """_sorted_json for the family blocks of records in turn: a block equal to the one before (a family
-    is shared by every record of a study) reuses its text."""
+    is shared by every record of a study) reuses its text. Equal blocks have equal text: a block holds
+    strings only (FamilyFacts), where == cannot confuse true with 1."""
     last: list = [None, None]
 
     def encode(block: Any) -> str:
