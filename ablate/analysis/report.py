@@ -33,7 +33,6 @@ from ablate.analysis.collect import (
 from ablate.analysis.hypotheses import (
     CHANCE_MARGIN, CONF_DIR, INSUFFICIENT, VERDICT_COLUMNS, Hypothesis, Verdict, evaluate, load_hypotheses, mismatches,
 )
-
 from ablate.analysis.tuning import tuning_section
 from ablate.records.tuning import SUMMARY_FILE
 

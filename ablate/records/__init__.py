@@ -4,6 +4,7 @@
                  docs/record.md's table and docs/record.schema.json are generated from it
     identity.py  which config keys name a cell (run_id) and its flat factors
     store.py     the cell folder: the lock, the previous record, history/, the atomic write
+    tuning.py    the tuner's summary (tuning.json) that the report's tuning section reads
 
 Imports neither torch nor any other ablate stage, so the analysis can stand on it alone.
 """
