@@ -426,7 +426,7 @@ def combination_codes(runs: pd.DataFrame, keys: Sequence[str]) -> np.ndarray:
         parts = [pd.factorize(runs[k].map(type))[0] for k in keys if runs[k].dtype == object]
         parts += [pd.factorize(runs[k])[0] for k in keys]
     except TypeError:  # an unhashable value (a list): tokens made in Python
-        return pd.factorize(pd.Series([_level_token(values) for values in zip(*(runs[k].tolist() for k in keys))],
+        return pd.factorize(pd.Series([_level_token(values) for values in zip(*(values_of(runs[k]) for k in keys))],
                                       dtype=object))[0]
     return pd.DataFrame(np.column_stack(parts)).groupby(list(range(len(parts))), sort=False).ngroup().to_numpy()
 
@@ -459,7 +459,7 @@ def with_factor(runs: pd.DataFrame, factor: str) -> pd.DataFrame:
         return runs
     keys = components(factor)
     if len(keys) > 1 and all(k in runs for k in keys):
-        joined = [COMPOUND.join(map(format_level, levels)) for levels in zip(*(runs[k].tolist() for k in keys))]
+        joined = [COMPOUND.join(map(format_level, levels)) for levels in zip(*(values_of(runs[k]) for k in keys))]
         return runs.assign(**{factor: pd.Series(joined, index=runs.index, dtype=object)})
     return runs.assign(**{factor: None})
 
