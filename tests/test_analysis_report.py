@@ -102,15 +102,15 @@ def test_a_second_run_is_byte_identical(study: dict[str, Path]) -> None:
         assert (first_dir / name).read_bytes() == (again.parent / name).read_bytes(), name
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="figures are drawn by workers only with two cores or more")
-def test_figures_drawn_by_worker_processes_equal_those_drawn_here(study: dict[str, Path], tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from ablate.analysis import figures
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="a report forks workers only with two cores or more")
+def test_a_report_written_with_workers_equals_one_written_in_one_process(study: dict[str, Path], tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ablate.analysis import workers
 
-    monkeypatch.setattr(figures, "_workers", lambda: None)  # one core, threads, or no process could be started
+    monkeypatch.setattr(workers, "_fork", lambda: None)  # one core, threads, or no process could be started
     here = report.write_report([study["sweep"]], tmp_path / "here", study["hypotheses"], results_root=study["results"])
-    # `ablate report` in a process of its own (one thread): forked workers draw the figures, and this
-    # process never imports matplotlib
+    # `ablate report` in a process of its own (one thread): forked workers read the records and draw the
+    # figures, and this process never imports matplotlib
     code = ("import sys\nfrom ablate import cli\n"
             f"cli.main(['report', {str(study['sweep'])!r}, '--results', {str(study['results'])!r}, '--hypotheses', "
             f"{str(study['hypotheses'])!r}, '--out', {str(tmp_path / 'workers')!r}])\n"
@@ -118,21 +118,22 @@ def test_figures_drawn_by_worker_processes_equal_those_drawn_here(study: dict[st
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines()[-1] == "False"
-    pngs = sorted(p.name for p in here.parent.glob("*.png"))
-    assert len(pngs) >= 4
-    for name in pngs:
+    names = sorted(p.name for p in here.parent.iterdir())
+    assert len([name for name in names if name.endswith(".png")]) >= 4
+    assert names == sorted(p.name for p in (tmp_path / "workers").iterdir())
+    for name in names:
         assert (here.parent / name).read_bytes() == (tmp_path / "workers" / name).read_bytes(), name
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="figures are drawn by workers only with two cores or more")
-def test_a_worker_that_dies_fails_that_report_and_the_next_one_forks_others() -> None:
-    code = ("import os\nfrom concurrent.futures.process import BrokenProcessPool\nfrom ablate.analysis import figures\n"
-            "drawer = figures.Drawer()\nkilled = drawer.submit(os._exit, 9)\n"
-            "try:\n    killed.result()\nexcept BrokenProcessPool:\n    print('broken')\n"
-            "drawer.settle()\nprint(figures.Drawer().submit(str, 5).result())")
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="a report forks workers only with two cores or more")
+def test_a_worker_that_dies_fails_what_it_ran_and_the_next_report_forks_others() -> None:
+    code = ("import os\nfrom concurrent.futures.process import BrokenProcessPool\nfrom ablate.analysis.workers import Workers\n"
+            "with Workers() as workers:\n    killed = workers.submit(os._exit, 9)\n"
+            "    try:\n        killed.result()\n    except BrokenProcessPool:\n        print('broken')\n"
+            "with Workers() as workers:\n    print(workers.submit(str, 5).result(), workers.submit(os.getpid).result() != os.getpid())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == ["broken", "5"]
+    assert done.stdout.split() == ["broken", "5", "True"]
 
 
 def test_verdicts_csv_has_one_row_per_hypothesis_part_and_cell(study: dict[str, Path]) -> None:

@@ -73,6 +73,16 @@ def test_bootstrap_ci_is_seeded_and_brackets_the_mean() -> None:
     assert wider[0] <= first[0] and first[1] <= wider[1]
 
 
+def test_a_bootstrap_interval_equals_a_fresh_seeded_draw_at_every_confidence() -> None:
+    from scipy.stats import bootstrap
+
+    diffs = [0.4, -0.1, 0.3, 0.2, 0.0, 0.5, 0.7]
+    for confidence in (0.95, 0.9, 0.99):  # one set of resampled means serves every level
+        fresh = bootstrap((np.asarray(diffs),), np.mean, confidence_level=confidence, method="percentile",
+                          n_resamples=stats.BOOTSTRAP_RESAMPLES, rng=np.random.default_rng(stats.BOOTSTRAP_SEED))
+        assert stats.bootstrap_ci(diffs, confidence) == (fresh.confidence_interval.low, fresh.confidence_interval.high)
+
+
 def test_holm_known_answer_and_untested_cells() -> None:
     adjusted = stats.holm([0.01, 0.04, math.nan, 0.03], alpha=0.05)
     # sorted 0.01, 0.03, 0.04 -> x3, x2, x1 = 0.03, 0.06, 0.04 -> monotone: 0.03, 0.06, 0.06

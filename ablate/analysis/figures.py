@@ -1,90 +1,23 @@
 """The report's figures, as PNG files (matplotlib's Agg canvas via Figure; no pyplot state).
 
 Each function draws one task and returns the file name it wrote (relative to the report folder).
-`Drawer` draws them in worker processes while the report goes on; matplotlib is imported by the
-drawing functions, so a report whose figures are drawn there never imports it itself.
+The report draws them in its worker processes (workers.py); matplotlib is imported by the drawing
+functions, so a report whose figures are drawn there never imports it itself.
 """
 from __future__ import annotations
 
-import functools
-import logging
-import multiprocessing
-import os
 import re
-import threading
-from concurrent.futures import Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
 from ablate import atomic
 
-log = logging.getLogger("ablate.analysis")
 
-
-class Drawer:
-    """Draws figures in worker processes while this one writes the rest of the report.
-
-    On two cores a report spends about as long drawing as reading or testing; in workers,
-    matplotlib's import overlaps the reading and the drawing overlaps the tables and the text. The
-    workers are forks of this process, made when its first report starts and kept for its life: a
-    fork needs no second import of what this process has loaded, and re-runs no script. A process
-    that runs other threads then is never forked (a lock one of them holds would stay locked in the
-    child), nor one with a single core: there the figures are drawn here, in turn. The files are
-    the same bytes either way (a test compares them).
-    """
-
-    def __init__(self) -> None:
-        self._pool = _workers()
-        self._submitted: list[Future[str]] = []
-
-    def submit(self, draw: Callable[..., str], *args: Any) -> "Future[str]":
-        """A Future of `draw(*args)` (a file name); paths in `args` must be absolute (a worker keeps
-        the directory it started in)."""
-        if self._pool is None:
-            done: Future[str] = Future()
-            done.set_result(draw(*args))
-            return done
-        try:
-            future = self._pool.submit(draw, *args)
-        except BrokenProcessPool:  # a worker died (killed): the next report starts others
-            _workers.cache_clear()
-            raise
-        self._submitted.append(future)
-        return future
-
-    def settle(self) -> None:
-        """Cancel the figures not begun and wait for those being drawn: a report that failed writes
-        nothing after it has said so."""
-        for future in self._submitted:
-            future.cancel()
-        wait(self._submitted)
-        if any(not f.cancelled() and isinstance(f.exception(), BrokenProcessPool) for f in self._submitted):
-            _workers.cache_clear()  # a worker died (killed): the next report forks others
-
-
-@functools.lru_cache(maxsize=None)
-def _workers() -> ProcessPoolExecutor | None:
-    """The workers, forked at the process's first report (None: draw here)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if cores < 2 or threading.active_count() > 1:
-        return None
-    try:
-        pool = ProcessPoolExecutor(WORKERS, mp_context=multiprocessing.get_context("fork"), initializer=_warm_up)
-        pool.submit(int)  # fork them now: their imports overlap the reading
-    except (OSError, NotImplementedError) as exc:  # e.g. no /dev/shm for the pool's semaphores
-        log.info("figures are drawn in this process, in turn: no worker process (%s)", exc)
-        return None
-    return pool
-
-
-WORKERS = 2  # beside this process, which writes the tables and the text meanwhile
-
-
-def _warm_up() -> None:
+def import_matplotlib() -> None:
+    """Import what the drawing functions use (a worker does it while the records are read)."""
     import matplotlib.figure  # noqa: F401
 
 
@@ -94,6 +27,8 @@ ARM_STYLE = {"c": ("control", "tab:blue", "o"), "t": ("treatment", "tab:orange",
 
 def _arm_label(names: Mapping[str, str], arm: str) -> str:
     return f"{names[arm]} ({ARM_STYLE[arm][0]})"
+
+
 PNG_METADATA = {"Software": None}  # no matplotlib version in the file: same records, same bytes
 
 
@@ -211,15 +146,6 @@ def training_curves(group: pd.DataFrame, curves: list[dict], title: str, out_dir
     return _save(figure, out_dir, name)
 
 
-def _mean_ci(sd: pd.Series, n: pd.Series) -> np.ndarray:
-    """Half-width of the 95% t interval of an arm's mean over its seeds (0 where one seed)."""
-    from scipy import stats
-
-    n = n.astype(float)
-    half = stats.t.ppf(0.975, np.maximum(n - 1, 1)) * sd.astype(float) / np.sqrt(n)
-    return np.nan_to_num(np.where(n > 1, half, 0.0))
-
-
 def arm_bars(summary: pd.DataFrame, pairs: pd.DataFrame, out_dir: Path, names: Mapping[str, str]) -> str:
     """Both arms of every cell group of a task: the mean over seeds with its 95% CI, each paired seed
     as a point, and the two arms of a seed joined by a thin line."""
@@ -231,7 +157,7 @@ def arm_bars(summary: pd.DataFrame, pairs: pd.DataFrame, out_dir: Path, names: M
     x = np.arange(len(summary))
     offsets = dict(zip(ARM_STYLE, (-0.2, 0.2)))
     for arm, (_, color, _) in ARM_STYLE.items():
-        axes.bar(x + offsets[arm], summary[f"mean_{arm}"], 0.4, yerr=_mean_ci(summary[f"sd_{arm}"], summary[f"n_{arm}"]),
+        axes.bar(x + offsets[arm], summary[f"mean_{arm}"], 0.4, yerr=summary[f"half_ci_{arm}"],
                  color=color, alpha=0.45, label=_arm_label(names, arm), capsize=3)
     joins = []  # one segment per paired seed, drawn as one collection (a line each: seconds per 1,000)
     for position, cell in zip(x, summary["cell"]):

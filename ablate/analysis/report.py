@@ -8,6 +8,7 @@ timestamp of the report itself is written (the dates shown are the runs' own).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import logging
@@ -18,13 +19,13 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ablate import atomic, records
-from ablate.analysis import figures, summaries
+from ablate.analysis import figures, stats, summaries
 from ablate.analysis.collect import (
     CELL_FILE, COMPLETED, INCOMPLETE, RESULT_FILE, UNREADABLE, Collection, Pairing, at_level, cell_factors, collect,
     combination_codes, components, format_level, pair, series_factors, shown_path, values_of, with_cells,
@@ -34,6 +35,7 @@ from ablate.analysis.hypotheses import (
     CHANCE_MARGIN, CONF_DIR, INSUFFICIENT, VERDICT_COLUMNS, Hypothesis, Verdict, evaluate, load_hypotheses, mismatches,
 )
 from ablate.analysis.tuning import tuning_section
+from ablate.analysis.workers import COUNT as WORKER_COUNT, Workers
 from ablate.records.tuning import SUMMARY_FILE
 
 log = logging.getLogger("ablate.analysis")
@@ -138,60 +140,100 @@ def write_report(
     """Write report.md (rendered from `template`, default the shipped one), figures and the two CSV
     files; return the path of report.md. `stopwatch` gets the seconds of each phase."""
     clock = stopwatch if stopwatch is not None else Stopwatch()
-    drawer = figures.Drawer()  # its workers start now
     sweep_dirs = [Path(d) for d in sweep_dirs]
     hypotheses = load_hypotheses(hypotheses_dir)
-    collection = collect(sweep_dirs, results_root, extra_factors=_hypothesis_factors(hypotheses))
-    clock.lap("read")
-    if collection.runs.empty:
-        raise ValueError(_nothing_read(sweep_dirs, results_root, collection))
-    out = Path(out_dir) if out_dir is not None else default_out_dir(sweep_dirs, results_root)
-    out.mkdir(parents=True, exist_ok=True)
-    # The records stay to the end: the cycle collector skips them from here on (each full collection would
-    # walk millions of their objects, and statsmodels' Holm runs one per call).
-    gc.freeze()
-    try:
-        verdicts = [evaluate(h, collection) for h in hypotheses]
-        for hypothesis in hypotheses:
-            for line in mismatches(hypothesis, collection):
-                log.warning("%s", line)
-                collection.notes.append(line)
-        compared = comparison(hypotheses, collection.runs, verdicts)
-        pairing = pair(collection.runs, collection.factors, compared.factor, compared.treatment, compared.control)
-        tasks = _per_task(collection, hypotheses, verdicts)
-        clock.lap("analysis")
-        drawing = {task: kinds for view in tasks for task, kinds in _draw(drawer, out.absolute(), view).items()}
-        curves, curve_files = _curves_section(collection, drawer, out.absolute(), tasks)
-        # everything that does not name a figure, while the workers draw
-        _write_csvs(out, collection.runs, verdicts)
-        early = {
-            "what_was_run": _what_was_run(collection, results_root, hypotheses, hypotheses_dir),
-            "verdict_details": _verdict_section(verdicts),
-            "numbers": _paragraphs(verdicts),
-            "arms": _arms_section(collection.runs, hypotheses),
-            "curves": curves,
-            "tuning": _tuning_section(collection),
-            "problems": _problems_section(collection, pairing, verdicts, compared, listings := Listings(out)),
-        }
-        drawn = {task: {kind: future.result() for kind, future in kinds.items()} for task, kinds in drawing.items()}
-        curve_files = [future.result() for future in curve_files]
-        late = {"per_task": _task_sections(tasks, drawn), "sequence": _sequence_section(tasks, drawn),
-                "files": _files_section(drawn, curve_files, listings.written)}
-        sections = {name: {**early, **late}[name] for name in SECTIONS}
-        context = {
-            "title": f"Ablation report: {', '.join(s.name for s in collection.sweeps) or 'all runs'}",
-            "warning": _did_not_learn(verdicts),
-            "verdicts": _glance(verdicts),
-            "ran": _ran(collection),
-            "sections": sections,
-        }
-        path = out / REPORT_FILE
-        atomic.write(path, render(context, template))
+    with Workers() as workers:
+        reading = workers.submit(collect, sweep_dirs, results_root, _hypothesis_factors(hypotheses))
+        stats.import_libraries()  # while a worker reads the records
+        collection = reading.result()
+        clock.lap("read")
+        if collection.runs.empty:
+            raise ValueError(_nothing_read(sweep_dirs, results_root, collection))
+        # while this process analyses: results.csv's text, and matplotlib's import
+        results_csv = workers.submit(_results_csv, collection.runs)
+        for _ in range(WORKER_COUNT):
+            workers.submit(figures.import_matplotlib)
+        out = Path(out_dir) if out_dir is not None else default_out_dir(sweep_dirs, results_root)
+        out.mkdir(parents=True, exist_ok=True)
+        with _frozen_heap():
+            analysis = _analyse(collection, hypotheses)
+            clock.lap("analysis")
+            path = _render(analysis, collection, results_csv, workers, out, template, results_root, hypotheses_dir)
         clock.lap("render")
         return path
+
+
+@contextlib.contextmanager
+def _frozen_heap() -> Iterator[None]:
+    """The objects alive now (the libraries', the runs table) out of the cycle collector's sight:
+    statsmodels' Holm runs a full collection on every call, which would walk them all each time. A
+    process that has frozen objects of its own is left as it is (unfreezing would hand them back to the collector)."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
     finally:
-        drawer.settle()
         gc.unfreeze()
+
+
+@dataclass
+class Analysis:
+    """What the report shows beside the records: each hypothesis's verdicts, the comparison that the
+    descriptive sections show with its pairing, and each task's view of it."""
+
+    hypotheses: list[Hypothesis]
+    verdicts: list[Verdict]
+    compared: Comparison
+    pairing: Pairing
+    tasks: list[TaskView]
+
+
+def _analyse(collection: Collection, hypotheses: list[Hypothesis]) -> Analysis:
+    verdicts = [evaluate(h, collection) for h in hypotheses]
+    for hypothesis in hypotheses:
+        for line in mismatches(hypothesis, collection):
+            log.warning("%s", line)
+            collection.notes.append(line)
+    compared = comparison(hypotheses, collection.runs, verdicts)
+    pairing = pair(collection.runs, collection.factors, compared.factor, compared.treatment, compared.control)
+    return Analysis(hypotheses, verdicts, compared, pairing, _per_task(collection, hypotheses, verdicts))
+
+
+def _render(analysis: Analysis, collection: Collection, results_csv: Future[str], workers: Workers, out: Path,
+            template: Path | None, results_root: Path | None, hypotheses_dir: Path | None) -> Path:
+    """The figures, drawn by the workers while this process writes the CSVs and every section that names
+    none; then report.md."""
+    hypotheses, verdicts, tasks = analysis.hypotheses, analysis.verdicts, analysis.tasks
+    drawing = {task: kinds for view in tasks for task, kinds in _draw(workers, out, view).items()}
+    curves, curve_files = _curves_section(collection, workers, out, tasks)
+    atomic.write(out / RESULTS_CSV, results_csv.result())
+    _write_verdicts_csv(out, verdicts)
+    listings = Listings(out)
+    early = {
+        "what_was_run": _what_was_run(collection, results_root, hypotheses, hypotheses_dir),
+        "verdict_details": _verdict_section(verdicts),
+        "numbers": _paragraphs(verdicts),
+        "arms": _arms_section(collection.runs, hypotheses),
+        "curves": curves,
+        "tuning": _tuning_section(collection),
+        "problems": _problems_section(collection, analysis.pairing, verdicts, analysis.compared, listings),
+    }
+    drawn = {task: {kind: future.result() for kind, future in kinds.items()} for task, kinds in drawing.items()}
+    curve_files = [future.result() for future in curve_files]
+    late = {"per_task": _task_sections(tasks, drawn), "sequence": _sequence_section(tasks, drawn),
+            "files": _files_section(drawn, curve_files, listings.written)}
+    context = {
+        "title": f"Ablation report: {', '.join(s.name for s in collection.sweeps) or 'all runs'}",
+        "warning": _did_not_learn(verdicts),
+        "verdicts": _glance(verdicts),
+        "ran": _ran(collection),
+        "sections": {name: {**early, **late}[name] for name in SECTIONS},
+    }
+    path = out / REPORT_FILE
+    atomic.write(path, render(context, template))
+    return path
 
 
 class Stopwatch:
@@ -322,22 +364,25 @@ def _without_task(label: str) -> str:
 
 # --- outputs -------------------------------------------------------------------------------------
 
-def _draw(drawer: figures.Drawer, out: Path, view: TaskView) -> dict[str, dict[str, Future]]:
+def _draw(workers: Workers, out: Path, view: TaskView) -> dict[str, dict[str, Future]]:
     """A task's figures, being drawn; {task: {kind: Future of the file name}}."""
     drawn: dict[str, dict[str, Future]] = {}
     names = view.compared.names
     if len(view.summary):
-        drawn[view.task] = {"gmacs": drawer.submit(figures.metric_vs_gmacs, view.summary, view.pairs, out, names),
-                            "bars": drawer.submit(figures.arm_bars, view.summary, view.pairs, out, names)}
+        drawn[view.task] = {"gmacs": workers.submit(figures.metric_vs_gmacs, view.summary, view.pairs, out, names),
+                            "bars": workers.submit(figures.arm_bars, view.summary, view.pairs, out, names)}
     if len(view.points):
-        drawn.setdefault(view.task, {})["length"] = drawer.submit(figures.difference_vs_length, view.points,
+        drawn.setdefault(view.task, {})["length"] = workers.submit(figures.difference_vs_length, view.points,
                                                                   view.pairs, out, names)
     return drawn
 
 
-def _write_csvs(out: Path, runs: pd.DataFrame, verdicts: list[Verdict]) -> None:
-    table = runs.drop(columns=["family"]).assign(overrides=[" ".join(o) for o in runs["overrides"]])
-    atomic.write(out / RESULTS_CSV, table.to_csv(index=False))
+def _results_csv(runs: pd.DataFrame) -> str:
+    """results.csv's text: the runs table, overrides as one string per run."""
+    return runs.drop(columns=["family"]).assign(overrides=[" ".join(o) for o in runs["overrides"]]).to_csv(index=False)
+
+
+def _write_verdicts_csv(out: Path, verdicts: list[Verdict]) -> None:
     rows = [v.rows for v in verdicts if not v.rows.empty]
     frame = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=list(VERDICT_COLUMNS))
     atomic.write(out / VERDICTS_CSV, frame.to_csv(index=False))
@@ -736,7 +781,7 @@ def _with_arms(collection: Collection, compared: Comparison) -> pd.DataFrame:
                        arm=[compared.names[k] if k else format_level(v) for k, v in zip(keys, runs[factor])])
 
 
-def _curves_section(collection: Collection, drawer: figures.Drawer, out: Path,
+def _curves_section(collection: Collection, workers: Workers, out: Path,
                     tasks: Sequence[TaskView]) -> tuple[str, list[Future]]:
     """One training-curve figure per cell group with curves (both arms of its task's comparison, every
     seed); the section, and the files being drawn."""
@@ -756,7 +801,7 @@ def _curves_section(collection: Collection, drawer: figures.Drawer, out: Path,
             continue
         label = group["label"].iloc[0]
         name = f"curves_{index:03d}_{figures.slug(label)[:60]}.png"
-        files.append(drawer.submit(figures.training_curves, group, curves, label, out, name, names[group["task"].iloc[0]]))
+        files.append(workers.submit(figures.training_curves, group, curves, label, out, name, names[group["task"].iloc[0]]))
         blocks.append(f"![training curves: {label}]({name})")
     if not files:
         blocks.append("No record carries a training curve.")

@@ -12,17 +12,22 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
-from scipy import stats
-from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.weightstats import ttost_paired
 
 TESTS = ("non_inferiority", "superiority", "equivalence")
 ARMS = ("treatment", "control")
 BOOTSTRAP_RESAMPLES = 9999
 BOOTSTRAP_SEED = 0  # fixed: the same records always give the same interval
+
+
+def import_libraries() -> None:
+    """Import scipy.stats and statsmodels now. They take about a second on two cores, so the functions
+    here import them on first use, and a report imports them while a worker reads its records."""
+    import scipy.stats  # noqa: F401
+    import statsmodels.stats.multitest  # noqa: F401
+    import statsmodels.stats.weightstats  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -55,11 +60,22 @@ def bootstrap_ci(diffs: Sequence[float], confidence: float) -> tuple[float, floa
 def _percentile_bootstrap(values: tuple[float, ...], confidence: float) -> tuple[float, float]:
     """Cached: a report asks for the same cell group's interval several times (summary table, each
     hypothesis, figures), and the seeded draw makes the answer a function of the values alone."""
-    result = stats.bootstrap(
-        (np.asarray(values),), np.mean, confidence_level=confidence, method="percentile",
-        n_resamples=BOOTSTRAP_RESAMPLES, rng=np.random.default_rng(BOOTSTRAP_SEED),
-    )
+    from scipy import stats
+
+    # the resampled means of these values, drawn once for every confidence level asked (scipy's
+    # bootstrap_result with no new resamples: the interval equals a fresh draw's, bit for bit)
+    result = stats.bootstrap((np.asarray(values),), np.mean, confidence_level=confidence, method="percentile",
+                             n_resamples=0, bootstrap_result=_resampled_means(values))
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+@functools.lru_cache(maxsize=256)  # 80 kB each
+def _resampled_means(values: tuple[float, ...]) -> Any:
+    """scipy's BootstrapResult of the mean of `values`: BOOTSTRAP_RESAMPLES seeded resamples."""
+    from scipy import stats
+
+    return stats.bootstrap((np.asarray(values),), np.mean, method="percentile", n_resamples=BOOTSTRAP_RESAMPLES,
+                           rng=np.random.default_rng(BOOTSTRAP_SEED))
 
 
 def cohens_dz(diffs: Sequence[float]) -> float:
@@ -111,8 +127,12 @@ def paired_test(
         inside = abs(mean) < margin if test == "equivalence" else sign * mean > null
         return PairedResult(n, mean, low, high, cohens_dz(diffs), 0.0 if inside else 1.0)
     if test == "equivalence":
+        from statsmodels.stats.weightstats import ttost_paired
+
         p = float(ttost_paired(t, c, -margin, margin)[0])
     else:
+        from scipy import stats
+
         p = float(stats.ttest_1samp(sign * diffs, null, alternative="greater").pvalue)
     return PairedResult(n, mean, low, high, cohens_dz(diffs), p)
 
@@ -122,6 +142,8 @@ POWER = 0.8  # the power at which minimum detectable effects and seed counts are
 
 def t_quantile(q: float, df: int) -> float:
     """Student's t quantile (scipy), for callers that should not import scipy themselves."""
+    from scipy import stats
+
     return float(stats.t.ppf(q, df))
 
 
@@ -132,7 +154,7 @@ def mde(sd: float, n: int, alpha: float, power: float = POWER) -> float:
     if n < 2 or not math.isfinite(sd):
         return math.nan
     df = n - 1
-    return float((stats.t.ppf(1 - alpha, df) + stats.t.ppf(power, df)) * sd / math.sqrt(n))
+    return float((t_quantile(1 - alpha, df) + t_quantile(power, df)) * sd / math.sqrt(n))
 
 
 def pairs_needed(sd: float, effect: float, alpha: float, power: float = POWER, most: int = 10_000) -> int | None:
@@ -159,6 +181,8 @@ def holm(pvalues: Sequence[float], alpha: float) -> np.ndarray:
         # a family of one needs no correction (and statsmodels' Holm runs gc.collect() on every call)
         adjusted[tested] = p[tested]
     elif tested.any():
+        from statsmodels.stats.multitest import multipletests
+
         adjusted[tested] = multipletests(p[tested], alpha=alpha, method="holm")[1]
     return adjusted
 
@@ -195,5 +219,7 @@ def trend(seq_lens: Sequence[float], advantage: Sequence[float]) -> tuple[float,
     """Spearman rho of the per-pair advantage against L, with the one-sided p for rho > 0."""
     if len(set(seq_lens)) < 2 or len(set(advantage)) < 2:
         return math.nan, math.nan
+    from scipy import stats
+
     result = stats.spearmanr(seq_lens, advantage, alternative="greater")
     return float(result.statistic), float(result.pvalue)

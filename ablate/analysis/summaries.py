@@ -54,9 +54,11 @@ def arm_summary(runs: pd.DataFrame, pairing: Pairing) -> pd.DataFrame:
 def _arm_numbers(arm: pd.DataFrame, suffix: str) -> dict[str, float]:
     values = arm["value"].astype(float)
     gmacs = arm["cost.macs"].astype(float).mean() / GIGA
-    mean = values.mean()
+    mean, sd, n = values.mean(), values.std(ddof=1), len(arm)
+    # half-width of the t interval of the mean over the arm's seeds; 0 with one seed (none to show)
+    ci = stats.t_quantile((1 + DESCRIPTIVE_CONFIDENCE) / 2, n - 1) * sd / math.sqrt(n) if n > 1 else 0.0
     return {
-        f"n_{suffix}": len(arm), f"mean_{suffix}": mean, f"sd_{suffix}": values.std(ddof=1),
+        f"n_{suffix}": n, f"mean_{suffix}": mean, f"sd_{suffix}": sd, f"half_ci_{suffix}": ci,
         f"gmacs_{suffix}": gmacs, f"gmacs_ssm_{suffix}": arm["cost.macs_ssm"].astype(float).mean() / GIGA,
         f"params_{suffix}": arm["cost.params"].astype(float).mean() / MEGA,
         f"per_gmac_{suffix}": mean / gmacs, f"throughput_{suffix}": arm["cost.eval_throughput"].astype(float).mean(),
