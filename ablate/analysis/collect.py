@@ -101,15 +101,16 @@ def collect(
         if not root.is_dir():
             raise ValueError(f"--results {root}: not a folder (expected a results root with runs/*/{RESULT_FILE})")
         sources.extend(_records_below(root / "runs"))
+    notes: list[str] = []
     collecting = gc.isenabled()
-    gc.disable()  # JSON builds trees, never cycles: a collection while reading would walk every record for nothing
+    # JSON and the table's rows are trees, never cycles: a collection while the records are read and
+    # tabled would walk every one of them for nothing
+    gc.disable()
     try:
-        loaded = _load(sources, problems)
+        runs, factors = _table(_load(sources, problems), extra_factors, problems, notes)
     finally:
         if collecting:
             gc.enable()
-    notes: list[str] = []
-    runs, factors = _table(loaded, extra_factors, problems, notes)
     problem_frame = pd.DataFrame(sorted(set(problems)), columns=["file", "kind", "problem"])
     return Collection(runs, factors, problem_frame, sweeps, notes)
 
