@@ -515,8 +515,8 @@ def _decide(hypothesis: Hypothesis, rows: list[dict], trend: bool = False) -> pd
         return frame
     enough = frame["n_pairs"] >= hypothesis.min_pairs
     frame["p_adj"] = stats.holm(frame["p"].where(enough & frame["p"].notna()), hypothesis.alpha)
-    for i, row in frame.iterrows():
-        frame.loc[i, ["decision", "note"]] = _decision(hypothesis, row, trend)
+    decided = [_decision(hypothesis, row, trend) for _, row in frame.iterrows()]
+    frame["decision"], frame["note"] = [decision for decision, _ in decided], [note for _, note in decided]
     return frame
 
 

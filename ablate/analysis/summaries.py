@@ -23,12 +23,13 @@ def arm_summary(runs: pd.DataFrame, pairing: Pairing) -> pd.DataFrame:
     cells = with_cells(runs, pairing.cell_factors)
     cells = cells[(cells["status"] == COMPLETED) & cells["value"].notna()]
     rows = []
+    pairs_of = dict(tuple(pairing.pairs.groupby("cell", sort=False)))
     for cell, group in cells.groupby("cell", sort=False):
         control = group[at_level(group[pairing.factor], pairing.control)]
         treatment = group[at_level(group[pairing.factor], pairing.treatment)]
         if control.empty and treatment.empty:
             continue
-        pairs = pairing.pairs[pairing.pairs["cell"] == cell]
+        pairs = pairs_of.get(cell, pairing.pairs.iloc[:0])
         low, high = stats.bootstrap_ci(pairs["diff"], DESCRIPTIVE_CONFIDENCE)
         first = group.iloc[0]
         higher = bool(first["higher_is_better"])
