@@ -408,15 +408,16 @@ def label_keys(runs: pd.DataFrame, keys: Sequence[str]) -> list[str]:
 
 def with_cells(runs: pd.DataFrame, keys: Sequence[str], key: str = "cell", label: str = "label") -> pd.DataFrame:
     """Add column `key` (a canonical key of the given factors) and `label` (its readable part)."""
+    if not len(runs):
+        return runs.assign(**{key: [], label: []})
     keys, shown = list(keys), label_keys(runs, keys)
-    group = combination_codes(runs, keys)  # one code per distinct combination: a study has far fewer cells
-    first = pd.Series(np.arange(len(runs))).groupby(group).first()  # than records; each is named once
-    named = {}
+    group = combination_codes(runs, keys)  # 0..n-1, one per distinct combination: a study has far fewer
+    first = pd.Series(np.arange(len(runs))).groupby(group).first()  # cells than records; each is named once
+    cells, labels = np.empty(len(first), dtype=object), np.empty(len(first), dtype=object)
     for code, at in first.items():
         row = {k: runs[k].iat[at] for k in keys}
-        named[code] = json.dumps([[k, row[k]] for k in keys], default=str), cell_label(row, shown)
-    cells, labels = zip(*(named[code] for code in group)) if len(runs) else ((), ())
-    return runs.assign(**{key: list(cells), label: list(labels)})
+        cells[code], labels[code] = json.dumps([[k, row[k]] for k in keys], default=str), cell_label(row, shown)
+    return runs.assign(**{key: cells[group], label: labels[group]})
 
 
 def combination_codes(runs: pd.DataFrame, keys: Sequence[str]) -> np.ndarray:
@@ -519,6 +520,11 @@ def _unpaired(
 ) -> pd.DataFrame:
     """Cells of `present` whose partner in the other arm is absent or did not complete."""
     have = set(zip(values_of(other["cell"]), values_of(other["seed"])))
+    lonely = [(cell, label, seed, overrides) for cell, label, seed, overrides
+              in zip(*(values_of(present[c]) for c in ("cell", "label", "seed", "overrides"))) if (cell, seed) not in have]
+    columns = ["cell", "label", "seed", "present", "missing", "missing_status", "overrides"]
+    if not lonely:
+        return pd.DataFrame(columns=columns)
     partners = runs[at_level(runs[factor], missing_level)]
     status: dict[tuple, str] = {}  # (cell, seed) -> the first partner record's status
     for cell, seed, record_status in zip(*(values_of(partners[c]) for c in ("cell", "seed", "status"))):
@@ -527,9 +533,8 @@ def _unpaired(
         "cell": cell, "label": label, "seed": seed, "present": present_arm, "missing": missing_arm,
         "missing_status": status.get((cell, seed), "no record"),
         "overrides": fill_overrides(tuple(overrides), factor, missing_level),
-    } for cell, label, seed, overrides in zip(*(values_of(present[c]) for c in ("cell", "label", "seed", "overrides")))
-        if (cell, seed) not in have]
-    return pd.DataFrame(rows, columns=["cell", "label", "seed", "present", "missing", "missing_status", "overrides"])
+    } for cell, label, seed, overrides in lonely]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _status_text(status: str) -> str:
