@@ -520,8 +520,8 @@ def _unpaired(
 ) -> pd.DataFrame:
     """Cells of `present` whose partner in the other arm is absent or did not complete."""
     have = set(zip(values_of(other["cell"]), values_of(other["seed"])))
-    lonely = [(cell, label, seed, overrides) for cell, label, seed, overrides
-              in zip(*(values_of(present[c]) for c in ("cell", "label", "seed", "overrides"))) if (cell, seed) not in have]
+    listed = zip(*(values_of(present[c]) for c in ("cell", "label", "seed", "overrides")))
+    lonely = [(cell, label, seed, overrides) for cell, label, seed, overrides in listed if (cell, seed) not in have]
     columns = ["cell", "label", "seed", "present", "missing", "missing_status", "overrides"]
     if not lonely:
         return pd.DataFrame(columns=columns)

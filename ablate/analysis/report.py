@@ -167,7 +167,8 @@ def write_report(
 def _frozen_heap() -> Iterator[None]:
     """The objects alive now (the libraries', the runs table) out of the cycle collector's sight:
     statsmodels' Holm runs a full collection on every call, which would walk them all each time. A
-    process that has frozen objects of its own is left as it is (unfreezing would hand them back to the collector)."""
+    process that has frozen objects of its own is left as it is (unfreezing would hand those back
+    to the collector too)."""
     if gc.get_freeze_count():
         yield
         return
