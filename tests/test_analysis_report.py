@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -134,6 +135,40 @@ def test_a_worker_that_dies_fails_what_it_ran_and_the_next_report_forks_others()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["broken", "5", "True"]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="a report forks workers only with two cores or more")
+def test_the_workers_end_when_the_report_process_is_killed() -> None:
+    code = ("import time\nfrom ablate.analysis.workers import Workers\n"
+            "workers = Workers()\nbusy = [workers.submit(time.sleep, 120) for _ in range(2)]\n"
+            "print('ready', flush=True)\ntime.sleep(120)")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().strip() == "ready"
+        children = [pid for pid in os.listdir("/proc") if pid.isdigit() and _parent_of(pid) == parent.pid]
+        assert len(children) == 2
+        parent.kill()  # SIGKILL: no chance to stop them itself
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while any(_running(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_running(pid) for pid in children)
+    finally:
+        parent.kill()
+
+
+def _parent_of(pid: str) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _running(pid: str) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_verdicts_csv_has_one_row_per_hypothesis_part_and_cell(study: dict[str, Path]) -> None:

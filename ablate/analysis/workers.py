@@ -10,6 +10,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from typing import Any, Callable, TypeVar
 
@@ -69,9 +70,22 @@ def _fork() -> ProcessPoolExecutor | None:
     if cores < 2 or threading.active_count() > 1:
         return None
     try:
-        pool = ProcessPoolExecutor(COUNT, mp_context=multiprocessing.get_context("fork"))
+        pool = ProcessPoolExecutor(COUNT, mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_end_with_parent, initargs=(os.getpid(),))
         pool.submit(int)  # the first submission forks both workers now, before the pool starts its own thread
     except (OSError, NotImplementedError) as exc:  # e.g. no /dev/shm for the pool's semaphores
         log.info("the report runs in this process alone: no worker process (%s)", exc)
         return None
     return pool
+
+
+def _end_with_parent(parent: int) -> None:
+    """In a worker: end when the report's process ends (killed, it would leave its workers waiting for
+    work that never comes)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="ablate-parent-watch", daemon=True).start()
