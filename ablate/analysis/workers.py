@@ -2,7 +2,8 @@
 
 On two cores a report spends about as long importing the statistics libraries as reading its
 records, and about as long drawing as testing. In workers, the records are read while this process
-imports scipy and statsmodels, and the figures are drawn while it writes the tables and the text.
+imports scipy and statsmodels, results.csv is formatted while it tests, and the figures are drawn
+while it writes the text.
 """
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ class Workers:
     A fork needs no second import of what this process has loaded, and sees this process as it is
     when the report starts (its modules, its working directory). A process that runs other threads
     is never forked (a lock one of them holds would stay locked in the child), nor one with a single
-    core: there each function runs here, in turn, when submitted. The results are the same either
-    way (a test compares the figures byte for byte).
+    core: there each function runs here, in turn, when submitted. The report is the same either way
+    (a test compares every file byte for byte).
     """
 
     def __init__(self) -> None:
