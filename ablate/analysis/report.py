@@ -374,7 +374,7 @@ def _draw(workers: Workers, out: Path, view: TaskView) -> dict[str, dict[str, Fu
                             "bars": workers.submit(figures.arm_bars, view.summary, view.pairs, out, names)}
     if len(view.points):
         drawn.setdefault(view.task, {})["length"] = workers.submit(figures.difference_vs_length, view.points,
-                                                                  view.pairs, out, names)
+                                                                   view.pairs, out, names)
     return drawn
 
 
